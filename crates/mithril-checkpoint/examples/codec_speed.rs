@@ -1,0 +1,59 @@
+//! Single-thread codec throughput on the tensors of a safetensors file.
+//! `cargo run --release --example codec_speed -- model.safetensors [bf16|f32]`
+
+use mithril_checkpoint::chunk::{chunk_lengths, decode_chunk, encode_chunk, EncodeOptions};
+use mithril_checkpoint::safetensors::parse_header;
+use mithril_checkpoint::DType;
+use std::time::Instant;
+
+fn main() -> Result<(), Box<dyn std::error::Error>> {
+    let args: Vec<String> = std::env::args().collect();
+    let path = args.get(1).ok_or("usage: codec_speed FILE [bf16|f32]")?;
+    let want = args.get(2).map(String::as_str).unwrap_or("bf16");
+    let bytes = std::fs::read(path)?;
+    let header = parse_header(&bytes, path)?;
+    let data = &bytes[header.data_start as usize..];
+    let mut chunks: Vec<Vec<u8>> = Vec::new();
+    let dtype = if want == "bf16" { DType::BF16 } else { DType::F32 };
+    let opts = EncodeOptions::default();
+    for e in &header.entries {
+        let raw = &data[e.begin as usize..e.end as usize];
+        let t: Vec<u8> = if want == "bf16" {
+            raw.chunks_exact(4)
+                .flat_map(|b| {
+                    let x = u32::from_le_bytes([b[0], b[1], b[2], b[3]]);
+                    let r = ((x + 0x7fff + ((x >> 16) & 1)) >> 16) as u16;
+                    r.to_le_bytes()
+                })
+                .collect()
+        } else {
+            raw.to_vec()
+        };
+        let mut at = 0;
+        for len in chunk_lengths(t.len(), dtype, opts.chunk_bytes) {
+            chunks.push(t[at..at + len].to_vec());
+            at += len;
+        }
+    }
+    let total: usize = chunks.iter().map(Vec::len).sum();
+    for round in 0..3 {
+        let t0 = Instant::now();
+        let enc: Vec<_> = chunks.iter().map(|c| encode_chunk(c, dtype, &opts)).collect();
+        let te = t0.elapsed().as_secs_f64();
+        let stored: usize = enc.iter().map(|e| e.data.len()).sum();
+        let mut out = vec![0u8; opts.chunk_bytes];
+        let t1 = Instant::now();
+        for e in &enc {
+            let o = &mut out[..e.raw_len];
+            decode_chunk(e.encoding, &e.data, dtype, e.checksum, e.raw_checksum, o)?;
+        }
+        let td = t1.elapsed().as_secs_f64();
+        println!(
+            "round {round}: {want} {:.2}% encode {:.0} MB/s decode {:.0} MB/s",
+            100.0 * stored as f64 / total as f64,
+            total as f64 / te / 1e6,
+            total as f64 / td / 1e6
+        );
+    }
+    Ok(())
+}

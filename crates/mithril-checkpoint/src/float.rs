@@ -1,0 +1,502 @@
+//! Float codec for one chunk: split each element into a *head* (exponent plus the top `k`
+//! mantissa bits) and a *remainder* (sign plus the other mantissa bits).
+//!
+//! The head carries almost all the redundancy of trained weights (exponent entropy is
+//! ~2.6 of 8 bits, and the top mantissa bits are skewed given the exponent), so it is
+//! rANS-coded as one symbol per element. The remainder is near-random: stored as packed bits,
+//! or, when it is whole bytes, as byte planes that each pick raw, rANS or zstd, whichever
+//! is smallest on that chunk (fp32 optimiser moments and embedding tables reward zstd).
+//!
+//! Payload layout: `u8 k`, then the head stream, then the remainder streams, each stream
+//! being `u8 method | u32 length | bytes`.
+
+use crate::dtype::FloatBits;
+use crate::error::{corrupt, Result};
+use crate::rans;
+
+pub(crate) const METHOD_RAW: u8 = 0;
+pub(crate) const METHOD_CONST: u8 = 1;
+pub(crate) const METHOD_RANS: u8 = 2;
+pub(crate) const METHOD_ZSTD: u8 = 3;
+
+/// Order-0 entropy (bits per byte) below which a plane is worth trying with zstd.
+const ZSTD_TRY_BELOW_BITS: f64 = 7.98;
+const PLANE_ZSTD_LEVEL: i32 = 1;
+
+/// Mantissa bits that may join the exponent in the head, per float layout.
+fn head_mantissa_choices(bits: FloatBits) -> &'static [u32] {
+    match (bits.exponent, bits.mantissa) {
+        (8, 7) => &[0, 1, 2],
+        (5, 10) => &[3],
+        _ => &[0],
+    }
+}
+
+/// Geometry of the split for one `k`.
+#[derive(Clone, Copy)]
+struct Split {
+    k: u32,
+    /// Bits of mantissa left in the remainder.
+    low: u32,
+    /// Remainder width: sign + low mantissa bits.
+    rem_bits: u32,
+    head_bits: u32,
+    sign_shift: u32,
+}
+
+impl Split {
+    fn new(bits: FloatBits, k: u32) -> Split {
+        let low = bits.mantissa - k;
+        Split {
+            k,
+            low,
+            rem_bits: low + 1,
+            head_bits: bits.exponent + k,
+            sign_shift: bits.exponent + bits.mantissa,
+        }
+    }
+
+    #[inline(always)]
+    fn head(&self, w: u32) -> u16 {
+        ((w >> self.low) & ((1 << self.head_bits) - 1)) as u16
+    }
+
+    #[inline(always)]
+    fn rem(&self, w: u32) -> u32 {
+        ((w >> self.sign_shift) << self.low) | (w & ((1 << self.low) - 1))
+    }
+
+    #[inline(always)]
+    fn join(&self, head: u16, rem: u32) -> u32 {
+        ((rem >> self.low) << self.sign_shift)
+            | ((head as u32) << self.low)
+            | (rem & ((1 << self.low) - 1))
+    }
+
+    /// Remainder byte planes (whole bytes) or one bit-packed stream.
+    fn planes(&self) -> usize {
+        if self.rem_bits % 8 == 0 {
+            (self.rem_bits / 8) as usize
+        } else {
+            1
+        }
+    }
+}
+
+#[inline(always)]
+fn load<const W: usize>(b: &[u8]) -> u32 {
+    if W == 2 {
+        u16::from_le_bytes([b[0], b[1]]) as u32
+    } else {
+        u32::from_le_bytes([b[0], b[1], b[2], b[3]])
+    }
+}
+
+#[inline(always)]
+fn store<const W: usize>(b: &mut [u8], w: u32) {
+    if W == 2 {
+        b.copy_from_slice(&(w as u16).to_le_bytes());
+    } else {
+        b.copy_from_slice(&w.to_le_bytes());
+    }
+}
+
+fn push_stream(out: &mut Vec<u8>, method: u8, data: &[u8]) {
+    out.push(method);
+    out.extend_from_slice(&(data.len() as u32).to_le_bytes());
+    out.extend_from_slice(data);
+}
+
+/// Encode `raw` (whole elements of a float type with layout `bits`, `W` bytes each).
+pub fn encode(raw: &[u8], bits: FloatBits, word_bytes: usize) -> Vec<u8> {
+    if word_bytes == 2 {
+        encode_words::<2>(raw, bits)
+    } else {
+        encode_words::<4>(raw, bits)
+    }
+}
+
+fn encode_words<const W: usize>(raw: &[u8], bits: FloatBits) -> Vec<u8> {
+    let n = raw.len() / W;
+    let choices = head_mantissa_choices(bits);
+    let kmax = choices.iter().copied().max().unwrap_or(0);
+    let widest = Split::new(bits, kmax);
+    let mut hist = vec![0u32; 1 << widest.head_bits];
+    for w in raw.chunks_exact(W) {
+        hist[widest.head(load::<W>(w)) as usize] += 1;
+    }
+    // Pick k by estimated size: coarser heads are the finest histogram with bins merged.
+    let mut best: Option<(usize, Split, Vec<u32>)> = None;
+    for &k in choices {
+        let split = Split::new(bits, k);
+        let merge = 1usize << (kmax - k);
+        let counts: Vec<u32> = hist.chunks(merge).map(|c| c.iter().sum()).collect();
+        let present = counts.iter().filter(|&&c| c > 0).count();
+        if present > rans::MAX_ALPHABET {
+            continue;
+        }
+        let size = rans::estimated_size(&counts) + (n * split.rem_bits as usize).div_ceil(8);
+        if best.as_ref().is_none_or(|b| size < b.0) {
+            best = Some((size, split, counts));
+        }
+    }
+    let Some((_, split, counts)) = best else {
+        return Vec::new();
+    };
+
+    let planes = split.planes();
+    let mut heads = vec![0u16; n];
+    let mut rem: Vec<Vec<u8>> = vec![vec![0u8; n]; planes];
+    if planes == 1 {
+        let r0 = &mut rem[0];
+        for ((w, h), r) in raw.chunks_exact(W).zip(heads.iter_mut()).zip(r0.iter_mut()) {
+            let w = load::<W>(w);
+            *h = split.head(w);
+            *r = split.rem(w) as u8;
+        }
+    } else {
+        for (i, w) in raw.chunks_exact(W).enumerate() {
+            let w = load::<W>(w);
+            heads[i] = split.head(w);
+            let r = split.rem(w);
+            for (p, plane) in rem.iter_mut().enumerate() {
+                plane[i] = (r >> (8 * (planes - 1 - p))) as u8;
+            }
+        }
+    }
+
+    let mut out = Vec::with_capacity(raw.len() / 2 + 64);
+    out.push(split.k as u8);
+    match rans::FreqTable::from_counts(&counts) {
+        Some(table) => push_stream(&mut out, METHOD_RANS, &rans::encode(&heads, &table)),
+        None => {
+            let value = heads.first().copied().unwrap_or(0);
+            push_stream(&mut out, METHOD_CONST, &value.to_le_bytes());
+        }
+    }
+    let width = split.rem_bits.min(8);
+    for plane in &rem {
+        let (method, data) = encode_plane(plane, width);
+        push_stream(&mut out, method, &data);
+    }
+    out
+}
+
+/// Raw form of a plane of `width`-bit values: bit-packed below 8 bits.
+fn raw_plane(plane: &[u8], width: u32) -> Vec<u8> {
+    if width < 8 {
+        pack_bits(plane, width)
+    } else {
+        plane.to_vec()
+    }
+}
+
+/// Smallest of raw, constant, rANS and zstd for one plane of `width`-bit values.
+pub(crate) fn encode_plane(plane: &[u8], width: u32) -> (u8, Vec<u8>) {
+    let counts = rans::histogram(plane, 256);
+    let Some(table) = rans::FreqTable::from_counts(&counts) else {
+        return match plane.first() {
+            Some(&v) if counts.iter().filter(|&&c| c > 0).count() == 1 => (METHOD_CONST, vec![v]),
+            _ => (METHOD_RAW, raw_plane(plane, width)),
+        };
+    };
+    let mut best = (METHOD_RAW, raw_plane(plane, width));
+    let raw_len = best.1.len();
+    let bits_per_symbol = rans::entropy_bits(&counts) / plane.len().max(1) as f64;
+    if rans::estimated_size(&counts) < raw_len * 99 / 100 {
+        let coded = rans::encode(plane, &table);
+        if coded.len() < best.1.len() {
+            best = (METHOD_RANS, coded);
+        }
+    }
+    if bits_per_symbol < ZSTD_TRY_BELOW_BITS - (8 - width) as f64 {
+        if let Ok(z) = zstd::bulk::compress(plane, PLANE_ZSTD_LEVEL) {
+            if z.len() < best.1.len() {
+                best = (METHOD_ZSTD, z);
+            }
+        }
+    }
+    best
+}
+
+/// Pack values of `width` (1..=8) bits, LSB first: 8 values make `width` bytes.
+pub(crate) fn pack_bits(vals: &[u8], width: u32) -> Vec<u8> {
+    let w = width as usize;
+    let mut out = Vec::with_capacity((vals.len() * w).div_ceil(8) + 8);
+    let mut groups = vals.chunks_exact(8);
+    for g in &mut groups {
+        let mut acc = 0u64;
+        for (i, &v) in g.iter().enumerate() {
+            acc |= (v as u64) << (i * w);
+        }
+        out.extend_from_slice(&acc.to_le_bytes()[..w]);
+    }
+    let rest = groups.remainder();
+    let mut acc = 0u64;
+    for (i, &v) in rest.iter().enumerate() {
+        acc |= (v as u64) << (i * w);
+    }
+    out.extend_from_slice(&acc.to_le_bytes()[..(rest.len() * w).div_ceil(8)]);
+    out
+}
+
+pub(crate) fn unpack_bits(data: &[u8], width: u32, out: &mut [u8]) -> Result<()> {
+    let w = width as usize;
+    let need = (out.len() * w).div_ceil(8);
+    if data.len() != need {
+        return Err(corrupt(format!(
+            "packed remainder is {} bytes, expected {need}",
+            data.len()
+        )));
+    }
+    let mask = (1u64 << w) - 1;
+    let mut groups = out.chunks_exact_mut(8);
+    let mut src = data.chunks(w);
+    for g in &mut groups {
+        let mut b = [0u8; 8];
+        let s = src.next().unwrap_or(&[]);
+        b[..s.len()].copy_from_slice(s);
+        let acc = u64::from_le_bytes(b);
+        for (i, o) in g.iter_mut().enumerate() {
+            *o = ((acc >> (i * w)) & mask) as u8;
+        }
+    }
+    let rest = groups.into_remainder();
+    let mut b = [0u8; 8];
+    let s = &data[data.len() - (rest.len() * w).div_ceil(8)..];
+    b[..s.len()].copy_from_slice(s);
+    let acc = u64::from_le_bytes(b);
+    for (i, o) in rest.iter_mut().enumerate() {
+        *o = ((acc >> (i * w)) & mask) as u8;
+    }
+    Ok(())
+}
+
+/// Reads `u8 method | u32 length | bytes` streams off a payload.
+pub(crate) struct StreamReader<'a> {
+    data: &'a [u8],
+    at: usize,
+}
+
+impl<'a> StreamReader<'a> {
+    pub(crate) fn new(data: &'a [u8]) -> Self {
+        StreamReader { data, at: 0 }
+    }
+
+    pub(crate) fn byte(&mut self) -> Result<u8> {
+        let b = *self
+            .data
+            .get(self.at)
+            .ok_or_else(|| corrupt("chunk payload truncated"))?;
+        self.at += 1;
+        Ok(b)
+    }
+
+    pub(crate) fn stream(&mut self) -> Result<(u8, &'a [u8])> {
+        let method = self.byte()?;
+        let len_bytes = self
+            .data
+            .get(self.at..self.at + 4)
+            .ok_or_else(|| corrupt("chunk payload truncated"))?;
+        let len = u32::from_le_bytes([len_bytes[0], len_bytes[1], len_bytes[2], len_bytes[3]])
+            as usize;
+        self.at += 4;
+        let body = self
+            .data
+            .get(self.at..self.at.saturating_add(len))
+            .ok_or_else(|| corrupt("chunk stream runs past the chunk"))?;
+        self.at += len;
+        Ok((method, body))
+    }
+
+    pub(crate) fn finish(&self) -> Result<()> {
+        if self.at != self.data.len() {
+            return Err(corrupt("trailing bytes after the last stream"));
+        }
+        Ok(())
+    }
+}
+
+/// Decode one plane of `out.len()` values of `width` bits.
+pub(crate) fn decode_plane(method: u8, data: &[u8], out: &mut [u8], width: u32) -> Result<()> {
+    let cardinality = 1usize << width;
+    match method {
+        METHOD_RAW if width < 8 => unpack_bits(data, width, out)?,
+        METHOD_RAW => {
+            if data.len() != out.len() {
+                return Err(corrupt("raw plane has the wrong length"));
+            }
+            out.copy_from_slice(data);
+        }
+        METHOD_CONST => {
+            let [v] = data else {
+                return Err(corrupt("constant plane is not one byte"));
+            };
+            if *v as usize >= cardinality {
+                return Err(corrupt("constant plane value out of range"));
+            }
+            out.fill(*v);
+        }
+        METHOD_RANS => rans::decode(data, out, cardinality)?,
+        METHOD_ZSTD => {
+            let n = zstd::bulk::decompress_to_buffer(data, out)
+                .map_err(|e| corrupt(format!("zstd plane: {e}")))?;
+            if n != out.len() {
+                return Err(corrupt("zstd plane decoded to the wrong length"));
+            }
+            if width < 8 && out.iter().any(|&v| v as usize >= cardinality) {
+                return Err(corrupt("zstd plane value out of range"));
+            }
+        }
+        m => return Err(corrupt(format!("unknown plane method {m}"))),
+    }
+    Ok(())
+}
+
+/// Decode a payload made by [`encode`] into `out` (whole elements).
+pub fn decode(payload: &[u8], bits: FloatBits, word_bytes: usize, out: &mut [u8]) -> Result<()> {
+    if word_bytes == 2 {
+        decode_words::<2>(payload, bits, out)
+    } else {
+        decode_words::<4>(payload, bits, out)
+    }
+}
+
+fn decode_words<const W: usize>(payload: &[u8], bits: FloatBits, out: &mut [u8]) -> Result<()> {
+    let n = out.len() / W;
+    let mut rd = StreamReader::new(payload);
+    let k = rd.byte()? as u32;
+    if !head_mantissa_choices(bits).contains(&k) {
+        return Err(corrupt(format!("invalid head width k={k}")));
+    }
+    let split = Split::new(bits, k);
+    let cardinality = 1usize << split.head_bits;
+
+    let mut heads = vec![0u16; n];
+    let (method, data) = rd.stream()?;
+    match method {
+        METHOD_RANS => rans::decode(data, &mut heads, cardinality)?,
+        METHOD_CONST => {
+            let [a, b] = data else {
+                return Err(corrupt("constant head is not two bytes"));
+            };
+            let v = u16::from_le_bytes([*a, *b]);
+            if v as usize >= cardinality {
+                return Err(corrupt("constant head out of range"));
+            }
+            heads.fill(v);
+        }
+        m => return Err(corrupt(format!("unknown head method {m}"))),
+    }
+
+    let planes = split.planes();
+    let mut rem: Vec<Vec<u8>> = vec![vec![0u8; n]; planes];
+    let width = split.rem_bits.min(8);
+    for plane in rem.iter_mut() {
+        let (method, data) = rd.stream()?;
+        decode_plane(method, data, plane, width)?;
+    }
+    rd.finish()?;
+
+    if planes == 1 {
+        for ((o, &h), &r) in out.chunks_exact_mut(W).zip(&heads).zip(&rem[0]) {
+            store::<W>(o, split.join(h, r as u32));
+        }
+    } else {
+        for (i, o) in out.chunks_exact_mut(W).enumerate() {
+            let mut r = 0u32;
+            for plane in &rem {
+                r = (r << 8) | plane[i] as u32;
+            }
+            store::<W>(o, split.join(heads[i], r));
+        }
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::dtype::DType;
+    use proptest::prelude::*;
+
+    fn roundtrip(raw: &[u8], dtype: DType) -> usize {
+        let bits = dtype.float_bits().unwrap();
+        let enc = encode(raw, bits, dtype.size());
+        let mut out = vec![0u8; raw.len()];
+        decode(&enc, bits, dtype.size(), &mut out).unwrap();
+        assert_eq!(out, raw, "{dtype}");
+        enc.len()
+    }
+
+    #[test]
+    fn split_join_is_identity_for_every_bf16_and_f16_word() {
+        for dtype in [DType::BF16, DType::F16] {
+            let bits = dtype.float_bits().unwrap();
+            for &k in head_mantissa_choices(bits) {
+                let s = Split::new(bits, k);
+                for w in 0..=u16::MAX as u32 {
+                    assert_eq!(s.join(s.head(w), s.rem(w)), w);
+                }
+            }
+        }
+    }
+
+    #[test]
+    fn special_values_roundtrip() {
+        let f32s = [0.0f32, -0.0, f32::INFINITY, f32::NEG_INFINITY, f32::MIN_POSITIVE / 4.0, 1.0, -2.5];
+        let mut raw: Vec<u8> = f32s.iter().flat_map(|v| v.to_le_bytes()).collect();
+        raw.extend_from_slice(&0x7fc0_1234u32.to_le_bytes()); // NaN with payload
+        raw.extend_from_slice(&0xffa0_0001u32.to_le_bytes()); // signalling NaN, sign set
+        roundtrip(&raw, DType::F32);
+        let halfs: Vec<u8> = [0x0000u16, 0x8000, 0x7c00, 0xfc00, 0x7e01, 0x0001, 0xffff]
+            .iter()
+            .flat_map(|v| v.to_le_bytes())
+            .collect();
+        roundtrip(&halfs, DType::F16);
+        roundtrip(&halfs, DType::BF16);
+        roundtrip(&[], DType::BF16);
+    }
+
+    #[test]
+    fn constant_chunk_is_tiny() {
+        let raw = vec![0u8; 1 << 16];
+        assert!(roundtrip(&raw, DType::BF16) < 64);
+        assert!(roundtrip(&raw, DType::F32) < 64);
+    }
+
+    #[test]
+    fn bit_packing_roundtrips() {
+        for width in 1..=8u32 {
+            for n in [0usize, 1, 3, 5, 31, 32, 33, 100] {
+                let vals: Vec<u8> = (0..n).map(|i| (i as u8).wrapping_mul(37) & ((1u16 << width) - 1) as u8).collect();
+                let packed = pack_bits(&vals, width);
+                let mut out = vec![0u8; n];
+                unpack_bits(&packed, width, &mut out).unwrap();
+                assert_eq!(out, vals);
+            }
+        }
+    }
+
+    proptest! {
+        #[test]
+        fn any_bytes_roundtrip_bf16(raw in proptest::collection::vec(any::<u8>(), 0..4000)) {
+            let raw = &raw[..raw.len() / 2 * 2];
+            roundtrip(raw, DType::BF16);
+            roundtrip(raw, DType::F16);
+        }
+
+        #[test]
+        fn any_bytes_roundtrip_f32(raw in proptest::collection::vec(any::<u8>(), 0..4000)) {
+            roundtrip(&raw[..raw.len() / 4 * 4], DType::F32);
+        }
+
+        #[test]
+        fn garbage_payload_never_panics(data in proptest::collection::vec(any::<u8>(), 0..300)) {
+            let mut out = vec![0u8; 64];
+            for dtype in [DType::BF16, DType::F16, DType::F32] {
+                let _ = decode(&data, dtype.float_bits().unwrap(), dtype.size(), &mut out);
+            }
+        }
+    }
+}

@@ -1,0 +1,280 @@
+//! The container format: fixed header, JSON index, and their validation.
+//!
+//! ```text
+//! 0   8  magic "MITHRIL\0"
+//! 8   2  major version (1)      10  2  minor version (0)     12  4  flags (0)
+//! 16  8  index length           24  8  xxh3-64 of the index
+//! 32  8  data offset            40  8  data length
+//! 48  .. JSON index, zero padding up to the data offset, then the chunks
+//! ```
+//! All integers little-endian. See docs/format.md for the index fields.
+
+use crate::chunk::{Encoding, MAX_CHUNK_BYTES};
+use crate::dtype::{byte_size, DType};
+use crate::error::{corrupt, format_err, Error, Result};
+use serde::{Deserialize, Serialize};
+use std::collections::{BTreeMap, HashSet};
+use xxhash_rust::xxh3::xxh3_64;
+
+pub const MAGIC: &[u8; 8] = b"MITHRIL\0";
+pub const MAJOR: u16 = 1;
+pub const MINOR: u16 = 0;
+pub const HEADER_LEN: usize = 48;
+/// Largest index a reader accepts.
+pub const MAX_INDEX_LEN: u64 = 256 << 20;
+/// Data section alignment, so that mmapped raw chunks are aligned for any dtype.
+pub const DATA_ALIGN: u64 = 64;
+
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+pub struct ChunkEntry {
+    /// Offset from the start of the data section.
+    pub offset: u64,
+    /// Stored bytes.
+    pub length: u64,
+    /// Bytes after decoding.
+    pub raw_length: u64,
+    pub encoding: String,
+    /// xxh3-64 of the stored bytes, 16 hex digits.
+    pub xxh3: String,
+    /// xxh3-64 of the decoded bytes, 16 hex digits.
+    pub raw_xxh3: String,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+pub struct TensorEntry {
+    pub name: String,
+    pub dtype: String,
+    pub shape: Vec<u64>,
+    pub chunks: Vec<ChunkEntry>,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Default)]
+pub struct Index {
+    pub tensors: Vec<TensorEntry>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub metadata: Option<BTreeMap<String, String>>,
+    /// The verbatim JSON header of the safetensors file this was made from, so that
+    /// converting back gives the identical file.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub safetensors_header: Option<String>,
+}
+
+pub fn hex64(v: u64) -> String {
+    format!("{v:016x}")
+}
+
+fn parse_hex64(s: &str) -> Option<u64> {
+    if s.len() != 16 {
+        return None;
+    }
+    u64::from_str_radix(s, 16).ok()
+}
+
+/// A chunk entry after validation.
+#[derive(Debug, Clone, Copy)]
+pub struct Chunk {
+    pub offset: u64,
+    pub length: u64,
+    pub raw_offset: u64,
+    pub raw_length: u64,
+    pub encoding: Encoding,
+    pub checksum: u64,
+    pub raw_checksum: u64,
+}
+
+/// A tensor entry after validation.
+#[derive(Debug, Clone)]
+pub struct TensorInfo {
+    pub name: String,
+    pub dtype: DType,
+    pub shape: Vec<u64>,
+    pub raw_len: u64,
+    pub stored_len: u64,
+    pub chunks: Vec<Chunk>,
+}
+
+pub fn encode_header(index_json: &[u8], data_offset: u64, data_len: u64) -> Vec<u8> {
+    let mut h = Vec::with_capacity(HEADER_LEN);
+    h.extend_from_slice(MAGIC);
+    h.extend_from_slice(&MAJOR.to_le_bytes());
+    h.extend_from_slice(&MINOR.to_le_bytes());
+    h.extend_from_slice(&0u32.to_le_bytes());
+    h.extend_from_slice(&(index_json.len() as u64).to_le_bytes());
+    h.extend_from_slice(&xxh3_64(index_json).to_le_bytes());
+    h.extend_from_slice(&data_offset.to_le_bytes());
+    h.extend_from_slice(&data_len.to_le_bytes());
+    h
+}
+
+pub fn data_offset_for(index_len_bound: usize) -> u64 {
+    (HEADER_LEN as u64 + index_len_bound as u64).div_ceil(DATA_ALIGN) * DATA_ALIGN
+}
+
+fn u64_at(b: &[u8], at: usize) -> u64 {
+    let mut w = [0u8; 8];
+    w.copy_from_slice(&b[at..at + 8]);
+    u64::from_le_bytes(w)
+}
+
+/// Validate the whole file layout and return the index with every tensor checked.
+/// Every byte outside the chunks is covered: header fields, index checksum, zero padding,
+/// and chunks that tile the data section exactly with no gap, overlap or overhang.
+pub fn parse(file: &[u8]) -> Result<(Index, Vec<TensorInfo>, u64)> {
+    if file.len() < HEADER_LEN {
+        return Err(format_err(format!(
+            "file is {} bytes, shorter than the {HEADER_LEN}-byte header (empty or truncated)",
+            file.len()
+        )));
+    }
+    if &file[..8] != MAGIC {
+        return Err(format_err("not a Mithril checkpoint (bad magic)"));
+    }
+    let major = u16::from_le_bytes([file[8], file[9]]);
+    if major != MAJOR {
+        return Err(format_err(format!(
+            "format version {major} is not supported (this reader knows {MAJOR})"
+        )));
+    }
+    let flags = u32::from_le_bytes([file[12], file[13], file[14], file[15]]);
+    if flags != 0 {
+        return Err(format_err(format!("unknown header flags {flags:#x}")));
+    }
+    let index_len = u64_at(file, 16);
+    let index_sum = u64_at(file, 24);
+    let data_offset = u64_at(file, 32);
+    let data_len = u64_at(file, 40);
+    let file_len = file.len() as u64;
+    if index_len > MAX_INDEX_LEN {
+        return Err(format_err(format!(
+            "index length {index_len} exceeds the {MAX_INDEX_LEN}-byte cap"
+        )));
+    }
+    let index_end = HEADER_LEN as u64 + index_len;
+    if index_end > file_len {
+        return Err(format_err(format!(
+            "index length {index_len} runs past the end of the {file_len}-byte file (truncated?)"
+        )));
+    }
+    if data_offset < index_end || data_offset > file_len {
+        return Err(format_err(format!(
+            "data offset {data_offset} is outside [{index_end}, {file_len}]"
+        )));
+    }
+    if data_offset.checked_add(data_len) != Some(file_len) {
+        return Err(format_err(format!(
+            "header says {data_len} data bytes at offset {data_offset}, file has {file_len} bytes (truncated or extended)"
+        )));
+    }
+    let index_bytes = &file[HEADER_LEN..index_end as usize];
+    if xxh3_64(index_bytes) != index_sum {
+        return Err(corrupt("index checksum mismatch"));
+    }
+    if file[index_end as usize..data_offset as usize]
+        .iter()
+        .any(|&b| b != 0)
+    {
+        return Err(corrupt("non-zero bytes in the padding before the data"));
+    }
+    let index: Index = serde_json::from_slice(index_bytes)
+        .map_err(|e| format_err(format!("index is not valid JSON: {e}")))?;
+    let tensors = validate(&index, data_len)?;
+    Ok((index, tensors, data_offset))
+}
+
+/// Check the index against itself and the data section length.
+pub fn validate(index: &Index, data_len: u64) -> Result<Vec<TensorInfo>> {
+    let mut names = HashSet::new();
+    let mut next = 0u64;
+    let mut out = Vec::with_capacity(index.tensors.len());
+    for t in &index.tensors {
+        let ctx = format!("tensor {:?}", t.name);
+        if !names.insert(t.name.as_str()) {
+            return Err(format_err(format!("duplicate tensor name {:?}", t.name)));
+        }
+        let dtype = DType::parse(&t.dtype).map_err(|e| e.context(&ctx))?;
+        let raw_len = byte_size(dtype, &t.shape).map_err(|e| e.context(&ctx))?;
+        let mut chunks = Vec::with_capacity(t.chunks.len());
+        let mut raw_offset = 0u64;
+        let mut stored = 0u64;
+        for (i, c) in t.chunks.iter().enumerate() {
+            let cctx = || format!("{ctx} chunk {i}");
+            let encoding = Encoding::parse(&c.encoding).ok_or_else(|| {
+                format_err(format!("{}: unknown encoding {:?}", cctx(), c.encoding))
+            })?;
+            if c.offset != next {
+                return Err(format_err(format!(
+                    "{}: offset {} leaves a gap or overlap (expected {next})",
+                    cctx(),
+                    c.offset
+                )));
+            }
+            next = c
+                .offset
+                .checked_add(c.length)
+                .filter(|&end| end <= data_len)
+                .ok_or_else(|| {
+                    format_err(format!("{}: extends past the end of the data", cctx()))
+                })?;
+            if c.raw_length == 0
+                || c.raw_length > MAX_CHUNK_BYTES as u64
+                || c.raw_length % dtype.size() as u64 != 0
+            {
+                return Err(format_err(format!(
+                    "{}: raw length {} is not a whole number of {dtype} elements up to {MAX_CHUNK_BYTES} bytes",
+                    cctx(),
+                    c.raw_length
+                )));
+            }
+            if encoding == Encoding::Raw && c.length != c.raw_length {
+                return Err(format_err(format!(
+                    "{}: raw chunk with stored length {} != raw length {}",
+                    cctx(),
+                    c.length,
+                    c.raw_length
+                )));
+            }
+            let (Some(checksum), Some(raw_checksum)) =
+                (parse_hex64(&c.xxh3), parse_hex64(&c.raw_xxh3))
+            else {
+                return Err(format_err(format!("{}: malformed checksum", cctx())));
+            };
+            chunks.push(Chunk {
+                offset: c.offset,
+                length: c.length,
+                raw_offset,
+                raw_length: c.raw_length,
+                encoding,
+                checksum,
+                raw_checksum,
+            });
+            raw_offset += c.raw_length;
+            stored += c.length;
+        }
+        if raw_offset != raw_len {
+            return Err(format_err(format!(
+                "{ctx}: chunks hold {raw_offset} bytes, shape {:?} of {dtype} needs {raw_len}",
+                t.shape
+            )));
+        }
+        out.push(TensorInfo {
+            name: t.name.clone(),
+            dtype,
+            shape: t.shape.clone(),
+            raw_len,
+            stored_len: stored,
+            chunks,
+        });
+    }
+    if next != data_len {
+        return Err(format_err(format!(
+            "chunks cover {next} of {data_len} data bytes"
+        )));
+    }
+    Ok(out)
+}
+
+impl From<serde_json::Error> for Error {
+    fn from(e: serde_json::Error) -> Self {
+        format_err(format!("JSON: {e}"))
+    }
+}

@@ -1,0 +1,24 @@
+//! Lossless, float-aware checkpoint compression.
+//!
+//! Floats (bf16, fp16, fp32) are split into an entropy-coded head (exponent plus the top
+//! mantissa bits) and a near-random remainder; other dtypes take a zstd path. Tensors are cut
+//! into ~1 MiB chunks that encode and decode in parallel, each with xxh3 checksums of its
+//! stored and decoded bytes, inside a versioned container (see `format`).
+
+pub mod atomic;
+pub mod chunk;
+pub mod dtype;
+pub mod error;
+pub mod float;
+pub mod format;
+pub mod rans;
+pub mod reader;
+pub mod safetensors;
+pub mod writer;
+
+pub use chunk::{EncodeOptions, Encoding};
+pub use dtype::DType;
+pub use error::{Error, Result};
+pub use format::{Index, TensorInfo};
+pub use reader::Reader;
+pub use writer::{write_bytes, write_file, FileExtras, TensorSource};

@@ -1,0 +1,527 @@
+//! Static order-0 rANS entropy coder.
+//!
+//! 32 interleaved lanes (symbol `i` belongs to lane `i % 32`) so that the decoder has 32
+//! independent dependency chains; 32-bit states renormalised 16 bits at a time; probabilities
+//! quantised to 12 bits. The frequency table travels with the stream.
+//!
+//! Stream layout (little-endian):
+//! ```text
+//! u16 nsym | nsym x (u16 symbol, u16 freq) | 32 x u32 initial decoder state | u16 words ...
+//! ```
+//! Every lane ends at the state `RANS_L` after the last symbol; the decoder checks this and
+//! that every word was consumed, which catches most corruption on its own.
+
+use crate::error::{corrupt, Result};
+use std::cmp::Ordering;
+use std::collections::BinaryHeap;
+
+pub const PROB_BITS: u32 = 12;
+pub const PROB_SCALE: u32 = 1 << PROB_BITS;
+pub const LANES: usize = 32;
+const RANS_L: u32 = 1 << 16;
+const SLOT_MASK: u32 = PROB_SCALE - 1;
+/// Most distinct symbols a table may hold; keeps tables small and quantisation sane.
+pub const MAX_ALPHABET: usize = 1024;
+
+/// A symbol type the coder can carry (`u8` planes and `u16` exponent+mantissa heads).
+pub trait Symbol: Copy + Default + Send + Sync + 'static {
+    /// One past the largest value.
+    const CARDINALITY: usize;
+    fn index(self) -> usize;
+    fn from_index(v: u16) -> Self;
+}
+
+impl Symbol for u8 {
+    const CARDINALITY: usize = 256;
+    #[inline(always)]
+    fn index(self) -> usize {
+        self as usize
+    }
+    #[inline(always)]
+    fn from_index(v: u16) -> Self {
+        v as u8
+    }
+}
+
+impl Symbol for u16 {
+    const CARDINALITY: usize = 65536;
+    #[inline(always)]
+    fn index(self) -> usize {
+        self as usize
+    }
+    #[inline(always)]
+    fn from_index(v: u16) -> Self {
+        v
+    }
+}
+
+/// Counts of each symbol value, indexed by value, `len` up to the largest value present + 1.
+pub fn histogram<T: Symbol>(syms: &[T], cardinality: usize) -> Vec<u32> {
+    // Four sub-histograms break the store-to-load dependency on runs of equal symbols.
+    let mut h = vec![[0u32; 4]; cardinality];
+    let mut it = syms.chunks_exact(4);
+    for c in &mut it {
+        h[c[0].index()][0] += 1;
+        h[c[1].index()][1] += 1;
+        h[c[2].index()][2] += 1;
+        h[c[3].index()][3] += 1;
+    }
+    for s in it.remainder() {
+        h[s.index()][0] += 1;
+    }
+    h.into_iter().map(|c| c[0] + c[1] + c[2] + c[3]).collect()
+}
+
+/// Empirical order-0 entropy of `counts`, in bits for the whole sequence.
+pub fn entropy_bits(counts: &[u32]) -> f64 {
+    let total: f64 = counts.iter().map(|&c| c as f64).sum();
+    if total == 0.0 {
+        return 0.0;
+    }
+    counts
+        .iter()
+        .filter(|&&c| c > 0)
+        .map(|&c| {
+            let c = c as f64;
+            -c * (c / total).log2()
+        })
+        .sum()
+}
+
+/// Estimated encoded size in bytes: entropy, quantisation slack, table and lane states.
+pub fn estimated_size(counts: &[u32]) -> usize {
+    let present = counts.iter().filter(|&&c| c > 0).count();
+    let payload = entropy_bits(counts) * 1.002 / 8.0;
+    payload as usize + 2 + 4 * present + 4 * LANES + 2
+}
+
+/// Quantised frequencies: present symbols in increasing order, frequencies summing to 2^12.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct FreqTable {
+    pub symbols: Vec<u16>,
+    pub freqs: Vec<u16>,
+}
+
+#[derive(PartialEq)]
+struct Candidate {
+    score: f64,
+    at: usize,
+}
+impl Eq for Candidate {}
+impl PartialOrd for Candidate {
+    fn partial_cmp(&self, other: &Self) -> Option<Ordering> {
+        Some(self.cmp(other))
+    }
+}
+impl Ord for Candidate {
+    fn cmp(&self, other: &Self) -> Ordering {
+        self.score
+            .total_cmp(&other.score)
+            .then(other.at.cmp(&self.at))
+    }
+}
+
+impl FreqTable {
+    /// Quantise `counts` to frequencies that sum to `PROB_SCALE`, each present symbol at least 1,
+    /// minimising the coded size greedily. `None` when fewer than 2 or more than
+    /// `MAX_ALPHABET` symbols are present.
+    pub fn from_counts(counts: &[u32]) -> Option<FreqTable> {
+        let present: Vec<(u16, u64)> = counts
+            .iter()
+            .enumerate()
+            .filter(|(_, &c)| c > 0)
+            .map(|(s, &c)| (s as u16, c as u64))
+            .collect();
+        if present.len() < 2 || present.len() > MAX_ALPHABET || counts.len() > 65536 {
+            return None;
+        }
+        let total: u64 = present.iter().map(|p| p.1).sum();
+        let scale = PROB_SCALE as u64;
+        let mut freqs: Vec<u32> = present
+            .iter()
+            .map(|&(_, c)| ((c * scale) / total).max(1) as u32)
+            .collect();
+        let mut sum: i64 = freqs.iter().map(|&f| f as i64).sum();
+        let target = PROB_SCALE as i64;
+        // Cost change of moving one unit: count * log2(f'/f). Greedy by best marginal gain.
+        if sum < target {
+            let gain = |c: u64, f: u32| c as f64 * ((f as f64 + 1.0) / f as f64).log2();
+            let mut heap: BinaryHeap<Candidate> = present
+                .iter()
+                .enumerate()
+                .map(|(i, p)| Candidate {
+                    score: gain(p.1, freqs[i]),
+                    at: i,
+                })
+                .collect();
+            while sum < target {
+                let top = heap.pop()?;
+                freqs[top.at] += 1;
+                sum += 1;
+                heap.push(Candidate {
+                    score: gain(present[top.at].1, freqs[top.at]),
+                    at: top.at,
+                });
+            }
+        } else if sum > target {
+            // Max-heap on negative loss = min loss first.
+            let loss = |c: u64, f: u32| -(c as f64 * (f as f64 / (f as f64 - 1.0)).log2());
+            let mut heap: BinaryHeap<Candidate> = present
+                .iter()
+                .enumerate()
+                .filter(|(i, _)| freqs[*i] > 1)
+                .map(|(i, p)| Candidate {
+                    score: loss(p.1, freqs[i]),
+                    at: i,
+                })
+                .collect();
+            while sum > target {
+                let top = heap.pop()?;
+                freqs[top.at] -= 1;
+                sum -= 1;
+                if freqs[top.at] > 1 {
+                    heap.push(Candidate {
+                        score: loss(present[top.at].1, freqs[top.at]),
+                        at: top.at,
+                    });
+                }
+            }
+        }
+        Some(FreqTable {
+            symbols: present.iter().map(|p| p.0).collect(),
+            freqs: freqs.iter().map(|&f| f as u16).collect(),
+        })
+    }
+
+    fn write(&self, out: &mut Vec<u8>) {
+        out.extend_from_slice(&(self.symbols.len() as u16).to_le_bytes());
+        for (s, f) in self.symbols.iter().zip(&self.freqs) {
+            out.extend_from_slice(&s.to_le_bytes());
+            out.extend_from_slice(&f.to_le_bytes());
+        }
+    }
+
+    /// Parse and validate a table; returns it and the number of bytes read.
+    fn read(data: &[u8], cardinality: usize) -> Result<(FreqTable, usize)> {
+        let n = read_u16(data, 0).ok_or_else(|| corrupt("rANS table truncated"))? as usize;
+        if !(2..=MAX_ALPHABET).contains(&n) {
+            return Err(corrupt(format!("rANS table has {n} symbols")));
+        }
+        let end = 2 + 4 * n;
+        if data.len() < end {
+            return Err(corrupt("rANS table truncated"));
+        }
+        let mut symbols = Vec::with_capacity(n);
+        let mut freqs = Vec::with_capacity(n);
+        let mut sum = 0u32;
+        for i in 0..n {
+            let s = read_u16(data, 2 + 4 * i).unwrap_or(0);
+            let f = read_u16(data, 4 + 4 * i).unwrap_or(0);
+            if (s as usize) >= cardinality {
+                return Err(corrupt(format!("rANS symbol {s} out of range")));
+            }
+            if let Some(&prev) = symbols.last() {
+                if s <= prev {
+                    return Err(corrupt("rANS table symbols not increasing"));
+                }
+            }
+            if f == 0 || f as u32 >= PROB_SCALE {
+                return Err(corrupt(format!("rANS frequency {f} invalid")));
+            }
+            sum += f as u32;
+            symbols.push(s);
+            freqs.push(f);
+        }
+        if sum != PROB_SCALE {
+            return Err(corrupt(format!(
+                "rANS frequencies sum to {sum}, not {PROB_SCALE}"
+            )));
+        }
+        Ok((FreqTable { symbols, freqs }, end))
+    }
+}
+
+#[inline(always)]
+fn read_u16(data: &[u8], at: usize) -> Option<u16> {
+    let b = data.get(at..at + 2)?;
+    Some(u16::from_le_bytes([b[0], b[1]]))
+}
+
+#[inline(always)]
+fn read_u32(data: &[u8], at: usize) -> Option<u32> {
+    let b = data.get(at..at + 4)?;
+    Some(u32::from_le_bytes([b[0], b[1], b[2], b[3]]))
+}
+
+/// Per-symbol encoder constants. Division by the frequency is done with an exact
+/// multiply-and-shift (Granlund-Montgomery round-up method, valid for all 32-bit states).
+#[derive(Clone, Copy, Default)]
+struct EncSymbol {
+    x_max: u32,
+    cum: u32,
+    complement: u32,
+    magic: u64,
+    shift: u32,
+}
+
+impl EncSymbol {
+    fn new(cum: u32, freq: u32) -> Self {
+        let shift = 32 - (freq - 1).leading_zeros(); // ceil(log2 freq); 0 for freq = 1
+        let magic = ((1u128 << (32 + shift)) / freq as u128 + 1) as u64;
+        EncSymbol {
+            x_max: ((RANS_L >> PROB_BITS) << 16) * freq,
+            cum,
+            complement: PROB_SCALE - freq,
+            magic,
+            shift: 32 + shift,
+        }
+    }
+
+    /// Encode one symbol into state `x`, writing a renormalisation word to `out[*pos]`
+    /// unconditionally and keeping it only when needed (no unpredictable branch).
+    #[inline(always)]
+    fn put(&self, x: u32, out: &mut [u16], pos: &mut usize) -> u32 {
+        let emit = x >= self.x_max;
+        out[*pos] = x as u16;
+        *pos += emit as usize;
+        let x = if emit { x >> 16 } else { x };
+        let q = ((x as u128 * self.magic as u128) >> self.shift) as u32;
+        // x + cum + q * (M - f) == (q << 12) + (x mod f) + cum, below 2^32 by construction.
+        x + self.cum + q * self.complement
+    }
+}
+
+/// Encode `syms` with `table` (which must cover every symbol in `syms`).
+pub fn encode<T: Symbol>(syms: &[T], table: &FreqTable) -> Vec<u8> {
+    let top = table.symbols.last().map_or(0, |&s| s as usize + 1);
+    let mut enc = vec![EncSymbol::default(); top];
+    let mut cum = 0u32;
+    for (&s, &f) in table.symbols.iter().zip(&table.freqs) {
+        enc[s as usize] = EncSymbol::new(cum, f as u32);
+        cum += f as u32;
+    }
+    let mut states = [RANS_L; LANES];
+    // At most one word per symbol, plus room for the unconditional store of the last one.
+    let mut words = vec![0u16; syms.len() + 1];
+    let mut pos = 0usize;
+    let full = syms.len() / LANES * LANES;
+    for (lane, s) in syms[full..].iter().enumerate().rev() {
+        states[lane] = enc[s.index()].put(states[lane], &mut words, &mut pos);
+    }
+    for group in syms[..full].chunks_exact(LANES).rev() {
+        for lane in (0..LANES).rev() {
+            states[lane] = enc[group[lane].index()].put(states[lane], &mut words, &mut pos);
+        }
+    }
+    words.truncate(pos);
+    let mut out = Vec::with_capacity(2 + 4 * table.symbols.len() + 4 * LANES + 2 * words.len());
+    table.write(&mut out);
+    for s in states {
+        out.extend_from_slice(&s.to_le_bytes());
+    }
+    for w in words.iter().rev() {
+        out.extend_from_slice(&w.to_le_bytes());
+    }
+    out
+}
+
+/// Decode exactly `out.len()` symbols from `data`, refusing anything that is not a stream
+/// `encode` could have produced for that many symbols.
+pub fn decode<T: Symbol>(data: &[u8], out: &mut [T], cardinality: usize) -> Result<()> {
+    let (table, mut at) = FreqTable::read(data, cardinality)?;
+    let mut states = [0u32; LANES];
+    for s in states.iter_mut() {
+        *s = read_u32(data, at).ok_or_else(|| corrupt("rANS lane states truncated"))?;
+        if *s < RANS_L {
+            return Err(corrupt("rANS lane state out of range"));
+        }
+        at += 4;
+    }
+    let body = &data[at..];
+    if body.len() % 2 != 0 {
+        return Err(corrupt("rANS body has an odd length"));
+    }
+    let words: Vec<u16> = body
+        .chunks_exact(2)
+        .map(|b| u16::from_le_bytes([b[0], b[1]]))
+        .collect();
+
+    // slot -> (freq << 16 | slot - cum), slot -> symbol
+    let mut slots = vec![0u32; PROB_SCALE as usize];
+    let mut slot_sym = vec![T::default(); PROB_SCALE as usize];
+    let mut cum = 0usize;
+    for (&s, &f) in table.symbols.iter().zip(&table.freqs) {
+        for (j, slot) in (cum..cum + f as usize).enumerate() {
+            slots[slot] = ((f as u32) << 16) | j as u32;
+            slot_sym[slot] = T::from_index(s);
+        }
+        cum += f as usize;
+    }
+
+    let mut pos = 0usize;
+    let full = out.len() / LANES * LANES;
+    let (head, tail) = out.split_at_mut(full);
+    for group in head.chunks_exact_mut(LANES) {
+        if pos + LANES <= words.len() {
+            // At most one word per lane: this window cannot run out.
+            let window = &words[pos..pos + LANES];
+            // Phase 1: the 32 lanes are independent; phase 2 threads the word cursor through
+            // them. Keeping the cursor out of phase 1 keeps the lanes from serialising.
+            let mut xs = [0u32; LANES];
+            for (lane, (o, xo)) in group.iter_mut().zip(xs.iter_mut()).enumerate() {
+                let x = states[lane];
+                let slot = (x & SLOT_MASK) as usize;
+                let e = slots[slot];
+                *o = slot_sym[slot];
+                *xo = (e >> 16) * (x >> PROB_BITS) + (e & 0xffff);
+            }
+            let mut used = 0usize;
+            for (st, &x) in states.iter_mut().zip(xs.iter()) {
+                // `used` never exceeds the lane number, so the index is in range.
+                let w = window[used & (LANES - 1)] as u32;
+                let need = x < RANS_L;
+                *st = if need { (x << 16) | w } else { x };
+                used += need as usize;
+            }
+            pos += used;
+        } else {
+            decode_checked(group, &mut states, &slots, &slot_sym, &words, &mut pos)?;
+        }
+    }
+    decode_checked(tail, &mut states, &slots, &slot_sym, &words, &mut pos)?;
+    if pos != words.len() {
+        return Err(corrupt(format!(
+            "rANS stream has {} unused words",
+            words.len() - pos
+        )));
+    }
+    if states.iter().any(|&s| s != RANS_L) {
+        return Err(corrupt("rANS stream did not end in its initial state"));
+    }
+    Ok(())
+}
+
+fn decode_checked<T: Symbol>(
+    group: &mut [T],
+    states: &mut [u32; LANES],
+    slots: &[u32],
+    slot_sym: &[T],
+    words: &[u16],
+    pos: &mut usize,
+) -> Result<()> {
+    for (lane, o) in group.iter_mut().enumerate() {
+        let x = states[lane];
+        let slot = (x & SLOT_MASK) as usize;
+        let e = slots[slot];
+        *o = slot_sym[slot];
+        let mut x = (e >> 16) * (x >> PROB_BITS) + (e & 0xffff);
+        if x < RANS_L {
+            let w = *words
+                .get(*pos)
+                .ok_or_else(|| corrupt("rANS stream ends early"))?;
+            x = (x << 16) | w as u32;
+            *pos += 1;
+        }
+        states[lane] = x;
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use proptest::prelude::*;
+
+    fn roundtrip<T: Symbol + PartialEq + std::fmt::Debug>(syms: &[T], card: usize) {
+        let counts = histogram(syms, card);
+        let table = FreqTable::from_counts(&counts).unwrap();
+        let enc = encode(syms, &table);
+        let mut out = vec![T::default(); syms.len()];
+        decode(&enc, &mut out, card).unwrap();
+        assert_eq!(out, syms);
+    }
+
+    #[test]
+    fn skewed_bytes_roundtrip_and_compress() {
+        let mut x = 12345u64;
+        let syms: Vec<u8> = (0..100_003)
+            .map(|_| {
+                x = x.wrapping_mul(6364136223846793005).wrapping_add(1442695040888963407);
+                let r = (x >> 33) as u32 % 1000;
+                if r < 600 {
+                    120
+                } else if r < 900 {
+                    121
+                } else {
+                    (r % 7) as u8
+                }
+            })
+            .collect();
+        roundtrip(&syms, 256);
+        let counts = histogram(&syms, 256);
+        let enc = encode(&syms, &FreqTable::from_counts(&counts).unwrap());
+        let bound = entropy_bits(&counts) / 8.0;
+        assert!((enc.len() as f64) < bound * 1.01 + 300.0, "{} vs {}", enc.len(), bound);
+    }
+
+    #[test]
+    fn magic_division_is_exact() {
+        for f in [1u32, 2, 3, 5, 7, 100, 2047, 2048, 2049, 4095] {
+            let e = EncSymbol::new(0, f);
+            for x in [0u32, 1, f - 1, f, f + 1, 65535, 1 << 20, u32::MAX / 2, u32::MAX - 1, u32::MAX] {
+                let q = ((x as u128 * e.magic as u128) >> e.shift) as u32;
+                assert_eq!(q, x / f, "x={x} f={f}");
+            }
+        }
+    }
+
+    #[test]
+    fn truncated_and_flipped_streams_fail_cleanly() {
+        let syms: Vec<u8> = (0..5000u32).map(|i| (i * i % 13) as u8).collect();
+        let counts = histogram(&syms, 256);
+        let enc = encode(&syms, &FreqTable::from_counts(&counts).unwrap());
+        let mut out = vec![0u8; syms.len()];
+        for cut in 0..enc.len() {
+            assert!(decode(&enc[..cut], &mut out, 256).is_err());
+        }
+        let mut caught = 0;
+        for byte in (0..enc.len()).step_by(7) {
+            let mut bad = enc.clone();
+            bad[byte] ^= 0x10;
+            if decode(&bad, &mut out, 256).is_err() || out != syms {
+                caught += 1;
+            }
+        }
+        assert!(caught > 0);
+    }
+
+    proptest! {
+        #[test]
+        fn any_u8_sequence_roundtrips(syms in proptest::collection::vec(0u8..=255, 2..3000)) {
+            let counts = histogram(&syms, 256);
+            if let Some(table) = FreqTable::from_counts(&counts) {
+                let enc = encode(&syms, &table);
+                let mut out = vec![0u8; syms.len()];
+                decode(&enc, &mut out, 256).unwrap();
+                prop_assert_eq!(out, syms);
+            }
+        }
+
+        #[test]
+        fn u16_heads_roundtrip(syms in proptest::collection::vec(0u16..1024, 2..5000)) {
+            let counts = histogram(&syms, 1024);
+            if let Some(table) = FreqTable::from_counts(&counts) {
+                let enc = encode(&syms, &table);
+                let mut out = vec![0u16; syms.len()];
+                decode(&enc, &mut out, 1024).unwrap();
+                prop_assert_eq!(out, syms);
+            }
+        }
+
+        #[test]
+        fn garbage_never_panics(data in proptest::collection::vec(any::<u8>(), 0..600), n in 0usize..200) {
+            let mut out = vec![0u8; n];
+            let _ = decode(&data, &mut out, 256);
+        }
+    }
+}

@@ -1,0 +1,176 @@
+//! Writing a container: chunks are encoded in parallel windows and streamed to disk after a
+//! reserved index area, so memory stays bounded by the window, not by the checkpoint.
+
+use crate::atomic::AtomicFile;
+use crate::chunk::{chunk_lengths, encode_chunk, EncodeOptions, EncodedChunk};
+use crate::dtype::{byte_size, DType};
+use crate::error::{Error, Result};
+use crate::format::{self, hex64, ChunkEntry, Index, TensorEntry};
+use rayon::prelude::*;
+use std::collections::{BTreeMap, HashSet};
+use std::io::{Seek, SeekFrom, Write};
+use std::path::Path;
+
+/// One tensor to store: its raw little-endian bytes and how to interpret them.
+#[derive(Debug, Clone)]
+pub struct TensorSource<'a> {
+    pub name: String,
+    pub dtype: DType,
+    pub shape: Vec<u64>,
+    pub data: &'a [u8],
+}
+
+/// What goes into a file besides the tensors.
+#[derive(Debug, Clone, Default)]
+pub struct FileExtras {
+    pub metadata: Option<BTreeMap<String, String>>,
+    pub safetensors_header: Option<String>,
+}
+
+/// Called with (raw bytes done, raw bytes total) after each window of chunks; an error
+/// aborts the write and leaves nothing behind.
+pub type Progress<'p> = &'p mut dyn FnMut(u64, u64) -> Result<()>;
+
+fn check_sources(tensors: &[TensorSource]) -> Result<()> {
+    let mut names = HashSet::new();
+    for t in tensors {
+        if !names.insert(t.name.as_str()) {
+            return Err(Error::Invalid(format!("duplicate tensor name {:?}", t.name)));
+        }
+        let need = byte_size(t.dtype, &t.shape)?;
+        if need != t.data.len() as u64 {
+            return Err(Error::Invalid(format!(
+                "tensor {:?}: shape {:?} of {} needs {need} bytes, got {}",
+                t.name,
+                t.shape,
+                t.dtype,
+                t.data.len()
+            )));
+        }
+    }
+    Ok(())
+}
+
+/// Write `tensors` to any seekable sink starting at its position 0.
+pub fn write_to<W: Write + Seek>(
+    sink: &mut W,
+    tensors: &[TensorSource],
+    extras: &FileExtras,
+    opts: &EncodeOptions,
+    progress: Progress,
+) -> Result<u64> {
+    check_sources(tensors)?;
+    let plan: Vec<Vec<usize>> = tensors
+        .iter()
+        .map(|t| chunk_lengths(t.data.len(), t.dtype, opts.chunk_bytes))
+        .collect();
+
+    // Reserve room for the index at its largest possible size (all numbers at u64::MAX).
+    let widest = ChunkEntry {
+        offset: u64::MAX,
+        length: u64::MAX,
+        raw_length: u64::MAX,
+        encoding: "float".into(),
+        xxh3: hex64(u64::MAX),
+        raw_xxh3: hex64(u64::MAX),
+    };
+    let mut index = Index {
+        tensors: tensors
+            .iter()
+            .zip(&plan)
+            .map(|(t, p)| TensorEntry {
+                name: t.name.clone(),
+                dtype: t.dtype.name().into(),
+                shape: t.shape.clone(),
+                chunks: vec![widest.clone(); p.len()],
+            })
+            .collect(),
+        metadata: extras.metadata.clone(),
+        safetensors_header: extras.safetensors_header.clone(),
+    };
+    let bound = serde_json::to_vec(&index)?.len();
+    let data_offset = format::data_offset_for(bound);
+    let io = |e| Error::Io {
+        path: "<output>".into(),
+        source: e,
+    };
+    sink.seek(SeekFrom::Start(data_offset)).map_err(io)?;
+
+    // Jobs in file order: (tensor, chunk, raw range).
+    let mut jobs = Vec::new();
+    for (ti, lens) in plan.iter().enumerate() {
+        let mut at = 0usize;
+        for (ci, &len) in lens.iter().enumerate() {
+            jobs.push((ti, ci, at..at + len));
+            at += len;
+        }
+    }
+    let total: u64 = tensors.iter().map(|t| t.data.len() as u64).sum();
+    let window = (rayon::current_num_threads() * 4).max(1);
+    let mut done = 0u64;
+    let mut offset = 0u64;
+    for batch in jobs.chunks(window) {
+        let encoded: Vec<EncodedChunk> = batch
+            .par_iter()
+            .map(|(ti, _, range)| {
+                let t = &tensors[*ti];
+                encode_chunk(&t.data[range.clone()], t.dtype, opts)
+            })
+            .collect();
+        for ((ti, ci, _), chunk) in batch.iter().zip(encoded) {
+            sink.write_all(&chunk.data).map_err(io)?;
+            index.tensors[*ti].chunks[*ci] = ChunkEntry {
+                offset,
+                length: chunk.data.len() as u64,
+                raw_length: chunk.raw_len as u64,
+                encoding: chunk.encoding.name().into(),
+                xxh3: hex64(chunk.checksum),
+                raw_xxh3: hex64(chunk.raw_checksum),
+            };
+            offset += chunk.data.len() as u64;
+            done += chunk.raw_len as u64;
+        }
+        progress(done, total)?;
+    }
+    let json = serde_json::to_vec(&index)?;
+    let mut head = format::encode_header(&json, data_offset, offset);
+    head.extend_from_slice(&json);
+    head.resize(data_offset as usize, 0);
+    sink.seek(SeekFrom::Start(0)).map_err(io)?;
+    sink.write_all(&head).map_err(io)?;
+    sink.flush().map_err(io)?;
+    Ok(data_offset + offset)
+}
+
+/// Write a container file atomically (temp file + fsync + rename).
+pub fn write_file(
+    path: &Path,
+    tensors: &[TensorSource],
+    extras: &FileExtras,
+    opts: &EncodeOptions,
+    progress: Progress,
+) -> Result<u64> {
+    let mut out = AtomicFile::create(path)?;
+    let tmp = out.tmp_path().to_path_buf();
+    let mut buffered = std::io::BufWriter::with_capacity(1 << 20, out.file());
+    let size = write_to(&mut buffered, tensors, extras, opts, progress).map_err(|e| match e {
+        Error::Io { source, .. } => Error::io(&tmp, source),
+        other => other,
+    })?;
+    buffered
+        .into_inner()
+        .map_err(|e| Error::io(&tmp, e.into_error()))?;
+    out.commit()?;
+    Ok(size)
+}
+
+/// Build a container in memory.
+pub fn write_bytes(
+    tensors: &[TensorSource],
+    extras: &FileExtras,
+    opts: &EncodeOptions,
+) -> Result<Vec<u8>> {
+    let mut cur = std::io::Cursor::new(Vec::new());
+    write_to(&mut cur, tensors, extras, opts, &mut |_, _| Ok(()))?;
+    Ok(cur.into_inner())
+}

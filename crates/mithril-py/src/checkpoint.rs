@@ -1,0 +1,261 @@
+//! `mithril._native` checkpoint functions and the `Reader` class.
+
+use crate::errors::IntoPyResult;
+use crate::threads;
+use mithril_checkpoint::chunk::EncodeOptions;
+use mithril_checkpoint::{safetensors, writer, DType, Error, FileExtras, Reader, TensorSource};
+use numpy::PyArray1;
+use pyo3::buffer::PyBuffer;
+use pyo3::exceptions::PyValueError;
+use pyo3::prelude::*;
+use pyo3::types::{PyBytes, PyDict};
+use std::collections::BTreeMap;
+use std::path::PathBuf;
+
+/// A tensor handed in from Python: the buffer stays borrowed while Rust reads it.
+type InTensor = (String, String, Vec<u64>, PyBuffer<u8>);
+
+fn options(chunk_bytes: Option<usize>) -> EncodeOptions {
+    let mut o = EncodeOptions::default();
+    if let Some(c) = chunk_bytes {
+        o.chunk_bytes = c;
+    }
+    o
+}
+
+/// Borrow the bytes of each buffer; they must be C-contiguous.
+fn sources(tensors: &[InTensor]) -> PyResult<Vec<TensorSource<'_>>> {
+    tensors
+        .iter()
+        .map(|(name, dtype, shape, buf)| {
+            if !buf.is_c_contiguous() {
+                return Err(PyValueError::new_err(format!(
+                    "tensor {name:?}: buffer is not C-contiguous"
+                )));
+            }
+            let dtype = DType::parse(dtype).py()?;
+            // SAFETY: the PyBuffer keeps the exporter alive and its memory pinned for as long
+            // as `tensors` lives, which outlives the returned slices.
+            let data = unsafe {
+                std::slice::from_raw_parts(buf.buf_ptr() as *const u8, buf.len_bytes())
+            };
+            Ok(TensorSource {
+                name: name.clone(),
+                dtype,
+                shape: shape.clone(),
+                data,
+            })
+        })
+        .collect()
+}
+
+/// Adapts an optional Python callable to the core's progress hook. A Python exception
+/// (including KeyboardInterrupt from a signal check) cancels the work and is re-raised.
+struct PyProgress {
+    callback: Option<Py<PyAny>>,
+    error: Option<PyErr>,
+}
+
+impl PyProgress {
+    fn new(callback: Option<Py<PyAny>>) -> Self {
+        PyProgress {
+            callback,
+            error: None,
+        }
+    }
+
+    fn tick(&mut self, done: u64, total: u64) -> Result<(), Error> {
+        let outcome = Python::attach(|py| -> PyResult<()> {
+            py.check_signals()?;
+            if let Some(cb) = &self.callback {
+                cb.call1(py, (done, total))?;
+            }
+            Ok(())
+        });
+        outcome.map_err(|e| {
+            self.error = Some(e);
+            Error::Cancelled("stopped by the progress callback".into())
+        })
+    }
+
+    fn finish<T>(self, r: Result<T, Error>) -> PyResult<T> {
+        match (r, self.error) {
+            (Err(_), Some(e)) => Err(e),
+            (r, _) => r.py(),
+        }
+    }
+}
+
+#[pyfunction]
+#[pyo3(signature = (path, tensors, metadata=None, threads=None, chunk_bytes=None, progress=None))]
+fn write_file(
+    py: Python<'_>,
+    path: PathBuf,
+    tensors: Vec<InTensor>,
+    metadata: Option<BTreeMap<String, String>>,
+    threads: Option<usize>,
+    chunk_bytes: Option<usize>,
+    progress: Option<Py<PyAny>>,
+) -> PyResult<u64> {
+    let srcs = sources(&tensors)?;
+    let extras = FileExtras {
+        metadata,
+        safetensors_header: None,
+    };
+    let opts = options(chunk_bytes);
+    let mut p = PyProgress::new(progress);
+    let r = py.detach(|| {
+        threads::run(threads, || {
+            writer::write_file(&path, &srcs, &extras, &opts, &mut |d, t| p.tick(d, t))
+        })
+    })?;
+    p.finish(r)
+}
+
+#[pyfunction]
+#[pyo3(signature = (tensors, metadata=None, threads=None, chunk_bytes=None))]
+fn write_bytes<'py>(
+    py: Python<'py>,
+    tensors: Vec<InTensor>,
+    metadata: Option<BTreeMap<String, String>>,
+    threads: Option<usize>,
+    chunk_bytes: Option<usize>,
+) -> PyResult<Bound<'py, PyBytes>> {
+    let srcs = sources(&tensors)?;
+    let extras = FileExtras {
+        metadata,
+        safetensors_header: None,
+    };
+    let opts = options(chunk_bytes);
+    let bytes = py
+        .detach(|| threads::run(threads, || writer::write_bytes(&srcs, &extras, &opts)))?
+        .py()?;
+    Ok(PyBytes::new(py, &bytes))
+}
+
+#[pyfunction]
+#[pyo3(signature = (src, dst, threads=None, chunk_bytes=None, progress=None))]
+fn compress_safetensors(
+    py: Python<'_>,
+    src: PathBuf,
+    dst: PathBuf,
+    threads: Option<usize>,
+    chunk_bytes: Option<usize>,
+    progress: Option<Py<PyAny>>,
+) -> PyResult<u64> {
+    let opts = options(chunk_bytes);
+    let mut p = PyProgress::new(progress);
+    let r = py.detach(|| {
+        threads::run(threads, || {
+            safetensors::compress(&src, &dst, &opts, &mut |d, t| p.tick(d, t))
+        })
+    })?;
+    p.finish(r)
+}
+
+#[pyfunction]
+#[pyo3(signature = (src, dst, threads=None, progress=None))]
+fn decompress_safetensors(
+    py: Python<'_>,
+    src: PathBuf,
+    dst: PathBuf,
+    threads: Option<usize>,
+    progress: Option<Py<PyAny>>,
+) -> PyResult<u64> {
+    let mut p = PyProgress::new(progress);
+    let r = py.detach(|| {
+        threads::run(threads, || {
+            safetensors::decompress(&src, &dst, &mut |d, t| p.tick(d, t))
+        })
+    })?;
+    p.finish(r)
+}
+
+/// An open container: validated on open, tensors decoded on demand.
+#[pyclass(name = "Reader", module = "mithril._native", frozen)]
+struct PyReader {
+    inner: Reader,
+}
+
+#[pymethods]
+impl PyReader {
+    #[new]
+    fn new(py: Python<'_>, path: PathBuf) -> PyResult<Self> {
+        let inner = py.detach(|| Reader::open(&path)).py()?;
+        Ok(PyReader { inner })
+    }
+
+    #[staticmethod]
+    fn from_bytes(py: Python<'_>, data: Vec<u8>) -> PyResult<Self> {
+        let inner = py.detach(|| Reader::from_bytes(data)).py()?;
+        Ok(PyReader { inner })
+    }
+
+    /// Tensor names in file order.
+    fn names(&self) -> Vec<String> {
+        self.inner.tensors().iter().map(|t| t.name.clone()).collect()
+    }
+
+    /// (dtype, shape, raw bytes, stored bytes, chunk encodings) of one tensor.
+    fn info(&self, name: &str) -> PyResult<(String, Vec<u64>, u64, u64, Vec<String>)> {
+        let t = self.inner.tensor(name).py()?;
+        Ok((
+            t.dtype.name().to_string(),
+            t.shape.clone(),
+            t.raw_len,
+            t.stored_len,
+            t.chunks.iter().map(|c| c.encoding.name().to_string()).collect(),
+        ))
+    }
+
+    fn metadata<'py>(&self, py: Python<'py>) -> PyResult<Option<Bound<'py, PyDict>>> {
+        match &self.inner.index().metadata {
+            None => Ok(None),
+            Some(m) => {
+                let d = PyDict::new(py);
+                for (k, v) in m {
+                    d.set_item(k, v)?;
+                }
+                Ok(Some(d))
+            }
+        }
+    }
+
+    fn has_safetensors_header(&self) -> bool {
+        self.inner.index().safetensors_header.is_some()
+    }
+
+    fn file_size(&self) -> u64 {
+        self.inner.file_len()
+    }
+
+    /// Decode one tensor into a new uint8 numpy array (no further copy).
+    #[pyo3(signature = (name, threads=None))]
+    fn read<'py>(
+        &self,
+        py: Python<'py>,
+        name: &str,
+        threads: Option<usize>,
+    ) -> PyResult<Bound<'py, PyArray1<u8>>> {
+        let bytes = py
+            .detach(|| threads::run(threads, || self.inner.read(name)))?
+            .py()?;
+        Ok(PyArray1::from_vec(py, bytes))
+    }
+
+    /// Decode everything and check every checksum; returns the number of chunks checked.
+    #[pyo3(signature = (threads=None))]
+    fn verify(&self, py: Python<'_>, threads: Option<usize>) -> PyResult<usize> {
+        py.detach(|| threads::run(threads, || self.inner.verify()))?
+            .py()
+    }
+}
+
+pub fn register(m: &Bound<'_, PyModule>) -> PyResult<()> {
+    m.add_function(wrap_pyfunction!(write_file, m)?)?;
+    m.add_function(wrap_pyfunction!(write_bytes, m)?)?;
+    m.add_function(wrap_pyfunction!(compress_safetensors, m)?)?;
+    m.add_function(wrap_pyfunction!(decompress_safetensors, m)?)?;
+    m.add_class::<PyReader>()?;
+    Ok(())
+}

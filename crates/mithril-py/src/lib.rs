@@ -1,0 +1,15 @@
+//! Python bindings: extract arguments, release the GIL, call the core crates, convert back.
+//! No algorithm lives here.
+
+mod checkpoint;
+mod errors;
+mod threads;
+
+use pyo3::prelude::*;
+
+#[pymodule]
+fn _native(m: &Bound<'_, PyModule>) -> PyResult<()> {
+    m.add("__version__", env!("CARGO_PKG_VERSION"))?;
+    checkpoint::register(m)?;
+    Ok(())
+}

@@ -1,0 +1,40 @@
+//! Thread pools by size, built once: `threads=None` uses rayon's global pool (all cores).
+
+use pyo3::exceptions::PyValueError;
+use pyo3::PyResult;
+use rayon::ThreadPool;
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex, OnceLock};
+
+static POOLS: OnceLock<Mutex<HashMap<usize, Arc<ThreadPool>>>> = OnceLock::new();
+
+/// Run `f` on `threads` threads (all cores when `None`).
+pub fn run<T: Send>(threads: Option<usize>, f: impl FnOnce() -> T + Send) -> PyResult<T> {
+    let Some(n) = threads else {
+        return Ok(f());
+    };
+    if n == 0 {
+        return Err(PyValueError::new_err("threads must be at least 1"));
+    }
+    let pool = {
+        let mut pools = POOLS
+            .get_or_init(Default::default)
+            .lock()
+            .map_err(|_| PyValueError::new_err("thread pool registry poisoned"))?;
+        match pools.get(&n) {
+            Some(p) => p.clone(),
+            None => {
+                let p = Arc::new(
+                    rayon::ThreadPoolBuilder::new()
+                        .num_threads(n)
+                        .thread_name(|i| format!("mithril-{i}"))
+                        .build()
+                        .map_err(|e| PyValueError::new_err(format!("thread pool: {e}")))?,
+                );
+                pools.insert(n, p.clone());
+                p
+            }
+        }
+    };
+    Ok(pool.install(f))
+}

@@ -1,0 +1,44 @@
+"""Mithril: Rust-accelerated storage for large-model training.
+
+Submodules load on first use, so ``import mithril`` stays cheap:
+
+- :mod:`mithril.checkpoint` -- lossless checkpoint compression (safetensors-compatible API).
+"""
+
+from __future__ import annotations
+
+import importlib
+from typing import TYPE_CHECKING, Any
+
+from mithril.errors import (
+    CancelledError,
+    ConfigError,
+    CorruptDataError,
+    FormatError,
+    MithrilError,
+    TensorNotFoundError,
+)
+
+__version__ = "0.1.0"
+
+__all__ = [
+    "__version__",
+    "checkpoint",
+    "MithrilError",
+    "CorruptDataError",
+    "FormatError",
+    "ConfigError",
+    "TensorNotFoundError",
+    "CancelledError",
+]
+
+_SUBMODULES = {"checkpoint"}
+
+if TYPE_CHECKING:
+    from mithril import checkpoint
+
+
+def __getattr__(name: str) -> Any:
+    if name in _SUBMODULES:
+        return importlib.import_module(f"mithril.{name}")
+    raise AttributeError(f"module 'mithril' has no attribute {name!r}")

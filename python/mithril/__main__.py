@@ -1,0 +1,5 @@
+"""``python -m mithril`` runs the command-line interface."""
+
+from mithril.cli import main
+
+raise SystemExit(main())

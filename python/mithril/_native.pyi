@@ -1,0 +1,54 @@
+"""Type stubs for the Rust extension ``mithril._native``."""
+
+from collections.abc import Callable, Sequence
+from os import PathLike
+
+import numpy as np
+import numpy.typing as npt
+from typing_extensions import Buffer
+
+__version__: str
+
+_Tensor = tuple[str, str, Sequence[int], Buffer]
+_Path = str | PathLike[str]
+_Progress = Callable[[int, int], object]
+
+def write_file(
+    path: _Path,
+    tensors: Sequence[_Tensor],
+    metadata: dict[str, str] | None = None,
+    threads: int | None = None,
+    chunk_bytes: int | None = None,
+    progress: _Progress | None = None,
+) -> int: ...
+def write_bytes(
+    tensors: Sequence[_Tensor],
+    metadata: dict[str, str] | None = None,
+    threads: int | None = None,
+    chunk_bytes: int | None = None,
+) -> bytes: ...
+def compress_safetensors(
+    src: _Path,
+    dst: _Path,
+    threads: int | None = None,
+    chunk_bytes: int | None = None,
+    progress: _Progress | None = None,
+) -> int: ...
+def decompress_safetensors(
+    src: _Path,
+    dst: _Path,
+    threads: int | None = None,
+    progress: _Progress | None = None,
+) -> int: ...
+
+class Reader:
+    def __new__(cls, path: _Path) -> Reader: ...
+    @staticmethod
+    def from_bytes(data: bytes) -> Reader: ...
+    def names(self) -> list[str]: ...
+    def info(self, name: str) -> tuple[str, list[int], int, int, list[str]]: ...
+    def metadata(self) -> dict[str, str] | None: ...
+    def has_safetensors_header(self) -> bool: ...
+    def file_size(self) -> int: ...
+    def read(self, name: str, threads: int | None = None) -> npt.NDArray[np.uint8]: ...
+    def verify(self, threads: int | None = None) -> int: ...

@@ -1,0 +1,250 @@
+"""Lossless checkpoint compression with a safetensors-style API.
+
+Floats (bf16, fp16, fp32) are split into an entropy-coded exponent head and a near-random
+remainder; other dtypes go through zstd. Files are chunked, checksummed and written
+atomically; a single tensor can be read without decoding the others.
+
+    >>> import mithril.checkpoint as mc
+    >>> mc.save_file({"w": torch.randn(4, 4)}, "model.mithril")
+    >>> mc.load_file("model.mithril")["w"].shape
+    torch.Size([4, 4])
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Iterator, Mapping
+from types import TracebackType
+from typing import Any, Callable
+
+from mithril import _native
+from mithril.checkpoint._convert import default_framework, from_raw, to_raw
+from mithril.errors import ConfigError
+
+__all__ = [
+    "save_file",
+    "load_file",
+    "save",
+    "load",
+    "safe_open",
+    "compress_tensor",
+    "decompress_tensor",
+    "inspect",
+    "verify",
+    "compress_safetensors",
+    "decompress_safetensors",
+]
+
+PathLike = str | os.PathLike[str]
+Progress = Callable[[int, int], object]
+
+
+def _sources(tensors: Mapping[str, Any]) -> list[tuple[str, str, list[int], Any]]:
+    if not isinstance(tensors, Mapping):
+        raise ConfigError(f"expected a mapping of names to tensors, got {type(tensors).__name__}")
+    out = []
+    for name, value in tensors.items():
+        if not isinstance(name, str):
+            raise ConfigError(f"tensor names must be strings, got {name!r}")
+        out.append(to_raw(name, value))
+    return out
+
+
+def _check_metadata(metadata: Mapping[str, str] | None) -> dict[str, str] | None:
+    if metadata is None:
+        return None
+    if not all(isinstance(k, str) and isinstance(v, str) for k, v in metadata.items()):
+        raise ConfigError("metadata must map str to str (as in safetensors)")
+    return dict(metadata)
+
+
+def save_file(
+    tensors: Mapping[str, Any],
+    filename: PathLike,
+    metadata: Mapping[str, str] | None = None,
+    *,
+    threads: int | None = None,
+    chunk_bytes: int | None = None,
+    progress: Progress | None = None,
+) -> None:
+    """Compress ``tensors`` (torch tensors or numpy arrays) into ``filename``.
+
+    The write is atomic: the file appears complete or not at all. ``threads`` limits the
+    worker threads (default: all cores); ``progress(done, total)`` is called with raw bytes.
+    """
+    _native.write_file(
+        os.fspath(filename),
+        _sources(tensors),
+        _check_metadata(metadata),
+        threads,
+        chunk_bytes,
+        progress,
+    )
+
+
+def save(
+    tensors: Mapping[str, Any],
+    metadata: Mapping[str, str] | None = None,
+    *,
+    threads: int | None = None,
+) -> bytes:
+    """Like :func:`save_file`, returning the container as bytes."""
+    return _native.write_bytes(_sources(tensors), _check_metadata(metadata), threads)
+
+
+class safe_open:  # noqa: N801 - mirrors safetensors.safe_open
+    """Lazy access to a compressed file: the layout is validated on open, and each tensor is
+    decoded (only its own chunks) when asked for.
+
+        with mc.safe_open("model.mithril", framework="pt") as f:
+            w = f.get_tensor("encoder.weight")
+    """
+
+    def __init__(
+        self,
+        filename: PathLike,
+        framework: str | None = None,
+        device: str = "cpu",
+        *,
+        threads: int | None = None,
+    ) -> None:
+        self._reader = _native.Reader(os.fspath(filename))
+        self._framework = framework or default_framework()
+        self._device = device
+        self._threads = threads
+
+    @classmethod
+    def _from_reader(cls, reader: _native.Reader, framework: str | None, device: str) -> safe_open:
+        self = cls.__new__(cls)
+        self._reader = reader
+        self._framework = framework or default_framework()
+        self._device = device
+        self._threads = None
+        return self
+
+    def __enter__(self) -> safe_open:
+        return self
+
+    def __exit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        return None
+
+    def keys(self) -> list[str]:
+        """Tensor names in file order."""
+        return self._reader.names()
+
+    def __iter__(self) -> Iterator[str]:
+        return iter(self.keys())
+
+    def metadata(self) -> dict[str, str] | None:
+        """The user metadata stored with the file."""
+        return self._reader.metadata()
+
+    def get_tensor(self, name: str) -> Any:
+        """Decode tensor ``name`` (raises :class:`mithril.TensorNotFoundError` if absent)."""
+        dtype, shape, *_ = self._reader.info(name)
+        raw = self._reader.read(name, self._threads)
+        return from_raw(raw, dtype, shape, self._framework, self._device)
+
+
+def load_file(
+    filename: PathLike, device: str = "cpu", *, framework: str | None = None, threads: int | None = None
+) -> dict[str, Any]:
+    """Decode every tensor of ``filename``: torch tensors on ``device`` (numpy arrays when torch
+    is absent or ``framework="np"``)."""
+    with safe_open(filename, framework, device, threads=threads) as f:
+        return {name: f.get_tensor(name) for name in f.keys()}
+
+
+def load(data: bytes, *, framework: str | None = None) -> dict[str, Any]:
+    """Decode a container held in memory (as made by :func:`save`)."""
+    f = safe_open._from_reader(_native.Reader.from_bytes(data), framework, "cpu")
+    return {name: f.get_tensor(name) for name in f.keys()}
+
+
+def compress_tensor(tensor: Any, *, threads: int | None = None) -> bytes:
+    """Compress one tensor of any dtype and shape into a self-describing blob."""
+    return _native.write_bytes([to_raw("", tensor)], None, threads)
+
+
+def decompress_tensor(
+    data: bytes, *, framework: str | None = None, threads: int | None = None
+) -> Any:
+    """Inverse of :func:`compress_tensor`, bit-exact."""
+    reader = _native.Reader.from_bytes(data)
+    names = reader.names()
+    if names != [""]:
+        raise ConfigError(f"blob holds {len(names)} tensors, not one compressed tensor")
+    dtype, shape, *_ = reader.info("")
+    return from_raw(reader.read("", threads), dtype, shape, framework or default_framework())
+
+
+def inspect(filename: PathLike) -> dict[str, Any]:
+    """Sizes, ratio and codec of every tensor, without decoding anything.
+
+    Returns ``{"file_size", "raw_size", "stored_size", "ratio", "metadata", "tensors"}``
+    where ``tensors`` maps each name to its dtype, shape, raw and stored bytes, ratio and
+    chunk encodings.
+    """
+    r = _native.Reader(os.fspath(filename))
+    tensors = {}
+    raw_total = stored_total = 0
+    for name in r.names():
+        dtype, shape, raw, stored, encodings = r.info(name)
+        raw_total += raw
+        stored_total += stored
+        tensors[name] = {
+            "dtype": dtype,
+            "shape": shape,
+            "raw_size": raw,
+            "stored_size": stored,
+            "ratio": stored / raw if raw else 1.0,
+            "encodings": sorted(set(encodings)),
+            "chunks": len(encodings),
+        }
+    return {
+        "file_size": r.file_size(),
+        "raw_size": raw_total,
+        "stored_size": stored_total,
+        "ratio": r.file_size() / raw_total if raw_total else 1.0,
+        "metadata": r.metadata(),
+        "from_safetensors": r.has_safetensors_header(),
+        "tensors": tensors,
+    }
+
+
+def verify(filename: PathLike, *, threads: int | None = None) -> int:
+    """Decode every chunk and check both checksums; returns the number of chunks checked.
+    Raises :class:`mithril.CorruptDataError` naming the tensor and chunk on the first failure."""
+    return _native.Reader(os.fspath(filename)).verify(threads)
+
+
+def compress_safetensors(
+    src: PathLike,
+    dst: PathLike,
+    *,
+    threads: int | None = None,
+    chunk_bytes: int | None = None,
+    progress: Progress | None = None,
+) -> int:
+    """Compress a safetensors file; :func:`decompress_safetensors` gives back the identical
+    file. Returns the compressed size."""
+    return _native.compress_safetensors(
+        os.fspath(src), os.fspath(dst), threads, chunk_bytes, progress
+    )
+
+
+def decompress_safetensors(
+    src: PathLike,
+    dst: PathLike,
+    *,
+    threads: int | None = None,
+    progress: Progress | None = None,
+) -> int:
+    """Write a compressed file back out as safetensors (byte-identical to the original when it
+    was made by :func:`compress_safetensors`). Returns the size written."""
+    return _native.decompress_safetensors(os.fspath(src), os.fspath(dst), threads, progress)

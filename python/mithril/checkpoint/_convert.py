@@ -1,0 +1,123 @@
+"""Conversion between user tensors (torch or numpy) and the raw little-endian bytes the
+Rust core stores, without copying when the input is already contiguous on the CPU."""
+
+from __future__ import annotations
+
+import sys
+from typing import TYPE_CHECKING, Any
+
+import numpy as np
+
+from mithril.errors import ConfigError
+
+if TYPE_CHECKING:
+    import torch
+
+_NUMPY_TO_NAME = {
+    np.dtype(np.bool_): "BOOL",
+    np.dtype(np.uint8): "U8",
+    np.dtype(np.int8): "I8",
+    np.dtype(np.uint16): "U16",
+    np.dtype(np.int16): "I16",
+    np.dtype(np.uint32): "U32",
+    np.dtype(np.int32): "I32",
+    np.dtype(np.uint64): "U64",
+    np.dtype(np.int64): "I64",
+    np.dtype(np.float16): "F16",
+    np.dtype(np.float32): "F32",
+    np.dtype(np.float64): "F64",
+}
+_NAME_TO_NUMPY = {v: k for k, v in _NUMPY_TO_NAME.items()}
+
+if sys.byteorder != "little":  # pragma: no cover - every supported platform is little-endian
+    raise ImportError("mithril.checkpoint supports little-endian hosts only")
+
+
+def _torch() -> Any:
+    try:
+        import torch
+    except ImportError:
+        return None
+    return torch
+
+
+def _torch_names(torch: Any) -> dict[Any, str]:
+    names = {
+        torch.bool: "BOOL",
+        torch.uint8: "U8",
+        torch.int8: "I8",
+        torch.int16: "I16",
+        torch.int32: "I32",
+        torch.int64: "I64",
+        torch.float16: "F16",
+        torch.bfloat16: "BF16",
+        torch.float32: "F32",
+        torch.float64: "F64",
+    }
+    for attr, name in (
+        ("uint16", "U16"),
+        ("uint32", "U32"),
+        ("uint64", "U64"),
+        ("float8_e4m3fn", "F8_E4M3"),
+        ("float8_e5m2", "F8_E5M2"),
+    ):
+        if hasattr(torch, attr):
+            names[getattr(torch, attr)] = name
+    return names
+
+
+def to_raw(name: str, value: Any) -> tuple[str, str, list[int], np.ndarray]:
+    """(name, dtype name, shape, uint8 view of the bytes) for a torch tensor or numpy array."""
+    torch = _torch()
+    if torch is not None and isinstance(value, torch.Tensor):
+        names = _torch_names(torch)
+        if value.dtype not in names:
+            raise ConfigError(f"tensor {name!r}: dtype {value.dtype} is not supported")
+        if value.layout != torch.strided:
+            raise ConfigError(f"tensor {name!r}: only dense (strided) tensors can be stored")
+        t = value.detach()
+        if t.device.type != "cpu":
+            t = t.cpu()
+        shape = list(t.shape)
+        flat = t.contiguous().reshape(-1)
+        return name, names[value.dtype], shape, flat.view(torch.uint8).numpy()
+    if isinstance(value, np.ndarray):
+        dtype = value.dtype
+        if dtype.name == "bfloat16":  # ml_dtypes
+            dtype_name = "BF16"
+        elif dtype.newbyteorder("=") in _NUMPY_TO_NAME:
+            dtype_name = _NUMPY_TO_NAME[dtype.newbyteorder("=")]
+        else:
+            raise ConfigError(f"tensor {name!r}: numpy dtype {dtype} is not supported")
+        arr = value
+        if dtype.byteorder == ">":
+            arr = arr.astype(dtype.newbyteorder("<"))
+        arr = np.ascontiguousarray(arr)
+        return name, dtype_name, list(value.shape), arr.reshape(-1).view(np.uint8)
+    raise ConfigError(
+        f"tensor {name!r}: expected a torch.Tensor or numpy.ndarray, got {type(value).__name__}"
+    )
+
+
+def from_raw(
+    raw: np.ndarray, dtype: str, shape: list[int], framework: str = "pt", device: str = "cpu"
+) -> Any:
+    """Wrap decoded bytes as a torch tensor (``framework="pt"``) or numpy array (``"np"``)."""
+    if framework in ("pt", "torch"):
+        torch = _torch()
+        if torch is None:
+            raise ConfigError("framework='pt' needs torch; install mithril[torch] or use 'np'")
+        by_name = {v: k for k, v in _torch_names(torch).items()}
+        if dtype not in by_name:
+            raise ConfigError(f"dtype {dtype} is not available in this torch build")
+        t = torch.from_numpy(raw).view(by_name[dtype]).reshape(shape)
+        return t if device == "cpu" else t.to(device)
+    if framework in ("np", "numpy"):
+        if dtype not in _NAME_TO_NUMPY:
+            raise ConfigError(f"dtype {dtype} has no numpy equivalent; use framework='pt'")
+        return raw.view(_NAME_TO_NUMPY[dtype]).reshape(shape)
+    raise ConfigError(f"unknown framework {framework!r} (expected 'pt' or 'np')")
+
+
+def default_framework() -> str:
+    return "pt" if _torch() is not None else "np"
