@@ -2,14 +2,23 @@
 
 from collections.abc import Callable, Sequence
 from os import PathLike
+from typing import Any, final
 
 import numpy as np
 import numpy.typing as npt
 from typing_extensions import Buffer
 
+__all__ = [
+    "__version__",
+    "write_file",
+    "write_bytes",
+    "compress_safetensors",
+    "decompress_safetensors",
+    "Reader",
+]
 __version__: str
 
-_Tensor = tuple[str, str, Sequence[int], Buffer]
+_Tensor = tuple[str, str, Sequence[int], Buffer | npt.NDArray[Any]]
 _Path = str | PathLike[str]
 _Progress = Callable[[int, int], object]
 
@@ -41,6 +50,7 @@ def decompress_safetensors(
     progress: _Progress | None = None,
 ) -> int: ...
 
+@final
 class Reader:
     def __new__(cls, path: _Path) -> Reader: ...
     @staticmethod

@@ -14,7 +14,11 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
     let header = parse_header(&bytes, path)?;
     let data = &bytes[header.data_start as usize..];
     let mut chunks: Vec<Vec<u8>> = Vec::new();
-    let dtype = if want == "bf16" { DType::BF16 } else { DType::F32 };
+    let dtype = if want == "bf16" {
+        DType::BF16
+    } else {
+        DType::F32
+    };
     let opts = EncodeOptions::default();
     for e in &header.entries {
         let raw = &data[e.begin as usize..e.end as usize];
@@ -38,7 +42,10 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
     let total: usize = chunks.iter().map(Vec::len).sum();
     for round in 0..3 {
         let t0 = Instant::now();
-        let enc: Vec<_> = chunks.iter().map(|c| encode_chunk(c, dtype, &opts)).collect();
+        let enc: Vec<_> = chunks
+            .iter()
+            .map(|c| encode_chunk(c, dtype, &opts))
+            .collect();
         let te = t0.elapsed().as_secs_f64();
         let stored: usize = enc.iter().map(|e| e.data.len()).sum();
         let mut out = vec![0u8; opts.chunk_bytes];

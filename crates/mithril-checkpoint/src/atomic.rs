@@ -52,9 +52,7 @@ impl AtomicFile {
 
     /// fsync the data, move it over the target and fsync the directory.
     pub fn commit(mut self) -> Result<()> {
-        self.file
-            .sync_all()
-            .map_err(|e| Error::io(&self.tmp, e))?;
+        self.file.sync_all().map_err(|e| Error::io(&self.tmp, e))?;
         std::fs::rename(&self.tmp, &self.target).map_err(|e| Error::io(&self.target, e))?;
         if let Some(dir) = self.target.parent() {
             let dir = if dir.as_os_str().is_empty() {

@@ -298,8 +298,8 @@ impl<'a> StreamReader<'a> {
             .data
             .get(self.at..self.at + 4)
             .ok_or_else(|| corrupt("chunk payload truncated"))?;
-        let len = u32::from_le_bytes([len_bytes[0], len_bytes[1], len_bytes[2], len_bytes[3]])
-            as usize;
+        let len =
+            u32::from_le_bytes([len_bytes[0], len_bytes[1], len_bytes[2], len_bytes[3]]) as usize;
         self.at += 4;
         let body = self
             .data
@@ -444,7 +444,15 @@ mod tests {
 
     #[test]
     fn special_values_roundtrip() {
-        let f32s = [0.0f32, -0.0, f32::INFINITY, f32::NEG_INFINITY, f32::MIN_POSITIVE / 4.0, 1.0, -2.5];
+        let f32s = [
+            0.0f32,
+            -0.0,
+            f32::INFINITY,
+            f32::NEG_INFINITY,
+            f32::MIN_POSITIVE / 4.0,
+            1.0,
+            -2.5,
+        ];
         let mut raw: Vec<u8> = f32s.iter().flat_map(|v| v.to_le_bytes()).collect();
         raw.extend_from_slice(&0x7fc0_1234u32.to_le_bytes()); // NaN with payload
         raw.extend_from_slice(&0xffa0_0001u32.to_le_bytes()); // signalling NaN, sign set
@@ -469,7 +477,9 @@ mod tests {
     fn bit_packing_roundtrips() {
         for width in 1..=8u32 {
             for n in [0usize, 1, 3, 5, 31, 32, 33, 100] {
-                let vals: Vec<u8> = (0..n).map(|i| (i as u8).wrapping_mul(37) & ((1u16 << width) - 1) as u8).collect();
+                let vals: Vec<u8> = (0..n)
+                    .map(|i| (i as u8).wrapping_mul(37) & ((1u16 << width) - 1) as u8)
+                    .collect();
                 let packed = pack_bits(&vals, width);
                 let mut out = vec![0u8; n];
                 unpack_bits(&packed, width, &mut out).unwrap();

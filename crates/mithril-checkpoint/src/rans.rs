@@ -446,7 +446,9 @@ mod tests {
         let mut x = 12345u64;
         let syms: Vec<u8> = (0..100_003)
             .map(|_| {
-                x = x.wrapping_mul(6364136223846793005).wrapping_add(1442695040888963407);
+                x = x
+                    .wrapping_mul(6364136223846793005)
+                    .wrapping_add(1442695040888963407);
                 let r = (x >> 33) as u32 % 1000;
                 if r < 600 {
                     120
@@ -461,14 +463,30 @@ mod tests {
         let counts = histogram(&syms, 256);
         let enc = encode(&syms, &FreqTable::from_counts(&counts).unwrap());
         let bound = entropy_bits(&counts) / 8.0;
-        assert!((enc.len() as f64) < bound * 1.01 + 300.0, "{} vs {}", enc.len(), bound);
+        assert!(
+            (enc.len() as f64) < bound * 1.01 + 300.0,
+            "{} vs {}",
+            enc.len(),
+            bound
+        );
     }
 
     #[test]
     fn magic_division_is_exact() {
         for f in [1u32, 2, 3, 5, 7, 100, 2047, 2048, 2049, 4095] {
             let e = EncSymbol::new(0, f);
-            for x in [0u32, 1, f - 1, f, f + 1, 65535, 1 << 20, u32::MAX / 2, u32::MAX - 1, u32::MAX] {
+            for x in [
+                0u32,
+                1,
+                f - 1,
+                f,
+                f + 1,
+                65535,
+                1 << 20,
+                u32::MAX / 2,
+                u32::MAX - 1,
+                u32::MAX,
+            ] {
                 let q = ((x as u128 * e.magic as u128) >> e.shift) as u32;
                 assert_eq!(q, x / f, "x={x} f={f}");
             }

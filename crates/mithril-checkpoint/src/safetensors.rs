@@ -63,8 +63,8 @@ pub fn parse_header(bytes: &[u8], origin: &str) -> Result<StHeader> {
     let mut metadata = None;
     for (name, v) in root {
         if name == "__metadata__" {
-            let m: BTreeMap<String, String> = serde_json::from_value(v)
-                .map_err(|e| err(origin, format!("__metadata__: {e}")))?;
+            let m: BTreeMap<String, String> =
+                serde_json::from_value(v).map_err(|e| err(origin, format!("__metadata__: {e}")))?;
             metadata = Some(m);
             continue;
         }
@@ -99,7 +99,10 @@ pub fn parse_header(bytes: &[u8], origin: &str) -> Result<StHeader> {
     let mut next = 0;
     for e in &entries {
         if e.begin != next {
-            return Err(err(origin, format!("tensor {:?} leaves a gap or overlap", e.name)));
+            return Err(err(
+                origin,
+                format!("tensor {:?} leaves a gap or overlap", e.name),
+            ));
         }
         next = e.end;
     }
@@ -185,7 +188,10 @@ fn header_for(reader: &Reader) -> Result<(String, Vec<String>)> {
         let mut e = Map::new();
         e.insert("dtype".into(), Value::from(t.dtype.name()));
         e.insert("shape".into(), serde_json::to_value(&t.shape)?);
-        e.insert("data_offsets".into(), serde_json::to_value([at, at + t.raw_len])?);
+        e.insert(
+            "data_offsets".into(),
+            serde_json::to_value([at, at + t.raw_len])?,
+        );
         root.insert(name.to_string(), Value::Object(e));
         at += t.raw_len;
     }
@@ -243,7 +249,8 @@ pub fn decompress(src: &Path, dst: &Path, progress: Progress) -> Result<u64> {
     let io = |e| Error::io(&tmp, e);
     {
         let mut w = std::io::BufWriter::with_capacity(1 << 20, out.file());
-        w.write_all(&(text.len() as u64).to_le_bytes()).map_err(io)?;
+        w.write_all(&(text.len() as u64).to_le_bytes())
+            .map_err(io)?;
         w.write_all(text.as_bytes()).map_err(io)?;
         let mut done = 0u64;
         let mut buf = Vec::new();

@@ -35,7 +35,10 @@ fn check_sources(tensors: &[TensorSource]) -> Result<()> {
     let mut names = HashSet::new();
     for t in tensors {
         if !names.insert(t.name.as_str()) {
-            return Err(Error::Invalid(format!("duplicate tensor name {:?}", t.name)));
+            return Err(Error::Invalid(format!(
+                "duplicate tensor name {:?}",
+                t.name
+            )));
         }
         let need = byte_size(t.dtype, &t.shape)?;
         if need != t.data.len() as u64 {

@@ -12,6 +12,9 @@ use pyo3::types::{PyBytes, PyDict};
 use std::collections::BTreeMap;
 use std::path::PathBuf;
 
+/// (dtype, shape, raw bytes, stored bytes, chunk encodings) of one stored tensor.
+type TensorInfoTuple = (String, Vec<u64>, u64, u64, Vec<String>);
+
 /// A tensor handed in from Python: the buffer stays borrowed while Rust reads it.
 type InTensor = (String, String, Vec<u64>, PyBuffer<u8>);
 
@@ -36,9 +39,8 @@ fn sources(tensors: &[InTensor]) -> PyResult<Vec<TensorSource<'_>>> {
             let dtype = DType::parse(dtype).py()?;
             // SAFETY: the PyBuffer keeps the exporter alive and its memory pinned for as long
             // as `tensors` lives, which outlives the returned slices.
-            let data = unsafe {
-                std::slice::from_raw_parts(buf.buf_ptr() as *const u8, buf.len_bytes())
-            };
+            let data =
+                unsafe { std::slice::from_raw_parts(buf.buf_ptr() as *const u8, buf.len_bytes()) };
             Ok(TensorSource {
                 name: name.clone(),
                 dtype,
@@ -193,18 +195,25 @@ impl PyReader {
 
     /// Tensor names in file order.
     fn names(&self) -> Vec<String> {
-        self.inner.tensors().iter().map(|t| t.name.clone()).collect()
+        self.inner
+            .tensors()
+            .iter()
+            .map(|t| t.name.clone())
+            .collect()
     }
 
     /// (dtype, shape, raw bytes, stored bytes, chunk encodings) of one tensor.
-    fn info(&self, name: &str) -> PyResult<(String, Vec<u64>, u64, u64, Vec<String>)> {
+    fn info(&self, name: &str) -> PyResult<TensorInfoTuple> {
         let t = self.inner.tensor(name).py()?;
         Ok((
             t.dtype.name().to_string(),
             t.shape.clone(),
             t.raw_len,
             t.stored_len,
-            t.chunks.iter().map(|c| c.encoding.name().to_string()).collect(),
+            t.chunks
+                .iter()
+                .map(|c| c.encoding.name().to_string())
+                .collect(),
         ))
     }
 

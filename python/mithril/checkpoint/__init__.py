@@ -13,9 +13,9 @@ atomically; a single tensor can be read without decoding the others.
 from __future__ import annotations
 
 import os
-from collections.abc import Iterator, Mapping
+from collections.abc import Callable, Iterator, Mapping
 from types import TracebackType
-from typing import Any, Callable
+from typing import Any
 
 from mithril import _native
 from mithril.checkpoint._convert import default_framework, from_raw, to_raw
@@ -152,7 +152,11 @@ class safe_open:  # noqa: N801 - mirrors safetensors.safe_open
 
 
 def load_file(
-    filename: PathLike, device: str = "cpu", *, framework: str | None = None, threads: int | None = None
+    filename: PathLike,
+    device: str = "cpu",
+    *,
+    framework: str | None = None,
+    threads: int | None = None,
 ) -> dict[str, Any]:
     """Decode every tensor of ``filename``: torch tensors on ``device`` (numpy arrays when torch
     is absent or ``framework="np"``)."""

