@@ -3,7 +3,7 @@
 //! ```text
 //! 0   8  magic "MITHRIL\0"
 //! 8   2  major version (1)      10  2  minor version (0)     12  4  flags (0)
-//! 16  8  index length           24  8  xxh3-64 of the index
+//! 16  8  index length           24  8  xxh3-64 of header + index (this field as zero)
 //! 32  8  data offset            40  8  data length
 //! 48  .. JSON index, zero padding up to the data offset, then the chunks
 //! ```
@@ -14,7 +14,7 @@ use crate::dtype::{byte_size, DType};
 use crate::error::{corrupt, format_err, Error, Result};
 use serde::{Deserialize, Serialize};
 use std::collections::{BTreeMap, HashSet};
-use xxhash_rust::xxh3::xxh3_64;
+use xxhash_rust::xxh3::Xxh3;
 
 pub const MAGIC: &[u8; 8] = b"MITHRIL\0";
 pub const MAJOR: u16 = 1;
@@ -93,6 +93,17 @@ pub struct TensorInfo {
     pub chunks: Vec<Chunk>,
 }
 
+/// Checksum of the fixed header (with its checksum field taken as zero) and the index, so
+/// that a flipped bit anywhere before the data is caught.
+fn header_checksum(header: &[u8], index_json: &[u8]) -> u64 {
+    let mut h = Xxh3::new();
+    h.update(&header[..24]);
+    h.update(&[0u8; 8]);
+    h.update(&header[32..HEADER_LEN]);
+    h.update(index_json);
+    h.digest()
+}
+
 pub fn encode_header(index_json: &[u8], data_offset: u64, data_len: u64) -> Vec<u8> {
     let mut h = Vec::with_capacity(HEADER_LEN);
     h.extend_from_slice(MAGIC);
@@ -100,9 +111,11 @@ pub fn encode_header(index_json: &[u8], data_offset: u64, data_len: u64) -> Vec<
     h.extend_from_slice(&MINOR.to_le_bytes());
     h.extend_from_slice(&0u32.to_le_bytes());
     h.extend_from_slice(&(index_json.len() as u64).to_le_bytes());
-    h.extend_from_slice(&xxh3_64(index_json).to_le_bytes());
+    h.extend_from_slice(&[0u8; 8]);
     h.extend_from_slice(&data_offset.to_le_bytes());
     h.extend_from_slice(&data_len.to_le_bytes());
+    let sum = header_checksum(&h, index_json);
+    h[24..32].copy_from_slice(&sum.to_le_bytes());
     h
 }
 
@@ -166,8 +179,8 @@ pub fn parse(file: &[u8]) -> Result<(Index, Vec<TensorInfo>, u64)> {
         )));
     }
     let index_bytes = &file[HEADER_LEN..index_end as usize];
-    if xxh3_64(index_bytes) != index_sum {
-        return Err(corrupt("index checksum mismatch"));
+    if header_checksum(file, index_bytes) != index_sum {
+        return Err(corrupt("header/index checksum mismatch"));
     }
     if file[index_end as usize..data_offset as usize]
         .iter()

@@ -1,0 +1,109 @@
+//! Container round trips and hostile edits, at the Rust level.
+
+use mithril_checkpoint::chunk::EncodeOptions;
+use mithril_checkpoint::{write_bytes, DType, Error, FileExtras, Reader, TensorSource};
+
+type Sample = (String, DType, Vec<u64>, Vec<u8>);
+
+fn sample() -> Vec<Sample> {
+    let mut x = 0x9e3779b97f4a7c15u64;
+    let mut next = move || {
+        x ^= x << 13;
+        x ^= x >> 7;
+        x ^= x << 17;
+        x
+    };
+    // Gaussian-like bf16 weights: exponent concentrated, mantissa random.
+    let bf16: Vec<u8> = (0..20_000)
+        .flat_map(|_| {
+            let r = next();
+            let exp = 118 + (r % 8) as u16;
+            (((r >> 8) as u16 & 0x8000) | (exp << 7) | ((r >> 20) as u16 & 0x7f)).to_le_bytes()
+        })
+        .collect();
+    let f32s: Vec<u8> = (0..5_000)
+        .flat_map(|i| ((i as f32 * 0.37).sin() * 0.02).to_le_bytes())
+        .collect();
+    let ints: Vec<u8> = (0..3_000i64).flat_map(|i| (i % 17).to_le_bytes()).collect();
+    vec![
+        ("w".into(), DType::BF16, vec![100, 200], bf16),
+        ("m".into(), DType::F32, vec![5_000], f32s),
+        ("ids".into(), DType::I64, vec![3, 1_000], ints),
+        ("empty".into(), DType::F16, vec![0, 4], vec![]),
+        (
+            "scalar".into(),
+            DType::F64,
+            vec![],
+            1.5f64.to_le_bytes().to_vec(),
+        ),
+    ]
+}
+
+fn build(chunk_bytes: usize) -> (Vec<u8>, Vec<Sample>) {
+    let tensors = sample();
+    let sources: Vec<TensorSource> = tensors
+        .iter()
+        .map(|(n, d, s, b)| TensorSource {
+            name: n.clone(),
+            dtype: *d,
+            shape: s.clone(),
+            data: b,
+        })
+        .collect();
+    let opts = EncodeOptions {
+        chunk_bytes,
+        ..Default::default()
+    };
+    let bytes = write_bytes(&sources, &FileExtras::default(), &opts).unwrap();
+    (bytes, tensors)
+}
+
+#[test]
+fn roundtrip_every_tensor_bit_exact() {
+    for chunk in [512, 4096, 1 << 20] {
+        let (bytes, tensors) = build(chunk);
+        let r = Reader::from_bytes(bytes).unwrap();
+        for (name, dtype, shape, data) in &tensors {
+            let t = r.tensor(name).unwrap();
+            assert_eq!(t.dtype, *dtype);
+            assert_eq!(&t.shape, shape);
+            assert_eq!(&r.read(name).unwrap(), data, "{name} chunk={chunk}");
+        }
+        assert!(r.verify().unwrap() > 0);
+    }
+}
+
+#[test]
+fn weights_compress() {
+    let (bytes, tensors) = build(1 << 20);
+    let raw: usize = tensors.iter().map(|t| t.3.len()).sum();
+    assert!(bytes.len() < raw * 9 / 10, "{} vs {raw}", bytes.len());
+}
+
+#[test]
+fn every_truncation_is_refused() {
+    let (bytes, _) = build(4096);
+    for cut in 0..bytes.len() {
+        match Reader::from_bytes(bytes[..cut].to_vec()) {
+            Err(Error::Format(_)) | Err(Error::Corrupt(_)) => {}
+            other => panic!("cut at {cut}: {:?}", other.map(|_| ())),
+        }
+    }
+}
+
+#[test]
+fn single_bit_flips_are_caught() {
+    let (bytes, tensors) = build(4096);
+    // Every byte of the header and index; a stride through the chunk data.
+    let data_offset = u64::from_le_bytes(bytes[32..40].try_into().unwrap()) as usize;
+    let offsets = (0..data_offset).chain((data_offset..bytes.len()).step_by(97));
+    for at in offsets {
+        let mut bad = bytes.clone();
+        bad[at] ^= 1 << (at % 8);
+        let caught = match Reader::from_bytes(bad) {
+            Err(_) => true,
+            Ok(r) => r.verify().is_err() || tensors.iter().any(|t| r.read(&t.0).is_err()),
+        };
+        assert!(caught, "flip at byte {at} went unnoticed");
+    }
+}
