@@ -30,6 +30,16 @@ def _same_file(a: Path, b: Path) -> bool:
         return False
 
 
+def _threads(text: str) -> int:
+    try:
+        n = int(text)
+    except ValueError:
+        n = 0
+    if n < 1:
+        raise argparse.ArgumentTypeError(f"expected a positive number of threads, got {text!r}")
+    return n
+
+
 def _human(n: float) -> str:
     for unit in ("B", "KB", "MB", "GB", "TB"):
         if abs(n) < 1000 or unit == "TB":
@@ -140,7 +150,9 @@ def build_parser() -> argparse.ArgumentParser:
     c.add_argument("input")
     c.add_argument("-o", "--output", help="output path (default: INPUT with .mithril)")
     c.add_argument("-f", "--force", action="store_true", help="overwrite an existing output")
-    c.add_argument("-t", "--threads", type=int, default=None, help="worker threads (all cores)")
+    c.add_argument(
+        "-t", "--threads", type=_threads, default=None, help="worker threads (all cores)"
+    )
     c.add_argument("-q", "--quiet", action="store_true")
     c.set_defaults(func=_compress)
 
@@ -148,7 +160,7 @@ def build_parser() -> argparse.ArgumentParser:
     d.add_argument("input")
     d.add_argument("-o", "--output", help="output path (default: INPUT with .safetensors)")
     d.add_argument("-f", "--force", action="store_true", help="overwrite an existing output")
-    d.add_argument("-t", "--threads", type=int, default=None)
+    d.add_argument("-t", "--threads", type=_threads, default=None)
     d.add_argument("-q", "--quiet", action="store_true")
     d.set_defaults(func=_decompress)
 
@@ -159,7 +171,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     v = cs.add_parser("verify", help="decode everything and check every checksum")
     v.add_argument("input")
-    v.add_argument("-t", "--threads", type=int, default=None)
+    v.add_argument("-t", "--threads", type=_threads, default=None)
     v.add_argument("-q", "--quiet", action="store_true")
     v.set_defaults(func=_verify)
     return p

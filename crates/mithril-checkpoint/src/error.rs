@@ -17,6 +17,9 @@ pub enum Error {
     /// A named tensor is not in the file.
     #[error("no tensor named {0:?} in the file")]
     MissingTensor(String),
+    /// A buffer of the requested size cannot be allocated.
+    #[error("out of memory: {0}")]
+    OutOfMemory(String),
     /// The progress callback asked to stop (for example on Ctrl-C).
     #[error("cancelled: {0}")]
     Cancelled(String),
@@ -43,6 +46,7 @@ impl Error {
             Error::Corrupt(m) => Error::Corrupt(format!("{prefix}: {m}")),
             Error::Format(m) => Error::Format(format!("{prefix}: {m}")),
             Error::Invalid(m) => Error::Invalid(format!("{prefix}: {m}")),
+            Error::OutOfMemory(m) => Error::OutOfMemory(format!("{prefix}: {m}")),
             other => other,
         }
     }
@@ -56,4 +60,23 @@ pub(crate) fn corrupt(msg: impl Into<String>) -> Error {
 
 pub(crate) fn format_err(msg: impl Into<String>) -> Error {
     Error::Format(msg.into())
+}
+
+/// A zero-filled buffer of `n` bytes, or an error instead of aborting when the allocator
+/// refuses. Zeroed pages come lazily from the OS, so a large buffer costs nothing until
+/// it is written.
+pub fn zeroed_buffer(n: usize) -> Result<Vec<u8>> {
+    if n == 0 {
+        return Ok(Vec::new());
+    }
+    let layout = std::alloc::Layout::array::<u8>(n)
+        .map_err(|_| Error::OutOfMemory(format!("{n} bytes is not a valid allocation")))?;
+    // SAFETY: the layout has a non-zero size.
+    let ptr = unsafe { std::alloc::alloc_zeroed(layout) };
+    if ptr.is_null() {
+        return Err(Error::OutOfMemory(format!("cannot allocate {n} bytes")));
+    }
+    // SAFETY: `ptr` comes from the global allocator with the layout of `n` u8s, all of
+    // which are initialised (zeroed); length and capacity are both `n`.
+    Ok(unsafe { Vec::from_raw_parts(ptr, n, n) })
 }

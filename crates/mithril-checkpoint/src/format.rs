@@ -168,6 +168,11 @@ pub fn parse(file: &[u8]) -> Result<(Index, Vec<TensorInfo>, u64)> {
             "index length {index_len} runs past the end of the {file_len}-byte file (truncated?)"
         )));
     }
+    if data_offset % DATA_ALIGN != 0 {
+        return Err(format_err(format!(
+            "data offset {data_offset} is not a multiple of {DATA_ALIGN}"
+        )));
+    }
     if data_offset < index_end || data_offset > file_len {
         return Err(format_err(format!(
             "data offset {data_offset} is outside [{index_end}, {file_len}]"
@@ -214,6 +219,12 @@ pub fn validate(index: &Index, data_len: u64) -> Result<Vec<TensorInfo>> {
             let encoding = Encoding::parse(&c.encoding).ok_or_else(|| {
                 format_err(format!("{}: unknown encoding {:?}", cctx(), c.encoding))
             })?;
+            if encoding == Encoding::Float && dtype.float_bits().is_none() {
+                return Err(format_err(format!(
+                    "{}: float encoding on {dtype} data",
+                    cctx()
+                )));
+            }
             if c.offset != next {
                 return Err(format_err(format!(
                     "{}: offset {} leaves a gap or overlap (expected {next})",

@@ -2,7 +2,7 @@
 //! chunk by chunk in parallel, straight from the memory map.
 
 use crate::chunk::decode_chunk;
-use crate::error::{Error, Result};
+use crate::error::{zeroed_buffer, Error, Result};
 use crate::format::{self, Index, TensorInfo};
 use memmap2::Mmap;
 use rayon::prelude::*;
@@ -105,10 +105,24 @@ impl Reader {
         self.decode_tensor(t, out)
     }
 
+    /// Decode tensor `name` into a reusable buffer, growing it without aborting on a
+    /// size the allocator refuses.
+    pub fn read_reusing(&self, name: &str, buf: &mut Vec<u8>) -> Result<()> {
+        let t = self.tensor(name)?;
+        let n = t.raw_len as usize;
+        if buf.capacity() < n {
+            *buf = zeroed_buffer(n)
+                .map_err(|e| e.context(format!("{}: tensor {:?}", self.origin, t.name)))?;
+        }
+        buf.resize(n, 0);
+        self.decode_tensor(t, buf)
+    }
+
     /// Decode tensor `name` into a new buffer.
     pub fn read(&self, name: &str) -> Result<Vec<u8>> {
         let t = self.tensor(name)?;
-        let mut out = vec![0u8; t.raw_len as usize];
+        let mut out = zeroed_buffer(t.raw_len as usize)
+            .map_err(|e| e.context(format!("{}: tensor {:?}", self.origin, t.name)))?;
         self.decode_tensor(t, &mut out)?;
         Ok(out)
     }

@@ -43,22 +43,18 @@ fn err(path: &str, msg: impl std::fmt::Display) -> Error {
     format_err(format!("{path}: not a valid safetensors file: {msg}"))
 }
 
-/// Parse and validate a whole safetensors file image.
-pub fn parse_header(bytes: &[u8], origin: &str) -> Result<StHeader> {
-    if bytes.len() < 8 {
-        return Err(err(origin, "shorter than 8 bytes"));
-    }
-    let mut n = [0u8; 8];
-    n.copy_from_slice(&bytes[..8]);
-    let n = u64::from_le_bytes(n);
-    if n > MAX_HEADER || 8 + n > bytes.len() as u64 {
-        return Err(err(origin, format!("header length {n} is too large")));
-    }
-    let text = std::str::from_utf8(&bytes[8..8 + n as usize])
-        .map_err(|_| err(origin, "header is not UTF-8"))?
-        .to_string();
+/// String-to-string user metadata, as safetensors keeps it.
+pub type Metadata = BTreeMap<String, String>;
+
+/// Parse and validate a safetensors JSON header: dtypes, shapes, offsets that match each
+/// tensor's size and tile `[0, total)` with no gap or overlap, string-to-string metadata.
+/// Returns the entries in data order, the metadata and the total data length.
+pub fn parse_header_text(
+    text: &str,
+    origin: &str,
+) -> Result<(Vec<StEntry>, Option<Metadata>, u64)> {
     let root: Map<String, Value> =
-        serde_json::from_str(&text).map_err(|e| err(origin, format!("header JSON: {e}")))?;
+        serde_json::from_str(text).map_err(|e| err(origin, format!("header JSON: {e}")))?;
     let mut entries = Vec::new();
     let mut metadata = None;
     for (name, v) in root {
@@ -95,7 +91,6 @@ pub fn parse_header(bytes: &[u8], origin: &str) -> Result<StHeader> {
         });
     }
     entries.sort_by_key(|e| (e.begin, e.end));
-    let data_len = bytes.len() as u64 - 8 - n;
     let mut next = 0;
     for e in &entries {
         if e.begin != next {
@@ -106,10 +101,29 @@ pub fn parse_header(bytes: &[u8], origin: &str) -> Result<StHeader> {
         }
         next = e.end;
     }
-    if next != data_len {
+    Ok((entries, metadata, next))
+}
+
+/// Parse and validate a whole safetensors file image.
+pub fn parse_header(bytes: &[u8], origin: &str) -> Result<StHeader> {
+    if bytes.len() < 8 {
+        return Err(err(origin, "shorter than 8 bytes"));
+    }
+    let mut n = [0u8; 8];
+    n.copy_from_slice(&bytes[..8]);
+    let n = u64::from_le_bytes(n);
+    if n > MAX_HEADER || 8 + n > bytes.len() as u64 {
+        return Err(err(origin, format!("header length {n} is too large")));
+    }
+    let text = std::str::from_utf8(&bytes[8..8 + n as usize])
+        .map_err(|_| err(origin, "header is not UTF-8"))?
+        .to_string();
+    let (entries, metadata, covered) = parse_header_text(&text, origin)?;
+    let data_len = bytes.len() as u64 - 8 - n;
+    if covered != data_len {
         return Err(err(
             origin,
-            format!("tensors cover {next} bytes of a {data_len}-byte data section"),
+            format!("tensors cover {covered} bytes of a {data_len}-byte data section"),
         ));
     }
     Ok(StHeader {
@@ -153,10 +167,19 @@ pub fn compress(src: &Path, dst: &Path, opts: &EncodeOptions, progress: Progress
 /// exactly, otherwise a fresh one (sorted by name, data in that order, padded to 8 bytes).
 fn header_for(reader: &Reader) -> Result<(String, Vec<String>)> {
     if let Some(text) = &reader.index().safetensors_header {
-        let h = parse_header_text(text, reader.origin())?;
+        let origin = format!(
+            "{} (stored header of the source safetensors file)",
+            reader.origin()
+        );
+        let (h, _, _) = parse_header_text(text, &origin)?;
         let mut order = Vec::with_capacity(h.len());
         for e in &h {
-            let t = reader.tensor(&e.name)?;
+            let t = reader.tensor(&e.name).map_err(|_| {
+                format_err(format!(
+                    "{origin}: names tensor {:?}, which the file lacks",
+                    e.name
+                ))
+            })?;
             if t.dtype != e.dtype || t.shape != e.shape {
                 return Err(format_err(format!(
                     "{}: stored safetensors header disagrees with tensor {:?}",
@@ -202,43 +225,6 @@ fn header_for(reader: &Reader) -> Result<(String, Vec<String>)> {
     Ok((text, names.into_iter().map(String::from).collect()))
 }
 
-fn parse_header_text(text: &str, origin: &str) -> Result<Vec<StEntry>> {
-    let root: Map<String, Value> =
-        serde_json::from_str(text).map_err(|e| err(origin, format!("stored header: {e}")))?;
-    let mut entries = Vec::new();
-    for (name, v) in root {
-        if name == "__metadata__" {
-            continue;
-        }
-        let bad = || err(origin, format!("stored header entry {name:?}"));
-        let dtype = DType::parse(v.get("dtype").and_then(Value::as_str).ok_or_else(bad)?)?;
-        let shape: Vec<u64> = v
-            .get("shape")
-            .and_then(|s| serde_json::from_value(s.clone()).ok())
-            .ok_or_else(bad)?;
-        let offs: [u64; 2] = v
-            .get("data_offsets")
-            .and_then(|s| serde_json::from_value(s.clone()).ok())
-            .ok_or_else(bad)?;
-        entries.push(StEntry {
-            name,
-            dtype,
-            shape,
-            begin: offs[0],
-            end: offs[1],
-        });
-    }
-    entries.sort_by_key(|e| (e.begin, e.end));
-    let mut next = 0;
-    for e in &entries {
-        if e.begin != next {
-            return Err(err(origin, "stored header has a gap or overlap"));
-        }
-        next = e.end;
-    }
-    Ok(entries)
-}
-
 /// Write a container back out as a safetensors file, atomically.
 pub fn decompress(src: &Path, dst: &Path, progress: Progress) -> Result<u64> {
     let reader = Reader::open(src)?;
@@ -256,8 +242,7 @@ pub fn decompress(src: &Path, dst: &Path, progress: Progress) -> Result<u64> {
         let mut buf = Vec::new();
         for name in &order {
             let t = reader.tensor(name)?;
-            buf.resize(t.raw_len as usize, 0);
-            reader.read_into(name, &mut buf)?;
+            reader.read_reusing(name, &mut buf)?;
             w.write_all(&buf).map_err(io)?;
             done += t.raw_len;
             progress(done, total)?;

@@ -92,6 +92,12 @@ pub fn write_to<W: Write + Seek>(
         safetensors_header: extras.safetensors_header.clone(),
     };
     let bound = serde_json::to_vec(&index)?.len();
+    if bound as u64 > format::MAX_INDEX_LEN {
+        return Err(Error::Invalid(format!(
+            "the index would take up to {bound} bytes, over the {}-byte cap: use larger chunks",
+            format::MAX_INDEX_LEN
+        )));
+    }
     let data_offset = format::data_offset_for(bound);
     let io = |e| Error::Io {
         path: "<output>".into(),

