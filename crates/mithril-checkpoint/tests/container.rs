@@ -1,4 +1,5 @@
 //! Container round trips and hostile edits, at the Rust level.
+#![allow(clippy::unwrap_used)]
 
 use mithril_checkpoint::chunk::EncodeOptions;
 use mithril_checkpoint::{write_bytes, DType, Error, FileExtras, Reader, TensorSource};
