@@ -11,7 +11,7 @@ import json
 import os
 import sys
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
 
 from mithril._progress import ProgressBar
@@ -48,21 +48,29 @@ def _human(n: float) -> str:
     return f"{n:.1f} TB"
 
 
-def _compress(args: argparse.Namespace) -> int:
-    from mithril import checkpoint as mc
-
+def _convert(
+    args: argparse.Namespace, suffix: str, verb: str, run: Callable[..., int]
+) -> tuple[Path, Path, int, float]:
+    """Shared by compress and decompress: resolve and guard the output path, run the
+    conversion under a progress bar, and return (src, dst, bytes written, seconds)."""
     src = Path(args.input)
-    dst = Path(args.output) if args.output else src.with_suffix(".mithril")
+    dst = Path(args.output) if args.output else src.with_suffix(suffix)
     if _same_file(src, dst):
         raise MithrilError(f"output {dst} is the input file")
     _refuse_overwrite(dst, args.force)
-    bar = ProgressBar(f"compress {src.name}")
+    bar = ProgressBar(f"{verb} {src.name}")
     start = time.perf_counter()
     try:
-        size = mc.compress_safetensors(src, dst, threads=args.threads, progress=bar)
+        size = run(src, dst, threads=args.threads, progress=bar)
     finally:
         bar.close()
-    elapsed = time.perf_counter() - start
+    return src, dst, size, time.perf_counter() - start
+
+
+def _compress(args: argparse.Namespace) -> int:
+    from mithril import checkpoint as mc
+
+    src, dst, size, elapsed = _convert(args, ".mithril", "compress", mc.compress_safetensors)
     raw = src.stat().st_size
     if not args.quiet:
         print(
@@ -75,18 +83,9 @@ def _compress(args: argparse.Namespace) -> int:
 def _decompress(args: argparse.Namespace) -> int:
     from mithril import checkpoint as mc
 
-    src = Path(args.input)
-    dst = Path(args.output) if args.output else src.with_suffix(".safetensors")
-    if _same_file(src, dst):
-        raise MithrilError(f"output {dst} is the input file")
-    _refuse_overwrite(dst, args.force)
-    bar = ProgressBar(f"decompress {src.name}")
-    start = time.perf_counter()
-    try:
-        size = mc.decompress_safetensors(src, dst, threads=args.threads, progress=bar)
-    finally:
-        bar.close()
-    elapsed = time.perf_counter() - start
+    src, dst, size, elapsed = _convert(
+        args, ".safetensors", "decompress", mc.decompress_safetensors
+    )
     if not args.quiet:
         print(f"{src} -> {dst}: {_human(size)} in {elapsed:.2f} s")
     return 0
