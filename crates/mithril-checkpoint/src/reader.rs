@@ -8,7 +8,7 @@ use memmap2::Mmap;
 use rayon::prelude::*;
 use std::collections::HashMap;
 use std::fs::File;
-use std::path::{Path, PathBuf};
+use std::path::Path;
 
 enum Backing {
     Map(Mmap),
@@ -73,10 +73,6 @@ impl Reader {
 
     pub fn origin(&self) -> &str {
         &self.origin
-    }
-
-    pub fn path(&self) -> PathBuf {
-        PathBuf::from(&self.origin)
     }
 
     pub fn index(&self) -> &Index {
