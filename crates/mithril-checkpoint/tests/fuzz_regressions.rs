@@ -69,6 +69,17 @@ fn check<T>(case: &str, got: &Result<T>, want: Want) {
     assert!(ok, "{case}: got {shown:?}, want {want:?}");
 }
 
+/// Check each named case of `target` against its expected outcome, then replay every
+/// input in the folder (new crash files can simply be dropped in) for panics only.
+fn replay<T>(target: &str, cases: &[(&str, Want)], run: impl Fn(&[u8]) -> Result<T>) {
+    for (name, want) in cases {
+        check(name, &run(&input(target, &format!("{name}.bin"))), *want);
+    }
+    for name in all_inputs(target, ".bin") {
+        let _ = run(&input(target, &name));
+    }
+}
+
 fn run_rans(data: &[u8]) -> Result<()> {
     let [sel, lo, hi, stream @ ..] = data else {
         return Ok(());
@@ -156,16 +167,7 @@ fn rans_streams() {
             Want::Corrupt("not increasing"),
         ),
     ];
-    for (name, want) in cases {
-        check(
-            name,
-            &run_rans(&input("rans", &format!("{name}.bin"))),
-            want,
-        );
-    }
-    for name in all_inputs("rans", ".bin") {
-        let _ = run_rans(&input("rans", &name));
-    }
+    replay("rans", &cases, run_rans);
 }
 
 #[test]
@@ -189,16 +191,7 @@ fn float_chunk_payloads() {
         ),
         ("bf16_ok", Want::Ok),
     ];
-    for (name, want) in cases {
-        check(
-            name,
-            &run_float(&input("float_chunk", &format!("{name}.bin"))),
-            want,
-        );
-    }
-    for name in all_inputs("float_chunk", ".bin") {
-        let _ = run_float(&input("float_chunk", &name));
-    }
+    replay("float_chunk", &cases, run_float);
 }
 
 #[test]
@@ -217,16 +210,7 @@ fn whole_chunks_with_valid_stored_checksum() {
             Want::Corrupt("decoded data checksum"),
         ),
     ];
-    for (name, want) in cases {
-        check(
-            name,
-            &run_chunk(&input("chunk", &format!("{name}.bin"))),
-            want,
-        );
-    }
-    for name in all_inputs("chunk", ".bin") {
-        let _ = run_chunk(&input("chunk", &name));
-    }
+    replay("chunk", &cases, run_chunk);
 }
 
 #[test]
@@ -241,13 +225,7 @@ fn safetensors_headers() {
         ("gap_or_overlap", Want::Format("gap or overlap")),
         ("header_length_too_large", Want::Format("too large")),
     ];
-    for (name, want) in cases {
-        let got = parse_header(&input("safetensors_header", &format!("{name}.bin")), "fuzz");
-        check(name, &got, want);
-    }
-    for name in all_inputs("safetensors_header", ".bin") {
-        let _ = parse_header(&input("safetensors_header", &name), "fuzz");
-    }
+    replay("safetensors_header", &cases, |b| parse_header(b, "fuzz"));
 }
 
 #[test]
