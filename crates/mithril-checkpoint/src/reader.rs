@@ -116,10 +116,8 @@ impl Reader {
 
     /// Decode tensor `name` into a new buffer.
     pub fn read(&self, name: &str) -> Result<Vec<u8>> {
-        let t = self.tensor(name)?;
-        let mut out = zeroed_buffer(t.raw_len as usize)
-            .map_err(|e| e.context(format!("{}: tensor {:?}", self.origin, t.name)))?;
-        self.decode_tensor(t, &mut out)?;
+        let mut out = Vec::new();
+        self.read_reusing(name, &mut out)?;
         Ok(out)
     }
 

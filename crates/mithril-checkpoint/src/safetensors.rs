@@ -34,7 +34,7 @@ pub struct StEntry {
 #[derive(Debug, Clone)]
 pub struct StHeader {
     pub entries: Vec<StEntry>,
-    pub metadata: Option<BTreeMap<String, String>>,
+    pub metadata: Option<Metadata>,
     pub text: String,
     pub data_start: u64,
 }
@@ -59,7 +59,7 @@ pub fn parse_header_text(
     let mut metadata = None;
     for (name, v) in root {
         if name == "__metadata__" {
-            let m: BTreeMap<String, String> =
+            let m: Metadata =
                 serde_json::from_value(v).map_err(|e| err(origin, format!("__metadata__: {e}")))?;
             metadata = Some(m);
             continue;
@@ -163,8 +163,9 @@ pub fn compress(src: &Path, dst: &Path, opts: &EncodeOptions, progress: Progress
     write_file(dst, &sources, &extras, opts, progress)
 }
 
-/// The header text to write: the stored original when it still describes the tensors
-/// exactly, otherwise a fresh one (sorted by name, data in that order, padded to 8 bytes).
+/// The header text to write, and the tensor order it lays out. A stored original header is
+/// used verbatim and must describe the tensors exactly (otherwise a FormatError); without
+/// one, a fresh header is built (sorted by name, data in that order, padded to 8 bytes).
 fn header_for(reader: &Reader) -> Result<(String, Vec<String>)> {
     if let Some(text) = &reader.index().safetensors_header {
         let origin = format!(
