@@ -944,4 +944,4 @@ def test_header_struct_matches_the_format():
     assert HEADER.size == 48
     blob = mc.save({})
     magic, major, minor, flags, *_ = HEADER.unpack_from(blob)
-    assert (magic, major, minor, flags) == (MAGIC, 1, 0, 0)
+    assert (magic, major, minor, flags) == (MAGIC, 1, 1, 0)  # minor 1: delta chunks

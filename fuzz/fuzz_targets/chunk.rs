@@ -1,7 +1,7 @@
 //! Whole-chunk decoder (`chunk::decode_chunk`) for every encoding and dtype, with the stored
 //! checksum computed here so that the fuzzed bytes get past it and reach the decoders.
 //!
-//! Input: `encoding: u8 (0 raw, 1 float, 2 zstd) | dtype: u8 (index into DType::ALL) |
+//! Input: `encoding: u8 (0 raw, 1 float, 2 zstd, 3 xor, 4 sub, 5 sub-ctx; the base is all zeros) | dtype: u8 (index into DType::ALL) |
 //! raw bytes: u16 LE | stored bytes ...`.
 
 #![no_main]
@@ -11,7 +11,14 @@ use mithril_checkpoint::chunk::decode_chunk;
 use mithril_checkpoint::{DType, Encoding};
 use xxhash_rust::xxh3::xxh3_64;
 
-const ENCODINGS: [Encoding; 3] = [Encoding::Raw, Encoding::Float, Encoding::Zstd];
+const ENCODINGS: [Encoding; 6] = [
+    Encoding::Raw,
+    Encoding::Float,
+    Encoding::Zstd,
+    Encoding::Xor,
+    Encoding::Sub,
+    Encoding::SubCtx,
+];
 
 fuzz_target!(|data: &[u8]| {
     let [enc, dt, lo, hi, stored @ ..] = data else {

@@ -11,6 +11,7 @@ import importlib
 from typing import TYPE_CHECKING, Any
 
 from mithril.errors import (
+    BaseCheckpointError,
     CancelledError,
     ConfigError,
     CorruptDataError,
@@ -30,6 +31,7 @@ __all__ = [
     "ConfigError",
     "TensorNotFoundError",
     "CancelledError",
+    "BaseCheckpointError",
 ]
 
 _SUBMODULES = {"checkpoint"}

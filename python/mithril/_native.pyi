@@ -12,6 +12,7 @@ __all__ = [
     "__version__",
     "write_file",
     "write_bytes",
+    "rewrite",
     "compress_safetensors",
     "decompress_safetensors",
     "Reader",
@@ -29,12 +30,25 @@ def write_file(
     threads: int | None = None,
     chunk_bytes: int | None = None,
     progress: _Progress | None = None,
+    base_path: _Path | None = None,
+    base_hint: str | None = None,
+    base_tensors: Sequence[_Tensor] | None = None,
+) -> int: ...
+def rewrite(
+    src: _Path,
+    dst: _Path,
+    base_path: _Path | None = None,
+    base_hint: str | None = None,
+    threads: int | None = None,
+    chunk_bytes: int | None = None,
+    progress: _Progress | None = None,
 ) -> int: ...
 def write_bytes(
     tensors: Sequence[_Tensor],
     metadata: dict[str, str] | None = None,
     threads: int | None = None,
     chunk_bytes: int | None = None,
+    base_tensor: _Tensor | None = None,
 ) -> bytes: ...
 def compress_safetensors(
     src: _Path,
@@ -42,6 +56,8 @@ def compress_safetensors(
     threads: int | None = None,
     chunk_bytes: int | None = None,
     progress: _Progress | None = None,
+    base_path: _Path | None = None,
+    base_hint: str | None = None,
 ) -> int: ...
 def decompress_safetensors(
     src: _Path,
@@ -52,7 +68,15 @@ def decompress_safetensors(
 
 @final
 class Reader:
-    def __new__(cls, path: _Path) -> Reader: ...
+    def __new__(
+        cls, path: _Path, resolve_base: bool = True, base: _Path | None = None
+    ) -> Reader: ...
+    def content_id(self) -> str: ...
+    def base_ref(self) -> tuple[str, str | None] | None: ...
+    def chain(self) -> list[tuple[str, str, int]]: ...
+    def read_with_base(
+        self, name: str, base: Buffer | npt.NDArray[Any], threads: int | None = None
+    ) -> npt.NDArray[np.uint8]: ...
     @staticmethod
     def from_bytes(data: bytes) -> Reader: ...
     def names(self) -> list[str]: ...

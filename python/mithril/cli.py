@@ -1,4 +1,4 @@
-"""Command-line interface: ``mithril checkpoint compress|decompress|inspect|verify``.
+"""Command-line interface: ``mithril checkpoint compress|decompress|inspect|verify|squash|rebase``.
 
 Errors print one line on stderr and exit with status 1 (2 for usage errors); progress bars
 appear only on a terminal.
@@ -70,13 +70,34 @@ def _convert(
 def _compress(args: argparse.Namespace) -> int:
     from mithril import checkpoint as mc
 
-    src, dst, size, elapsed = _convert(args, ".mithril", "compress", mc.compress_safetensors)
+    def run(src: Path, dst: Path, **kw: object) -> int:
+        return mc.compress_safetensors(src, dst, base=args.base, **kw)  # type: ignore[arg-type]
+
+    src, dst, size, elapsed = _convert(args, ".mithril", "compress", run)
     raw = src.stat().st_size
     if not args.quiet:
+        against = f" (delta against {args.base})" if args.base else ""
         print(
-            f"{src} -> {dst}: {_human(raw)} -> {_human(size)} "
+            f"{src} -> {dst}{against}: {_human(raw)} -> {_human(size)} "
             f"({100 * size / raw:.2f}%) in {elapsed:.2f} s ({raw / elapsed / 1e6:.0f} MB/s)"
         )
+    return 0
+
+
+def _rewrite(args: argparse.Namespace) -> int:
+    """squash (no --onto) and rebase (--onto BASE): re-encode a file as full or delta."""
+    from mithril import checkpoint as mc
+
+    onto = getattr(args, "onto", None)
+
+    def run(src: Path, dst: Path, **kw: object) -> int:
+        return mc.rebase(src, dst, onto, **kw)  # type: ignore[arg-type]
+
+    verb = "rebase" if onto else "squash"
+    src, dst, size, elapsed = _convert(args, ".full.mithril", verb, run)
+    if not args.quiet:
+        what = f"delta against {onto}" if onto else "full file"
+        print(f"{src} -> {dst}: {what}, {_human(size)} in {elapsed:.2f} s")
     return 0
 
 
@@ -125,6 +146,13 @@ def _inspect(args: argparse.Namespace) -> int:
     )
     if info["metadata"]:
         print(f"metadata: {json.dumps(info['metadata'])}")
+    if info["base"]:
+        print("chain (newest first):")
+        for link in info["chain"]:
+            if "error" in link:
+                print(f"  ! {link['error']}")
+            else:
+                print(f"  {link['path']}  id {link['content_id']}  {_human(link['file_size'])}")
     return 0
 
 
@@ -152,6 +180,7 @@ def build_parser() -> argparse.ArgumentParser:
     c.add_argument(
         "-t", "--threads", type=_threads, default=None, help="worker threads (all cores)"
     )
+    c.add_argument("--base", help="an earlier .mithril of the same model: store deltas against it")
     c.add_argument("-q", "--quiet", action="store_true")
     c.set_defaults(func=_compress)
 
@@ -173,6 +202,20 @@ def build_parser() -> argparse.ArgumentParser:
     v.add_argument("-t", "--threads", type=_threads, default=None)
     v.add_argument("-q", "--quiet", action="store_true")
     v.set_defaults(func=_verify)
+
+    for name, text in (
+        ("squash", "write a delta (its chain resolved) as a self-contained full file"),
+        ("rebase", "re-encode a file as a delta against another base (or full without --onto)"),
+    ):
+        r = cs.add_parser(name, help=text)
+        r.add_argument("input")
+        r.add_argument("-o", "--output", help="output path (default: INPUT with .full.mithril)")
+        if name == "rebase":
+            r.add_argument("--onto", help="the new base (.mithril); omit for a full file")
+        r.add_argument("-f", "--force", action="store_true", help="overwrite an existing output")
+        r.add_argument("-t", "--threads", type=_threads, default=None)
+        r.add_argument("-q", "--quiet", action="store_true")
+        r.set_defaults(func=_rewrite)
     return p
 
 

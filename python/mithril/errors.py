@@ -14,6 +14,7 @@ __all__ = [
     "ConfigError",
     "TensorNotFoundError",
     "CancelledError",
+    "BaseCheckpointError",
 ]
 
 
@@ -42,3 +43,8 @@ class TensorNotFoundError(MithrilError, KeyError):
 
 class CancelledError(MithrilError):
     """Work stopped by the progress callback; nothing was written."""
+
+
+class BaseCheckpointError(MithrilError):
+    """A delta checkpoint's base is missing, was replaced or altered, does not match the
+    delta, or the chain of bases loops. The delta is never applied to the wrong base."""

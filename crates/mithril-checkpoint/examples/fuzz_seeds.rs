@@ -138,7 +138,7 @@ fn container_seeds(dir: &Path) -> Res<()> {
             dir,
             "container",
             name,
-            &write_bytes(&tensors, &extras, &opts)?,
+            &write_bytes(&tensors, &extras, &opts, None)?,
         )?;
     }
     Ok(())
@@ -210,6 +210,9 @@ fn chunk_seeds(dir: &Path) -> Res<()> {
             Encoding::Raw => 0,
             Encoding::Float => 1,
             Encoding::Zstd => 2,
+            Encoding::Xor => 3,
+            Encoding::Sub => 4,
+            Encoding::SubCtx => 5,
         };
         let len = c.raw_len as u16;
         let seed = with_prefix(&[enc, di as u8, len as u8, (len >> 8) as u8], &c.data);

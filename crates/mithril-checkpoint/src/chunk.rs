@@ -1,5 +1,6 @@
 //! One chunk of one tensor: pick the encoding, checksum it, and undo it.
 
+use crate::delta::{self, DeltaOp};
 use crate::dtype::DType;
 use crate::error::{corrupt, Result};
 use crate::float;
@@ -15,6 +16,12 @@ pub enum Encoding {
     Float,
     /// A zstd frame: the generic path for integers, bools, fp8 and fp64.
     Zstd,
+    /// XOR of the bit patterns against the base tensor ([`crate::delta`]).
+    Xor,
+    /// Zigzag integer difference of the bit patterns against the base tensor.
+    Sub,
+    /// `Sub`, grouped by the base element's sign and exponent (float dtypes only).
+    SubCtx,
 }
 
 impl Encoding {
@@ -23,7 +30,15 @@ impl Encoding {
             Encoding::Raw => "raw",
             Encoding::Float => "float",
             Encoding::Zstd => "zstd",
+            Encoding::Xor => "xor",
+            Encoding::Sub => "sub",
+            Encoding::SubCtx => "sub-ctx",
         }
+    }
+
+    /// Whether decoding needs the base tensor's bytes.
+    pub fn is_delta(self) -> bool {
+        matches!(self, Encoding::Xor | Encoding::Sub | Encoding::SubCtx)
     }
 
     pub fn parse(s: &str) -> Option<Encoding> {
@@ -31,6 +46,9 @@ impl Encoding {
             "raw" => Some(Encoding::Raw),
             "float" => Some(Encoding::Float),
             "zstd" => Some(Encoding::Zstd),
+            "xor" => Some(Encoding::Xor),
+            "sub" => Some(Encoding::Sub),
+            "sub-ctx" => Some(Encoding::SubCtx),
             _ => None,
         }
     }
@@ -92,7 +110,51 @@ pub fn encode_chunk<'a>(raw: &'a [u8], dtype: DType, opts: &EncodeOptions) -> En
     }
 }
 
+/// Encode one chunk against the same elements of its base tensor: the delta or the plain
+/// encoding, whichever is estimated smaller (both estimates come from histograms, so only
+/// one of them is coded). Integer dtypes have no cheap plain estimate and try both.
+pub fn encode_chunk_delta<'a>(
+    raw: &'a [u8],
+    base: &[u8],
+    dtype: DType,
+    opts: &EncodeOptions,
+) -> EncodedChunk<'a> {
+    if base.iter().all(|&b| b == 0) {
+        // XOR or difference against zeros is the data itself: nothing to gain.
+        return encode_chunk(raw, dtype, opts);
+    }
+    let ctx = dtype.float_bits().map(|b| b.mantissa);
+    let planned = delta::plan(raw, base, dtype.size(), ctx);
+    if let Some(bits) = dtype.float_bits() {
+        if float::estimate(raw, bits, dtype.size()) < planned.estimate() {
+            return encode_chunk(raw, dtype, opts);
+        }
+    }
+    let (op, payload) = planned.emit();
+    if dtype.float_bits().is_none() {
+        let plain = encode_chunk(raw, dtype, opts);
+        if plain.data.len() <= payload.len() {
+            return plain;
+        }
+    }
+    if payload.len() >= raw.len() {
+        return encode_chunk(raw, dtype, opts);
+    }
+    EncodedChunk {
+        encoding: match op {
+            DeltaOp::Xor => Encoding::Xor,
+            DeltaOp::Sub => Encoding::Sub,
+            DeltaOp::SubCtx => Encoding::SubCtx,
+        },
+        checksum: xxh3_64(&payload),
+        data: Cow::Owned(payload),
+        raw_len: raw.len(),
+        raw_checksum: xxh3_64(raw),
+    }
+}
+
 /// Decode one stored chunk into `out` (exactly its raw length), verifying both checksums.
+/// For a delta encoding, `out` must hold the base tensor's bytes of this chunk on entry.
 pub fn decode_chunk(
     encoding: Encoding,
     data: &[u8],
@@ -124,8 +186,22 @@ pub fn decode_chunk(
                 return Err(corrupt("zstd chunk decoded to the wrong length"));
             }
         }
+        Encoding::Xor | Encoding::Sub | Encoding::SubCtx => {
+            let op = match encoding {
+                Encoding::Xor => DeltaOp::Xor,
+                Encoding::Sub => DeltaOp::Sub,
+                _ => DeltaOp::SubCtx,
+            };
+            let ctx = dtype.float_bits().map(|b| b.mantissa);
+            delta::decode(op, data, dtype.size(), ctx, out)?
+        }
     }
     if xxh3_64(out) != raw_checksum {
+        if encoding.is_delta() {
+            return Err(corrupt(
+                "decoded data checksum mismatch (delta chunk: corrupt, or applied to the wrong base)",
+            ));
+        }
         return Err(corrupt("decoded data checksum mismatch"));
     }
     Ok(())

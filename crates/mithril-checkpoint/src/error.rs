@@ -17,6 +17,9 @@ pub enum Error {
     /// A named tensor is not in the file.
     #[error("no tensor named {0:?} in the file")]
     MissingTensor(String),
+    /// The base checkpoint a delta needs is missing, altered, mismatched or in a cycle.
+    #[error("base checkpoint: {0}")]
+    Base(String),
     /// A buffer of the requested size cannot be allocated.
     #[error("out of memory: {0}")]
     OutOfMemory(String),
@@ -46,6 +49,7 @@ impl Error {
             Error::Corrupt(m) => Error::Corrupt(format!("{prefix}: {m}")),
             Error::Format(m) => Error::Format(format!("{prefix}: {m}")),
             Error::Invalid(m) => Error::Invalid(format!("{prefix}: {m}")),
+            Error::Base(m) => Error::Base(format!("{prefix}: {m}")),
             Error::OutOfMemory(m) => Error::OutOfMemory(format!("{prefix}: {m}")),
             other => other,
         }

@@ -193,8 +193,18 @@ fn raw_plane(plane: &[u8], width: u32) -> Vec<u8> {
 
 /// Smallest of raw, constant, rANS and zstd for one plane of `width`-bit values.
 pub(crate) fn encode_plane(plane: &[u8], width: u32) -> (u8, Vec<u8>) {
-    let counts = rans::histogram(plane, 256);
-    let Some(table) = rans::FreqTable::from_counts(&counts) else {
+    encode_plane_counts(plane, width, &rans::histogram(plane, 256), true)
+}
+
+/// [`encode_plane`] with the plane's histogram already counted; `try_zstd` false keeps to
+/// raw, constant and rANS (for planes where zstd's match finding is not worth its time).
+pub(crate) fn encode_plane_counts(
+    plane: &[u8],
+    width: u32,
+    counts: &[u32],
+    try_zstd: bool,
+) -> (u8, Vec<u8>) {
+    let Some(table) = rans::FreqTable::from_counts(counts) else {
         return match plane.first() {
             Some(&v) if counts.iter().filter(|&&c| c > 0).count() == 1 => (METHOD_CONST, vec![v]),
             _ => (METHOD_RAW, raw_plane(plane, width)),
@@ -202,14 +212,14 @@ pub(crate) fn encode_plane(plane: &[u8], width: u32) -> (u8, Vec<u8>) {
     };
     let mut best = (METHOD_RAW, raw_plane(plane, width));
     let raw_len = best.1.len();
-    let bits_per_symbol = rans::entropy_bits(&counts) / plane.len().max(1) as f64;
-    if rans::estimated_size(&counts) < raw_len * 99 / 100 {
+    let bits_per_symbol = rans::entropy_bits(counts) / plane.len().max(1) as f64;
+    if rans::estimated_size(counts) < raw_len * 99 / 100 {
         let coded = rans::encode(plane, &table);
         if coded.len() < best.1.len() {
             best = (METHOD_RANS, coded);
         }
     }
-    if bits_per_symbol < ZSTD_TRY_BELOW_BITS - (8 - width) as f64 {
+    if try_zstd && bits_per_symbol < ZSTD_TRY_BELOW_BITS - (8 - width) as f64 {
         if let Ok(z) = zstd::bulk::compress(plane, PLANE_ZSTD_LEVEL) {
             if z.len() < best.1.len() {
                 best = (METHOD_ZSTD, z);
@@ -217,6 +227,25 @@ pub(crate) fn encode_plane(plane: &[u8], width: u32) -> (u8, Vec<u8>) {
         }
     }
     best
+}
+
+/// Estimated size of [`encode`]'s output, from one histogram pass (no coding).
+pub fn estimate(raw: &[u8], bits: FloatBits, word_bytes: usize) -> usize {
+    if word_bytes == 2 {
+        estimate_words::<2>(raw, bits)
+    } else {
+        estimate_words::<4>(raw, bits)
+    }
+}
+
+fn estimate_words<const W: usize>(raw: &[u8], bits: FloatBits) -> usize {
+    let n = raw.len() / W;
+    let split = Split::new(bits, head_mantissa_choices(bits)[0]);
+    let mut hist = vec![0u32; 1 << split.head_bits];
+    for w in raw.chunks_exact(W) {
+        hist[split.head(load::<W>(w)) as usize] += 1;
+    }
+    rans::estimated_size(&hist) + (n * split.rem_bits as usize).div_ceil(8)
 }
 
 /// Pack values of `width` (1..=8) bits, LSB first: 8 values make `width` bytes.

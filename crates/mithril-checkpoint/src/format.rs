@@ -18,7 +18,8 @@ use xxhash_rust::xxh3::Xxh3;
 
 pub const MAGIC: &[u8; 8] = b"MITHRIL\0";
 pub const MAJOR: u16 = 1;
-pub const MINOR: u16 = 0;
+/// Minor 1 added delta chunks (`xor`, `sub`) and the index's `base` reference.
+pub const MINOR: u16 = 1;
 pub const HEADER_LEN: usize = 48;
 /// Largest index a reader accepts.
 pub const MAX_INDEX_LEN: u64 = 256 << 20;
@@ -48,6 +49,19 @@ pub struct TensorEntry {
     pub chunks: Vec<ChunkEntry>,
 }
 
+/// Which checkpoint a delta file was made against.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+pub struct BaseRef {
+    /// Content id of the base: xxh3-128 of its header and index, 32 hex digits (see
+    /// [`content_id`]). The index holds the checksum of every chunk, so this names the
+    /// base's whole content, not its path.
+    pub id: String,
+    /// Where the base was when the delta was written: relative to the delta's directory, or
+    /// absolute. Only a hint; the id decides.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub path: Option<String>,
+}
+
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Default)]
 pub struct Index {
     pub tensors: Vec<TensorEntry>,
@@ -57,6 +71,32 @@ pub struct Index {
     /// converting back gives the identical file.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub safetensors_header: Option<String>,
+    /// Present on delta files: the checkpoint whose tensors the `xor`/`sub` chunks apply to.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub base: Option<BaseRef>,
+}
+
+/// Content id of a container given its bytes up to the end of the index.
+pub fn content_id(header_and_index: &[u8]) -> String {
+    format!("{:032x}", xxhash_rust::xxh3::xxh3_128(header_and_index))
+}
+
+/// Content id of a file that [`parse`] accepted.
+pub fn content_id_of(file: &[u8]) -> String {
+    let end = (HEADER_LEN as u64).saturating_add(u64_at(file, 16));
+    content_id(&file[..(end as usize).min(file.len())])
+}
+
+/// Content id of one in-memory tensor, for deltas made against a tensor rather than a file.
+pub fn tensor_content_id(dtype: DType, shape: &[u64], data: &[u8]) -> String {
+    let mut h = xxhash_rust::xxh3::Xxh3::new();
+    h.update(dtype.name().as_bytes());
+    for d in shape {
+        h.update(&d.to_le_bytes());
+    }
+    h.update(&(shape.len() as u64).to_le_bytes());
+    h.update(data);
+    format!("{:032x}", h.digest128())
 }
 
 pub fn hex64(v: u64) -> String {
@@ -201,6 +241,14 @@ pub fn parse(file: &[u8]) -> Result<(Index, Vec<TensorInfo>, u64)> {
 
 /// Check the index against itself and the data section length.
 pub fn validate(index: &Index, data_len: u64) -> Result<Vec<TensorInfo>> {
+    if let Some(b) = &index.base {
+        if b.id.len() != 32 || !b.id.bytes().all(|c| c.is_ascii_hexdigit()) {
+            return Err(format_err(format!(
+                "base id {:?} is not 32 hex digits",
+                b.id
+            )));
+        }
+    }
     let mut names = HashSet::new();
     let mut next = 0u64;
     let mut out = Vec::with_capacity(index.tensors.len());
@@ -219,9 +267,18 @@ pub fn validate(index: &Index, data_len: u64) -> Result<Vec<TensorInfo>> {
             let encoding = Encoding::parse(&c.encoding).ok_or_else(|| {
                 format_err(format!("{}: unknown encoding {:?}", cctx(), c.encoding))
             })?;
-            if encoding == Encoding::Float && dtype.float_bits().is_none() {
+            if matches!(encoding, Encoding::Float | Encoding::SubCtx)
+                && dtype.float_bits().is_none()
+            {
                 return Err(format_err(format!(
-                    "{}: float encoding on {dtype} data",
+                    "{}: {} encoding on {dtype} data",
+                    cctx(),
+                    encoding.name()
+                )));
+            }
+            if encoding.is_delta() && index.base.is_none() {
+                return Err(format_err(format!(
+                    "{}: delta chunk in a file that names no base",
                     cctx()
                 )));
             }

@@ -7,6 +7,7 @@
 
 pub mod atomic;
 pub mod chunk;
+pub mod delta;
 pub mod dtype;
 pub mod error;
 pub mod float;
@@ -19,6 +20,7 @@ pub mod writer;
 pub use chunk::{EncodeOptions, Encoding};
 pub use dtype::DType;
 pub use error::{Error, Result};
+pub use format::BaseRef;
 pub use format::{Index, TensorInfo};
 pub use reader::Reader;
-pub use writer::{write_bytes, write_file, FileExtras, TensorSource};
+pub use writer::{write_bytes, write_file, BaseTensors, DeltaBase, FileExtras, TensorSource};

@@ -3,12 +3,15 @@
 
 use crate::chunk::decode_chunk;
 use crate::error::{zeroed_buffer, Error, Result};
-use crate::format::{self, Index, TensorInfo};
+use crate::format::{self, BaseRef, Index, TensorInfo};
 use memmap2::Mmap;
 use rayon::prelude::*;
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 use std::fs::File;
-use std::path::Path;
+use std::path::{Path, PathBuf};
+
+/// Longest chain of delta files a reader follows.
+pub const MAX_CHAIN: usize = 1000;
 
 enum Backing {
     Map(Mmap),
@@ -31,6 +34,9 @@ pub struct Reader {
     tensors: Vec<TensorInfo>,
     by_name: HashMap<String, usize>,
     data_offset: u64,
+    content_id: String,
+    /// The opened base of a delta file, once resolved.
+    base: Option<Box<Reader>>,
 }
 
 impl Reader {
@@ -61,6 +67,7 @@ impl Reader {
             .enumerate()
             .map(|(i, t)| (t.name.clone(), i))
             .collect();
+        let content_id = format::content_id_of(backing.bytes());
         Ok(Reader {
             backing,
             origin,
@@ -68,7 +75,88 @@ impl Reader {
             tensors,
             by_name,
             data_offset,
+            content_id,
+            base: None,
         })
+    }
+
+    /// Open a file and, if it is a delta, the chain of bases it needs, each checked against
+    /// the content id its delta recorded. `base_override` replaces the first base's path hint.
+    pub fn open_chain(path: &Path, base_override: Option<&Path>) -> Result<Reader> {
+        let mut seen = HashSet::new();
+        Self::open_chain_inner(path, base_override, &mut seen)
+    }
+
+    fn open_chain_inner(
+        path: &Path,
+        base_override: Option<&Path>,
+        seen: &mut HashSet<PathBuf>,
+    ) -> Result<Reader> {
+        let key = std::fs::canonicalize(path).unwrap_or_else(|_| path.to_path_buf());
+        if !seen.insert(key) {
+            return Err(Error::Base(format!(
+                "{}: the chain of bases loops back to this file",
+                path.display()
+            )));
+        }
+        if seen.len() > MAX_CHAIN {
+            return Err(Error::Base(format!(
+                "{}: chain of bases longer than {MAX_CHAIN} files",
+                path.display()
+            )));
+        }
+        let mut reader = Reader::open(path)?;
+        let Some(base) = reader.index.base.clone() else {
+            return Ok(reader);
+        };
+        let base_path = match base_override {
+            Some(p) => p.to_path_buf(),
+            None => hint_path(path, &base)?,
+        };
+        if !base_path.exists() {
+            return Err(Error::Base(format!(
+                "{}: base {} (content id {}) is missing",
+                path.display(),
+                base_path.display(),
+                base.id
+            )));
+        }
+        let base_reader = Self::open_chain_inner(&base_path, None, seen)?;
+        reader.attach_base(base_reader)?;
+        Ok(reader)
+    }
+
+    /// Use `base` as this delta file's base, after checking its content id.
+    pub fn attach_base(&mut self, base: Reader) -> Result<()> {
+        let Some(want) = &self.index.base else {
+            return Err(Error::Invalid(format!(
+                "{} is not a delta file; it takes no base",
+                self.origin
+            )));
+        };
+        if base.content_id != want.id {
+            return Err(Error::Base(format!(
+                "{}: base {} has content id {}, the delta was made against {} (the base was replaced or altered)",
+                self.origin, base.origin, base.content_id, want.id
+            )));
+        }
+        self.base = Some(Box::new(base));
+        Ok(())
+    }
+
+    /// Content id of this file (what a delta made against it records).
+    pub fn content_id(&self) -> &str {
+        &self.content_id
+    }
+
+    /// The base this file names, if it is a delta.
+    pub fn base_ref(&self) -> Option<&BaseRef> {
+        self.index.base.as_ref()
+    }
+
+    /// The resolved base reader, if any.
+    pub fn base(&self) -> Option<&Reader> {
+        self.base.as_deref()
     }
 
     pub fn origin(&self) -> &str {
@@ -130,6 +218,60 @@ impl Reader {
                 t.raw_len
             )));
         }
+        if t.chunks.iter().any(|c| c.encoding.is_delta()) {
+            self.read_base_into(t, out)?;
+        }
+        self.decode_chunks(t, out)
+    }
+
+    /// Fill `out` with the base's bytes of tensor `t`, which must have the same dtype and shape.
+    fn read_base_into(&self, t: &TensorInfo, out: &mut [u8]) -> Result<()> {
+        let Some(base) = &self.base else {
+            return Err(Error::Base(format!(
+                "{}: tensor {:?} is a delta and its base is not loaded",
+                self.origin, t.name
+            )));
+        };
+        let bt = base.tensor(&t.name).map_err(|_| {
+            Error::Base(format!(
+                "{}: delta tensor {:?} is not in the base {}",
+                self.origin, t.name, base.origin
+            ))
+        })?;
+        if bt.dtype != t.dtype || bt.shape != t.shape {
+            return Err(Error::Base(format!(
+                "{}: delta tensor {:?} is {} {:?}, the base {} holds {} {:?}",
+                self.origin, t.name, t.dtype, t.shape, base.origin, bt.dtype, bt.shape
+            )));
+        }
+        base.decode_tensor(bt, out)
+    }
+
+    /// Apply a delta tensor to base bytes held by the caller (`inout`: base in, tensor out).
+    /// The base must be the tensor whose [`format::tensor_content_id`] the file records.
+    pub fn read_with_base(&self, name: &str, inout: &mut [u8]) -> Result<()> {
+        let t = self.tensor(name)?;
+        if let Some(want) = &self.index.base {
+            let got = format::tensor_content_id(t.dtype, &t.shape, inout);
+            if got != want.id {
+                return Err(Error::Base(format!(
+                    "{}: tensor {:?}: the base given is not the one this delta was made against",
+                    self.origin, t.name
+                )));
+            }
+        }
+        if inout.len() as u64 != t.raw_len {
+            return Err(Error::Invalid(format!(
+                "base of {} bytes for tensor {:?} of {} bytes",
+                inout.len(),
+                t.name,
+                t.raw_len
+            )));
+        }
+        self.decode_chunks(t, inout)
+    }
+
+    fn decode_chunks(&self, t: &TensorInfo, out: &mut [u8]) -> Result<()> {
         let data = &self.backing.bytes()[self.data_offset as usize..];
         let mut pieces = Vec::with_capacity(t.chunks.len());
         let mut rest = out;
@@ -159,7 +301,13 @@ impl Reader {
     /// chunks checked.
     pub fn verify(&self) -> Result<usize> {
         let mut checked = 0;
+        let mut scratch = Vec::new();
         for t in &self.tensors {
+            if t.chunks.iter().any(|c| c.encoding.is_delta()) {
+                self.read_reusing(&t.name, &mut scratch)?;
+                checked += t.chunks.len();
+                continue;
+            }
             let largest = t.chunks.iter().map(|c| c.raw_length).max().unwrap_or(0) as usize;
             let data = &self.backing.bytes()[self.data_offset as usize..];
             t.chunks
@@ -187,4 +335,21 @@ impl Reader {
         }
         Ok(checked)
     }
+}
+
+/// Where a delta's base hint points, relative to the delta's own directory.
+fn hint_path(delta: &Path, base: &BaseRef) -> Result<PathBuf> {
+    let Some(hint) = &base.path else {
+        return Err(Error::Base(format!(
+            "{}: the delta names its base only by content id {}; pass the base explicitly",
+            delta.display(),
+            base.id
+        )));
+    };
+    let hint = Path::new(hint);
+    if hint.is_absolute() {
+        return Ok(hint.to_path_buf());
+    }
+    let dir = delta.parent().unwrap_or(Path::new(""));
+    Ok(dir.join(hint))
 }

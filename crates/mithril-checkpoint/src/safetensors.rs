@@ -9,7 +9,7 @@ use crate::chunk::EncodeOptions;
 use crate::dtype::{byte_size, DType};
 use crate::error::{format_err, Error, Result};
 use crate::reader::Reader;
-use crate::writer::{write_file, FileExtras, Progress, TensorSource};
+use crate::writer::{write_file, DeltaBase, FileExtras, Progress, TensorSource};
 use memmap2::Mmap;
 use serde_json::{Map, Value};
 use std::collections::BTreeMap;
@@ -135,7 +135,14 @@ pub fn parse_header(bytes: &[u8], origin: &str) -> Result<StHeader> {
 }
 
 /// Compress a safetensors file into a container.
-pub fn compress(src: &Path, dst: &Path, opts: &EncodeOptions, progress: Progress) -> Result<u64> {
+/// With `base`, unchanged-shape tensors are stored as deltas against it.
+pub fn compress(
+    src: &Path,
+    dst: &Path,
+    opts: &EncodeOptions,
+    base: Option<&DeltaBase>,
+    progress: Progress,
+) -> Result<u64> {
     let f = File::open(src).map_err(|e| Error::io(src, e))?;
     let origin = src.display().to_string();
     let len = f.metadata().map_err(|e| Error::io(src, e))?.len();
@@ -160,7 +167,7 @@ pub fn compress(src: &Path, dst: &Path, opts: &EncodeOptions, progress: Progress
         metadata: header.metadata.clone(),
         safetensors_header: Some(header.text.clone()),
     };
-    write_file(dst, &sources, &extras, opts, progress)
+    write_file(dst, &sources, &extras, opts, base, progress)
 }
 
 /// The header text to write, and the tensor order it lays out. A stored original header is
@@ -226,9 +233,10 @@ fn header_for(reader: &Reader) -> Result<(String, Vec<String>)> {
     Ok((text, names.into_iter().map(String::from).collect()))
 }
 
-/// Write a container back out as a safetensors file, atomically.
+/// Write a container (a delta with its chain of bases resolved) back out as a safetensors
+/// file, atomically.
 pub fn decompress(src: &Path, dst: &Path, progress: Progress) -> Result<u64> {
-    let reader = Reader::open(src)?;
+    let reader = Reader::open_chain(src, None)?;
     let (text, order) = header_for(&reader)?;
     let total: u64 = reader.tensors().iter().map(|t| t.raw_len).sum();
     let mut out = AtomicFile::create(dst)?;

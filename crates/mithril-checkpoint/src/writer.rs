@@ -2,12 +2,14 @@
 //! reserved index area, so memory stays bounded by the window, not by the checkpoint.
 
 use crate::atomic::AtomicFile;
-use crate::chunk::{chunk_lengths, encode_chunk, EncodeOptions, EncodedChunk};
+use crate::chunk::{chunk_lengths, encode_chunk, encode_chunk_delta, EncodeOptions, EncodedChunk};
 use crate::dtype::{byte_size, DType};
 use crate::error::{Error, Result};
-use crate::format::{self, hex64, ChunkEntry, Index, TensorEntry};
+use crate::format::{self, hex64, BaseRef, ChunkEntry, Index, TensorEntry};
+use crate::reader::Reader;
 use rayon::prelude::*;
-use std::collections::{BTreeMap, HashSet};
+use std::borrow::Cow;
+use std::collections::{BTreeMap, HashMap, HashSet};
 use std::io::{Seek, SeekFrom, Write};
 use std::path::Path;
 
@@ -25,6 +27,40 @@ pub struct TensorSource<'a> {
 pub struct FileExtras {
     pub metadata: Option<BTreeMap<String, String>>,
     pub safetensors_header: Option<String>,
+}
+
+/// Where the base tensors of a delta come from.
+pub enum BaseTensors<'a> {
+    /// Decoded from a container (itself possibly a delta with its chain resolved).
+    File(&'a Reader),
+    /// Held in memory by the caller, who vouches that they are what `reference` names.
+    Memory(&'a [TensorSource<'a>]),
+}
+
+/// The checkpoint a new file is written as a delta against.
+pub struct DeltaBase<'a> {
+    /// Recorded in the new file's index.
+    pub reference: BaseRef,
+    pub tensors: BaseTensors<'a>,
+}
+
+impl DeltaBase<'_> {
+    /// The base's bytes of the tensor that `t` replaces, when it has the same name, dtype
+    /// and shape; `None` for a tensor that is new, reshaped or retyped (stored whole).
+    fn bytes_for(&self, t: &TensorSource) -> Result<Option<Cow<'_, [u8]>>> {
+        match &self.tensors {
+            BaseTensors::File(r) => match r.tensor(&t.name) {
+                Ok(b) if b.dtype == t.dtype && b.shape == t.shape => {
+                    Ok(Some(Cow::Owned(r.read(&t.name)?)))
+                }
+                _ => Ok(None),
+            },
+            BaseTensors::Memory(list) => Ok(list
+                .iter()
+                .find(|b| b.name == t.name && b.dtype == t.dtype && b.shape == t.shape)
+                .map(|b| Cow::Borrowed(b.data))),
+        }
+    }
 }
 
 /// Called with (raw bytes done, raw bytes total) after each window of chunks; an error
@@ -60,6 +96,7 @@ pub fn write_to<W: Write + Seek>(
     tensors: &[TensorSource],
     extras: &FileExtras,
     opts: &EncodeOptions,
+    base: Option<&DeltaBase>,
     progress: Progress,
 ) -> Result<u64> {
     check_sources(tensors)?;
@@ -90,6 +127,7 @@ pub fn write_to<W: Write + Seek>(
             .collect(),
         metadata: extras.metadata.clone(),
         safetensors_header: extras.safetensors_header.clone(),
+        base: base.map(|b| b.reference.clone()),
     };
     let bound = serde_json::to_vec(&index)?.len();
     if bound as u64 > format::MAX_INDEX_LEN {
@@ -118,14 +156,36 @@ pub fn write_to<W: Write + Seek>(
     let window = (rayon::current_num_threads() * 4).max(1);
     let mut done = 0u64;
     let mut offset = 0u64;
+    // Base bytes of the tensors the current window touches.
+    let mut base_bytes: HashMap<usize, Option<Cow<[u8]>>> = HashMap::new();
     for batch in jobs.chunks(window) {
+        if let Some(b) = base {
+            for (ti, _, _) in batch {
+                if !base_bytes.contains_key(ti) {
+                    let t = &tensors[*ti];
+                    let bytes = b
+                        .bytes_for(t)
+                        .map_err(|e| e.context(format!("base of tensor {:?}", t.name)))?;
+                    base_bytes.insert(*ti, bytes);
+                }
+            }
+        }
         let encoded: Vec<EncodedChunk> = batch
             .par_iter()
             .map(|(ti, _, range)| {
                 let t = &tensors[*ti];
-                encode_chunk(&t.data[range.clone()], t.dtype, opts)
+                let raw = &t.data[range.clone()];
+                match base_bytes.get(ti) {
+                    Some(Some(b)) => encode_chunk_delta(raw, &b[range.clone()], t.dtype, opts),
+                    _ => encode_chunk(raw, t.dtype, opts),
+                }
             })
             .collect();
+        // Tensors that end in this window no longer need their base.
+        if let Some((last, ci, _)) = batch.last() {
+            let finished = *ci + 1 == plan[*last].len();
+            base_bytes.retain(|ti, _| *ti > *last || (*ti == *last && !finished));
+        }
         for ((ti, ci, _), chunk) in batch.iter().zip(encoded) {
             sink.write_all(&chunk.data).map_err(io)?;
             index.tensors[*ti].chunks[*ci] = ChunkEntry {
@@ -157,15 +217,17 @@ pub fn write_file(
     tensors: &[TensorSource],
     extras: &FileExtras,
     opts: &EncodeOptions,
+    base: Option<&DeltaBase>,
     progress: Progress,
 ) -> Result<u64> {
     let mut out = AtomicFile::create(path)?;
     let tmp = out.tmp_path().to_path_buf();
     let mut buffered = std::io::BufWriter::with_capacity(1 << 20, out.file());
-    let size = write_to(&mut buffered, tensors, extras, opts, progress).map_err(|e| match e {
-        Error::Io { source, .. } => Error::io(&tmp, source),
-        other => other,
-    })?;
+    let size =
+        write_to(&mut buffered, tensors, extras, opts, base, progress).map_err(|e| match e {
+            Error::Io { source, .. } => Error::io(&tmp, source),
+            other => other,
+        })?;
     buffered
         .into_inner()
         .map_err(|e| Error::io(&tmp, e.into_error()))?;
@@ -178,8 +240,41 @@ pub fn write_bytes(
     tensors: &[TensorSource],
     extras: &FileExtras,
     opts: &EncodeOptions,
+    base: Option<&DeltaBase>,
 ) -> Result<Vec<u8>> {
     let mut cur = std::io::Cursor::new(Vec::new());
-    write_to(&mut cur, tensors, extras, opts, &mut |_, _| Ok(()))?;
+    write_to(&mut cur, tensors, extras, opts, base, &mut |_, _| Ok(()))?;
     Ok(cur.into_inner())
+}
+
+/// Rewrite a container (with its chain resolved) as a full file (`base` None: squash) or as
+/// a delta against another base (rebase). Tensors, metadata and the safetensors header are
+/// kept; the decoded tensors are held in memory while the new file is written.
+pub fn rewrite(
+    src: &Reader,
+    dst: &Path,
+    opts: &EncodeOptions,
+    base: Option<&DeltaBase>,
+    progress: Progress,
+) -> Result<u64> {
+    let mut decoded = Vec::with_capacity(src.tensors().len());
+    for t in src.tensors() {
+        decoded.push(src.read(&t.name)?);
+    }
+    let sources: Vec<TensorSource> = src
+        .tensors()
+        .iter()
+        .zip(&decoded)
+        .map(|(t, data)| TensorSource {
+            name: t.name.clone(),
+            dtype: t.dtype,
+            shape: t.shape.clone(),
+            data,
+        })
+        .collect();
+    let extras = FileExtras {
+        metadata: src.index().metadata.clone(),
+        safetensors_header: src.index().safetensors_header.clone(),
+    };
+    write_file(dst, &sources, &extras, opts, base, progress)
 }

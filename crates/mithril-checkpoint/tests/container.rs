@@ -55,7 +55,7 @@ fn build(chunk_bytes: usize) -> (Vec<u8>, Vec<Sample>) {
         chunk_bytes,
         ..Default::default()
     };
-    let bytes = write_bytes(&sources, &FileExtras::default(), &opts).unwrap();
+    let bytes = write_bytes(&sources, &FileExtras::default(), &opts, None).unwrap();
     (bytes, tensors)
 }
 

@@ -3,7 +3,11 @@
 use crate::errors::IntoPyResult;
 use crate::threads;
 use mithril_checkpoint::chunk::EncodeOptions;
-use mithril_checkpoint::{safetensors, writer, DType, Error, FileExtras, Reader, TensorSource};
+use mithril_checkpoint::format::tensor_content_id;
+use mithril_checkpoint::{
+    safetensors, writer, BaseRef, BaseTensors, DType, DeltaBase, Error, FileExtras, Reader,
+    TensorSource,
+};
 use numpy::PyArray1;
 use pyo3::buffer::PyBuffer;
 use pyo3::exceptions::PyValueError;
@@ -88,8 +92,40 @@ impl PyProgress {
     }
 }
 
+/// Open the base of a new delta file (its chain resolved, so that its tensors can be read).
+fn open_base(py: Python<'_>, base_path: &Option<PathBuf>) -> PyResult<Option<Reader>> {
+    match base_path {
+        None => Ok(None),
+        Some(p) => Ok(Some(py.detach(|| Reader::open_chain(p, None)).py()?)),
+    }
+}
+
+/// The delta base for a write: ids come from the base file; bytes from memory when the
+/// caller holds them, else decoded from the file.
+fn delta_base<'a>(
+    base: &'a Option<Reader>,
+    hint: Option<String>,
+    in_memory: &'a Option<Vec<TensorSource<'a>>>,
+) -> Option<DeltaBase<'a>> {
+    let reader = base.as_ref()?;
+    Some(DeltaBase {
+        reference: BaseRef {
+            id: reader.content_id().to_string(),
+            path: hint,
+        },
+        tensors: match in_memory {
+            Some(list) => BaseTensors::Memory(list),
+            None => BaseTensors::File(reader),
+        },
+    })
+}
+
 #[pyfunction]
-#[pyo3(signature = (path, tensors, metadata=None, threads=None, chunk_bytes=None, progress=None))]
+#[pyo3(signature = (
+    path, tensors, metadata=None, threads=None, chunk_bytes=None, progress=None,
+    base_path=None, base_hint=None, base_tensors=None,
+))]
+#[allow(clippy::too_many_arguments)]
 fn write_file(
     py: Python<'_>,
     path: PathBuf,
@@ -98,8 +134,14 @@ fn write_file(
     threads: Option<usize>,
     chunk_bytes: Option<usize>,
     progress: Option<Py<PyAny>>,
+    base_path: Option<PathBuf>,
+    base_hint: Option<String>,
+    base_tensors: Option<Vec<InTensor>>,
 ) -> PyResult<u64> {
     let srcs = sources(&tensors)?;
+    let base_srcs = base_tensors.as_deref().map(sources).transpose()?;
+    let base_reader = open_base(py, &base_path)?;
+    let base = delta_base(&base_reader, base_hint, &base_srcs);
     let extras = FileExtras {
         metadata,
         safetensors_header: None,
@@ -108,35 +150,86 @@ fn write_file(
     let mut p = PyProgress::new(progress);
     let r = py.detach(|| {
         threads::run(threads, || {
-            writer::write_file(&path, &srcs, &extras, &opts, &mut |d, t| p.tick(d, t))
+            writer::write_file(&path, &srcs, &extras, &opts, base.as_ref(), &mut |d, t| {
+                p.tick(d, t)
+            })
         })
     })?;
     p.finish(r)
 }
 
+/// Re-encode a container (chain resolved) as a full file, or as a delta against `base_path`.
 #[pyfunction]
-#[pyo3(signature = (tensors, metadata=None, threads=None, chunk_bytes=None))]
+#[pyo3(signature = (src, dst, base_path=None, base_hint=None, threads=None, chunk_bytes=None, progress=None))]
+#[allow(clippy::too_many_arguments)]
+fn rewrite(
+    py: Python<'_>,
+    src: PathBuf,
+    dst: PathBuf,
+    base_path: Option<PathBuf>,
+    base_hint: Option<String>,
+    threads: Option<usize>,
+    chunk_bytes: Option<usize>,
+    progress: Option<Py<PyAny>>,
+) -> PyResult<u64> {
+    let reader = py.detach(|| Reader::open_chain(&src, None)).py()?;
+    let base_reader = open_base(py, &base_path)?;
+    let base = delta_base(&base_reader, base_hint, &None);
+    let opts = options(chunk_bytes);
+    let mut p = PyProgress::new(progress);
+    let r = py.detach(|| {
+        threads::run(threads, || {
+            writer::rewrite(&reader, &dst, &opts, base.as_ref(), &mut |d, t| {
+                p.tick(d, t)
+            })
+        })
+    })?;
+    p.finish(r)
+}
+
+/// A container in memory. With `base_tensor`, tensors of its name, dtype and shape are
+/// stored as a delta against it, and the container records the base tensor's content id.
+#[pyfunction]
+#[pyo3(signature = (tensors, metadata=None, threads=None, chunk_bytes=None, base_tensor=None))]
 fn write_bytes<'py>(
     py: Python<'py>,
     tensors: Vec<InTensor>,
     metadata: Option<BTreeMap<String, String>>,
     threads: Option<usize>,
     chunk_bytes: Option<usize>,
+    base_tensor: Option<InTensor>,
 ) -> PyResult<Bound<'py, PyBytes>> {
     let srcs = sources(&tensors)?;
+    let base_list = base_tensor.map(|t| vec![t]);
+    let base_srcs = base_list.as_deref().map(sources).transpose()?;
+    let base = base_srcs.as_ref().and_then(|list| {
+        let b = list.first()?;
+        Some(DeltaBase {
+            reference: BaseRef {
+                id: tensor_content_id(b.dtype, &b.shape, b.data),
+                path: None,
+            },
+            tensors: BaseTensors::Memory(list),
+        })
+    });
     let extras = FileExtras {
         metadata,
         safetensors_header: None,
     };
     let opts = options(chunk_bytes);
     let bytes = py
-        .detach(|| threads::run(threads, || writer::write_bytes(&srcs, &extras, &opts)))?
+        .detach(|| {
+            threads::run(threads, || {
+                writer::write_bytes(&srcs, &extras, &opts, base.as_ref())
+            })
+        })?
         .py()?;
     Ok(PyBytes::new(py, &bytes))
 }
 
 #[pyfunction]
-#[pyo3(signature = (src, dst, threads=None, chunk_bytes=None, progress=None))]
+#[pyo3(signature = (src, dst, threads=None, chunk_bytes=None, progress=None, base_path=None, base_hint=None))]
+#[allow(clippy::too_many_arguments)]
 fn compress_safetensors(
     py: Python<'_>,
     src: PathBuf,
@@ -144,12 +237,16 @@ fn compress_safetensors(
     threads: Option<usize>,
     chunk_bytes: Option<usize>,
     progress: Option<Py<PyAny>>,
+    base_path: Option<PathBuf>,
+    base_hint: Option<String>,
 ) -> PyResult<u64> {
     let opts = options(chunk_bytes);
+    let base_reader = open_base(py, &base_path)?;
+    let base = delta_base(&base_reader, base_hint, &None);
     let mut p = PyProgress::new(progress);
     let r = py.detach(|| {
         threads::run(threads, || {
-            safetensors::compress(&src, &dst, &opts, &mut |d, t| p.tick(d, t))
+            safetensors::compress(&src, &dst, &opts, base.as_ref(), &mut |d, t| p.tick(d, t))
         })
     })?;
     p.finish(r)
@@ -181,10 +278,69 @@ struct PyReader {
 
 #[pymethods]
 impl PyReader {
+    /// Open `path`; a delta file also opens its chain of bases (checked by content id)
+    /// unless `resolve_base` is false. `base` overrides the path hint of the first base.
     #[new]
-    fn new(py: Python<'_>, path: PathBuf) -> PyResult<Self> {
-        let inner = py.detach(|| Reader::open(&path)).py()?;
+    #[pyo3(signature = (path, resolve_base=true, base=None))]
+    fn new(
+        py: Python<'_>,
+        path: PathBuf,
+        resolve_base: bool,
+        base: Option<PathBuf>,
+    ) -> PyResult<Self> {
+        let inner = py
+            .detach(|| {
+                if resolve_base {
+                    Reader::open_chain(&path, base.as_deref())
+                } else {
+                    Reader::open(&path)
+                }
+            })
+            .py()?;
         Ok(PyReader { inner })
+    }
+
+    /// Content id of this file: what a delta made against it records.
+    fn content_id(&self) -> String {
+        self.inner.content_id().to_string()
+    }
+
+    /// (content id, path hint) of the base this delta names, or None for a full file.
+    fn base_ref(&self) -> Option<(String, Option<String>)> {
+        self.inner
+            .base_ref()
+            .map(|b| (b.id.clone(), b.path.clone()))
+    }
+
+    /// (origin, content id, file size) of this file and each resolved base, newest first.
+    fn chain(&self) -> Vec<(String, String, u64)> {
+        let mut out = Vec::new();
+        let mut at = Some(&self.inner);
+        while let Some(r) = at {
+            out.push((
+                r.origin().to_string(),
+                r.content_id().to_string(),
+                r.file_len(),
+            ));
+            at = r.base();
+        }
+        out
+    }
+
+    /// Decode a delta tensor against a base tensor held by the caller (see
+    /// `write_bytes(base_tensor=...)`); returns a new uint8 array.
+    #[pyo3(signature = (name, base, threads=None))]
+    fn read_with_base<'py>(
+        &self,
+        py: Python<'py>,
+        name: &str,
+        base: PyBuffer<u8>,
+        threads: Option<usize>,
+    ) -> PyResult<Bound<'py, PyArray1<u8>>> {
+        let mut out = base.to_vec(py)?;
+        py.detach(|| threads::run(threads, || self.inner.read_with_base(name, &mut out)))?
+            .py()?;
+        Ok(PyArray1::from_vec(py, out))
     }
 
     #[staticmethod]
@@ -263,6 +419,7 @@ impl PyReader {
 pub fn register(m: &Bound<'_, PyModule>) -> PyResult<()> {
     m.add_function(wrap_pyfunction!(write_file, m)?)?;
     m.add_function(wrap_pyfunction!(write_bytes, m)?)?;
+    m.add_function(wrap_pyfunction!(rewrite, m)?)?;
     m.add_function(wrap_pyfunction!(compress_safetensors, m)?)?;
     m.add_function(wrap_pyfunction!(decompress_safetensors, m)?)?;
     m.add_class::<PyReader>()?;

@@ -19,6 +19,7 @@ static FORMAT: PyOnceLock<Py<PyType>> = PyOnceLock::new();
 static CONFIG: PyOnceLock<Py<PyType>> = PyOnceLock::new();
 static MISSING: PyOnceLock<Py<PyType>> = PyOnceLock::new();
 static CANCELLED: PyOnceLock<Py<PyType>> = PyOnceLock::new();
+static BASE: PyOnceLock<Py<PyType>> = PyOnceLock::new();
 
 pub fn to_py(err: Error) -> PyErr {
     Python::attach(|py| {
@@ -28,6 +29,7 @@ pub fn to_py(err: Error) -> PyErr {
             Error::Format(_) => raise(py, &FORMAT, "FormatError", msg),
             Error::Invalid(_) => raise(py, &CONFIG, "ConfigError", msg),
             Error::MissingTensor(_) => raise(py, &MISSING, "TensorNotFoundError", msg),
+            Error::Base(_) => raise(py, &BASE, "BaseCheckpointError", msg),
             Error::Cancelled(_) => raise(py, &CANCELLED, "CancelledError", msg),
             Error::OutOfMemory(_) => PyMemoryError::new_err(msg),
             Error::Io { path, source } => {

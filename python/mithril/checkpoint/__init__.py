@@ -19,8 +19,8 @@ from types import TracebackType
 from typing import Any
 
 from mithril import _native
-from mithril.checkpoint._convert import default_framework, from_raw, to_raw
-from mithril.errors import ConfigError
+from mithril.checkpoint._convert import RawTensor, default_framework, from_raw, to_raw
+from mithril.errors import BaseCheckpointError, ConfigError, MithrilError
 
 __all__ = [
     "save_file",
@@ -34,13 +34,17 @@ __all__ = [
     "verify",
     "compress_safetensors",
     "decompress_safetensors",
+    "squash",
+    "rebase",
+    "CheckpointManager",
+    "DeltaPolicy",
 ]
 
 PathLike = str | os.PathLike[str]
 Progress = Callable[[int, int], object]
 
 
-def _sources(tensors: Mapping[str, Any]) -> list[tuple[str, str, list[int], Any]]:
+def _sources(tensors: Mapping[str, Any]) -> list[RawTensor]:
     if not isinstance(tensors, Mapping):
         raise ConfigError(f"expected a mapping of names to tensors, got {type(tensors).__name__}")
     out = []
@@ -76,27 +80,71 @@ def _positive(name: str, value: int | None) -> int | None:
     return n
 
 
+def _base_hint(base: PathLike, target: PathLike) -> str:
+    """Path of ``base`` as the delta ``target`` records it: relative to the target's directory,
+    so that a directory of checkpoints can be moved as a whole."""
+    start = os.path.dirname(os.path.abspath(os.fspath(target)))
+    try:
+        return os.path.relpath(os.path.abspath(os.fspath(base)), start)
+    except ValueError:  # another drive on Windows
+        return os.path.abspath(os.fspath(base))
+
+
 def save_file(
     tensors: Mapping[str, Any],
     filename: PathLike,
     metadata: Mapping[str, str] | None = None,
     *,
+    base: PathLike | None = None,
     threads: int | None = None,
     chunk_bytes: int | None = None,
     progress: Progress | None = None,
 ) -> None:
     """Compress ``tensors`` (torch tensors or numpy arrays) into ``filename``.
 
+    With ``base`` (an earlier Mithril file of the same run), every tensor whose name, dtype
+    and shape match the base is stored as a delta against it (XOR or integer difference of
+    the bit patterns, chosen per chunk, or the plain codec where that is smaller); the file
+    records the base's content id and its path relative to ``filename``. New, reshaped or
+    retyped tensors are stored whole.
+
     The write is atomic: the file appears complete or not at all. ``threads`` limits the
     worker threads (default: all cores); ``progress(done, total)`` is called with raw bytes.
     """
-    _native.write_file(
+    _write_file(
+        tensors,
+        filename,
+        metadata,
+        base=base,
+        threads=threads,
+        chunk_bytes=chunk_bytes,
+        progress=progress,
+    )
+
+
+def _write_file(
+    tensors: Mapping[str, Any],
+    filename: PathLike,
+    metadata: Mapping[str, str] | None,
+    *,
+    base: PathLike | None,
+    threads: int | None = None,
+    chunk_bytes: int | None = None,
+    progress: Progress | None = None,
+    base_raw: list[RawTensor] | None = None,
+) -> int:
+    """save_file, plus ``base_raw``: the base's tensors already in memory as raw bytes (the
+    caller vouches that they are exactly what ``base`` holds), which saves decoding the base."""
+    return _native.write_file(
         os.fspath(filename),
         _sources(tensors),
         _check_metadata(metadata),
         _positive("threads", threads),
         _positive("chunk_bytes", chunk_bytes),
         progress,
+        None if base is None else os.fspath(base),
+        None if base is None else _base_hint(base, filename),
+        base_raw,
     )
 
 
@@ -126,10 +174,13 @@ class safe_open:  # noqa: N801 - mirrors safetensors.safe_open
         framework: str | None = None,
         device: str = "cpu",
         *,
+        base: PathLike | None = None,
         threads: int | None = None,
     ) -> None:
         self._threads = _positive("threads", threads)
-        self._reader = _native.Reader(os.fspath(filename))
+        self._reader = _native.Reader(
+            os.fspath(filename), True, None if base is None else os.fspath(base)
+        )
         self._framework = framework or default_framework()
         self._device = device
 
@@ -176,11 +227,16 @@ def load_file(
     device: str = "cpu",
     *,
     framework: str | None = None,
+    base: PathLike | None = None,
     threads: int | None = None,
 ) -> dict[str, Any]:
     """Decode every tensor of ``filename``: torch tensors on ``device`` (numpy arrays when torch
-    is absent or ``framework="np"``)."""
-    with safe_open(filename, framework, device, threads=threads) as f:
+    is absent or ``framework="np"``).
+
+    A delta file is resolved through its chain of bases, each found by the path it recorded
+    (``base`` overrides the first) and checked by content id: a missing, replaced or altered
+    base raises :class:`mithril.BaseCheckpointError`, never a wrong tensor."""
+    with safe_open(filename, framework, device, base=base, threads=threads) as f:
         return {name: f.get_tensor(name) for name in f.keys()}
 
 
@@ -190,15 +246,23 @@ def load(data: bytes, *, framework: str | None = None) -> dict[str, Any]:
     return {name: f.get_tensor(name) for name in f.keys()}
 
 
-def compress_tensor(tensor: Any, *, threads: int | None = None) -> bytes:
-    """Compress one tensor of any dtype and shape into a self-describing blob."""
-    return _native.write_bytes([to_raw("", tensor)], None, _positive("threads", threads))
+def compress_tensor(tensor: Any, *, base: Any = None, threads: int | None = None) -> bytes:
+    """Compress one tensor of any dtype and shape into a self-describing blob.
+
+    With ``base`` (the same tensor at an earlier step: same dtype and shape), the blob is a
+    delta against it and records its content id; :func:`decompress_tensor` then needs that
+    exact base back."""
+    base_raw = None if base is None else to_raw("", base)
+    return _native.write_bytes(
+        [to_raw("", tensor)], None, _positive("threads", threads), None, base_raw
+    )
 
 
 def decompress_tensor(
-    data: bytes, *, framework: str | None = None, threads: int | None = None
+    data: bytes, *, base: Any = None, framework: str | None = None, threads: int | None = None
 ) -> Any:
-    """Inverse of :func:`compress_tensor`, bit-exact."""
+    """Inverse of :func:`compress_tensor`, bit-exact. A delta blob needs the ``base`` it was
+    made against (anything else raises :class:`mithril.BaseCheckpointError`)."""
     threads = _positive("threads", threads)
     reader = _native.Reader.from_bytes(data)
     names = reader.names()
@@ -207,7 +271,14 @@ def decompress_tensor(
             f"not a compress_tensor() blob: it holds {len(names)} named tensor(s); use load()"
         )
     dtype, shape, *_ = reader.info("")
-    return from_raw(reader.read("", threads), dtype, shape, framework or default_framework())
+    if reader.base_ref() is not None and base is None:
+        raise BaseCheckpointError("this blob is a delta: pass the base tensor it was made against")
+    if base is not None:
+        _, _, _, buf = to_raw("", base)
+        raw = reader.read_with_base("", buf, threads)
+    else:
+        raw = reader.read("", threads)
+    return from_raw(raw, dtype, shape, framework or default_framework())
 
 
 def inspect(filename: PathLike) -> dict[str, Any]:
@@ -217,7 +288,7 @@ def inspect(filename: PathLike) -> dict[str, Any]:
     where ``tensors`` maps each name to its dtype, shape, raw and stored bytes, ratio and
     chunk encodings.
     """
-    r = _native.Reader(os.fspath(filename))
+    r = _native.Reader(os.fspath(filename), False)
     tensors = {}
     raw_total = stored_total = 0
     for name in r.names():
@@ -240,8 +311,34 @@ def inspect(filename: PathLike) -> dict[str, Any]:
         "ratio": r.file_size() / raw_total if raw_total else 1.0,
         "metadata": r.metadata(),
         "from_safetensors": r.has_safetensors_header(),
+        "content_id": r.content_id(),
+        "base": _base_info(r),
+        "chain": _chain(filename),
         "tensors": tensors,
     }
+
+
+def _base_info(r: _native.Reader) -> dict[str, Any] | None:
+    ref = r.base_ref()
+    return None if ref is None else {"id": ref[0], "path": ref[1]}
+
+
+def _chain(filename: PathLike) -> list[dict[str, Any]]:
+    """The file and its bases, newest first; where a base cannot be opened, the last entry
+    says why instead of failing the whole inspection."""
+    try:
+        links = _native.Reader(os.fspath(filename)).chain()
+    except MithrilError as e:
+        head = _native.Reader(os.fspath(filename), False)
+        return [
+            {
+                "path": os.fspath(filename),
+                "content_id": head.content_id(),
+                "file_size": head.file_size(),
+            },
+            {"error": str(e)},
+        ]
+    return [{"path": p, "content_id": c, "file_size": n} for p, c, n in links]
 
 
 def verify(filename: PathLike, *, threads: int | None = None) -> int:
@@ -255,18 +352,22 @@ def compress_safetensors(
     src: PathLike,
     dst: PathLike,
     *,
+    base: PathLike | None = None,
     threads: int | None = None,
     chunk_bytes: int | None = None,
     progress: Progress | None = None,
 ) -> int:
     """Compress a safetensors file; :func:`decompress_safetensors` gives back the identical
-    file. Returns the compressed size."""
+    file. With ``base`` (an earlier Mithril file), store the tensors as deltas against it.
+    Returns the compressed size."""
     return _native.compress_safetensors(
         os.fspath(src),
         os.fspath(dst),
         _positive("threads", threads),
         _positive("chunk_bytes", chunk_bytes),
         progress,
+        None if base is None else os.fspath(base),
+        None if base is None else _base_hint(base, dst),
     )
 
 
@@ -282,3 +383,41 @@ def decompress_safetensors(
     return _native.decompress_safetensors(
         os.fspath(src), os.fspath(dst), _positive("threads", threads), progress
     )
+
+
+def squash(
+    src: PathLike,
+    dst: PathLike,
+    *,
+    threads: int | None = None,
+    progress: Progress | None = None,
+) -> int:
+    """Write the delta ``src`` (its chain resolved) as a self-contained full file ``dst``,
+    keeping tensors, metadata and any safetensors header. Returns the size written."""
+    return _native.rewrite(
+        os.fspath(src), os.fspath(dst), None, None, _positive("threads", threads), None, progress
+    )
+
+
+def rebase(
+    src: PathLike,
+    dst: PathLike,
+    base: PathLike | None = None,
+    *,
+    threads: int | None = None,
+    progress: Progress | None = None,
+) -> int:
+    """Re-encode ``src`` (full or delta) as a delta against another ``base``, or as a full
+    file when ``base`` is None (the same as :func:`squash`). Returns the size written."""
+    return _native.rewrite(
+        os.fspath(src),
+        os.fspath(dst),
+        None if base is None else os.fspath(base),
+        None if base is None else _base_hint(base, dst),
+        _positive("threads", threads),
+        None,
+        progress,
+    )
+
+
+from mithril.checkpoint.manager import CheckpointManager, DeltaPolicy  # noqa: E402

@@ -63,7 +63,11 @@ def _torch_names(torch: Any) -> dict[Any, str]:
     return names
 
 
-def to_raw(name: str, value: Any) -> tuple[str, str, list[int], np.ndarray]:
+RawTensor = tuple[str, str, list[int], np.ndarray]
+"""(name, dtype name, shape, uint8 bytes): a tensor as the Rust core takes it."""
+
+
+def to_raw(name: str, value: Any) -> RawTensor:
     """(name, dtype name, shape, uint8 view of the bytes) for a torch tensor or numpy array."""
     torch = _torch()
     if torch is not None and isinstance(value, torch.Tensor):

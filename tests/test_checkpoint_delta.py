@@ -1,0 +1,320 @@
+"""Delta checkpoints: files that store tensors against an earlier checkpoint, their chains of
+bases, and every way a base can go missing or wrong."""
+
+from __future__ import annotations
+
+import os
+import shutil
+from pathlib import Path
+
+import mithril
+import mithril.checkpoint as mc
+import numpy as np
+import pytest
+import torch
+from helpers import assert_same_tensor
+
+
+def adam_like_step(state: dict[str, torch.Tensor], lr: float, seed: int) -> dict[str, torch.Tensor]:
+    """Every float moved by about ``lr`` in value (sign from a seeded draw), as one AdamW step
+    moves every weight; integers kept."""
+    g = torch.Generator().manual_seed(seed)
+    out = {}
+    for k, v in state.items():
+        if v.is_floating_point():
+            step = torch.where(torch.rand(v.shape, generator=g) < 0.5, -lr, lr)
+            out[k] = (v.float() - step).to(v.dtype)
+        else:
+            out[k] = v.clone()
+    return out
+
+
+@pytest.fixture()
+def run(tmp_path: Path, small_state_dict: dict[str, torch.Tensor]):
+    """Three consecutive checkpoints: full base, delta 1 on base, delta 2 on delta 1."""
+    s0 = dict(small_state_dict)
+    s1 = adam_like_step(s0, 1e-4, 1)
+    s2 = adam_like_step(s1, 1e-4, 2)
+    p0, p1, p2 = tmp_path / "s0.mithril", tmp_path / "s1.mithril", tmp_path / "s2.mithril"
+    mc.save_file(s0, p0)
+    mc.save_file(s1, p1, base=p0)
+    mc.save_file(s2, p2, base=p1)
+    return (s0, s1, s2), (p0, p1, p2)
+
+
+def assert_same_state(got: dict[str, torch.Tensor], want: dict[str, torch.Tensor]) -> None:
+    assert list(got) == list(want)
+    for k in want:
+        assert_same_tensor(got[k], want[k])
+
+
+def test_chain_loads_bit_exact(run) -> None:
+    (s0, s1, s2), (p0, p1, p2) = run
+    assert_same_state(mc.load_file(p0), s0)
+    assert_same_state(mc.load_file(p1), s1)
+    assert_same_state(mc.load_file(p2), s2)
+    with mc.safe_open(p2, "pt") as f:
+        assert_same_tensor(f.get_tensor("ffn.weight"), s2["ffn.weight"])
+
+
+def test_delta_is_smaller_and_says_so(run) -> None:
+    _, (p0, p1, p2) = run
+    assert p1.stat().st_size < p0.stat().st_size * 0.6
+    info = mc.inspect(p2)
+    assert info["base"]["path"] == "s1.mithril"
+    assert [Path(link["path"]).name for link in info["chain"]] == [
+        "s2.mithril",
+        "s1.mithril",
+        "s0.mithril",
+    ]
+    assert info["chain"][1]["content_id"] == info["base"]["id"]
+    used = set().union(*(set(t["encodings"]) for t in info["tensors"].values()))
+    assert used & {"xor", "sub", "sub-ctx"}, used
+    assert mc.inspect(p0)["base"] is None
+    assert mc.verify(p2) > 0
+
+
+def test_real_adamw_step_deltas(tmp_path: Path, minilm_tensors: dict[str, torch.Tensor]) -> None:
+    """One real AdamW step on real weights: every float tensor round-trips bit-exact from a
+    delta much smaller than the full file, in fp32 and bf16."""
+    params = {
+        k: torch.nn.Parameter(v.clone()) for k, v in minilm_tensors.items() if v.is_floating_point()
+    }
+    opt = torch.optim.AdamW(params.values(), lr=1e-4)
+    before = {k: p.detach().clone() for k, p in params.items()}
+    g = torch.Generator().manual_seed(0)
+    for p in params.values():
+        p.grad = torch.randn(p.shape, generator=g) * 1e-3
+    opt.step()
+    after = {k: p.detach().clone() for k, p in params.items()}
+    for dtype in (torch.float32, torch.bfloat16):
+        b = {k: v.to(dtype) for k, v in before.items()}
+        a = {k: v.to(dtype) for k, v in after.items()}
+        mc.save_file(b, tmp_path / "b.mithril")
+        mc.save_file(a, tmp_path / "full.mithril")
+        mc.save_file(a, tmp_path / "d.mithril", base=tmp_path / "b.mithril")
+        assert_same_state(mc.load_file(tmp_path / "d.mithril"), a)
+        full, delta = (
+            (tmp_path / "full.mithril").stat().st_size,
+            (tmp_path / "d.mithril").stat().st_size,
+        )
+        assert delta < 0.75 * full, (dtype, delta, full)
+
+
+def test_new_reshaped_retyped_and_dropped_tensors(tmp_path: Path, small_state_dict) -> None:
+    s0 = dict(small_state_dict)
+    s1 = adam_like_step(s0, 1e-4, 3)
+    s1["new.weight"] = torch.randn(7, 5)
+    s1["ffn.weight"] = s1["ffn.weight"].reshape(-1)  # reshaped: stored whole
+    s1["attn.query.bias"] = s1["attn.query.bias"].to(torch.float16)  # retyped: stored whole
+    del s1["ln.weight"]
+    mc.save_file(s0, tmp_path / "a.mithril")
+    mc.save_file(s1, tmp_path / "b.mithril", base=tmp_path / "a.mithril")
+    assert_same_state(mc.load_file(tmp_path / "b.mithril"), s1)
+    enc = {k: set(t["encodings"]) for k, t in mc.inspect(tmp_path / "b.mithril")["tensors"].items()}
+    for whole in ("new.weight", "ffn.weight", "attn.query.bias"):
+        assert not enc[whole] & {"xor", "sub", "sub-ctx"}, (whole, enc[whole])
+
+
+def test_base_hint_is_relative_so_the_directory_can_move(tmp_path: Path, run) -> None:
+    (_, _, s2), (p0, _, _) = run
+    moved = tmp_path.parent / (tmp_path.name + "-moved")
+    shutil.copytree(p0.parent, moved)
+    assert_same_state(mc.load_file(moved / "s2.mithril"), s2)
+    shutil.rmtree(moved)
+
+
+def test_missing_base(run) -> None:
+    _, (p0, p1, _) = run
+    p0.unlink()
+    with pytest.raises(mithril.BaseCheckpointError, match=r"s0\.mithril.*missing"):
+        mc.load_file(p1)
+    info = mc.inspect(p1)  # inspection of the delta itself still works, and says why
+    assert "missing" in info["chain"][-1]["error"]
+
+
+def test_base_replaced_by_another_file_with_the_same_name(run, small_state_dict) -> None:
+    (s0, _, _), (p0, p1, _) = run
+    other = adam_like_step(s0, 1e-3, 99)
+    mc.save_file(other, p0)  # same name, different content
+    with pytest.raises(mithril.BaseCheckpointError, match="replaced or altered"):
+        mc.load_file(p1)
+    # Identical tensors written again give the same content id: still a valid base.
+    mc.save_file(s0, p0)
+    mc.load_file(p1)
+
+
+def test_base_with_altered_data_is_caught_by_checksums(run) -> None:
+    _, (p0, p1, _) = run
+    blob = bytearray(p0.read_bytes())
+    blob[-10] ^= 0x40  # inside the last chunk's stored bytes: index untouched
+    p0.write_bytes(bytes(blob))
+    with pytest.raises(mithril.CorruptDataError, match=r"s0\.mithril"):
+        mc.load_file(p1)
+
+
+def test_explicit_base_overrides_the_hint(run, tmp_path: Path) -> None:
+    (_, s1, _), (p0, p1, _) = run
+    elsewhere = tmp_path / "archive"
+    elsewhere.mkdir()
+    moved = elsewhere / "renamed.mithril"
+    os.replace(p0, moved)
+    with pytest.raises(mithril.BaseCheckpointError):
+        mc.load_file(p1)
+    assert_same_state(mc.load_file(p1, base=moved), s1)
+    with pytest.raises(mithril.BaseCheckpointError, match="loops back"):
+        mc.load_file(p1, base=p1)
+    other = tmp_path / "other.mithril"
+    mc.save_file({"w": torch.zeros(3)}, other)
+    with pytest.raises(mithril.BaseCheckpointError, match="replaced or altered"):
+        mc.load_file(p1, base=other)
+
+
+def test_chain_with_a_cycle(run, tmp_path: Path) -> None:
+    """Content ids make a true cycle impossible to write, but a path can alias back into the
+    chain (here a symlink standing where s0 was): the reader must stop, not loop."""
+    _, (p0, _, p2) = run
+    p0.unlink()
+    os.symlink(p2, p0)
+    with pytest.raises(mithril.BaseCheckpointError, match="loops back"):
+        mc.load_file(p2)
+
+
+def test_self_referencing_hint(tmp_path: Path, small_state_dict) -> None:
+    a = tmp_path / "a.mithril"
+    mc.save_file(small_state_dict, a)
+    mc.save_file(adam_like_step(small_state_dict, 1e-4, 5), tmp_path / "b.mithril", base=a)
+    os.replace(tmp_path / "b.mithril", a)  # a now names itself as its base
+    with pytest.raises(mithril.BaseCheckpointError, match="loops back"):
+        mc.load_file(a)
+
+
+@pytest.mark.parametrize("keep", [0, 48, 100, 1000, -1])
+def test_truncated_delta(run, keep: int) -> None:
+    _, (_, p1, _) = run
+    blob = p1.read_bytes()
+    p1.write_bytes(blob[: keep if keep >= 0 else len(blob) - 1])
+    with pytest.raises(mithril.MithrilError):
+        mc.load_file(p1)
+
+
+def test_delta_chunk_in_a_file_without_base_is_refused(run) -> None:
+    from helpers import parse, rebuild
+
+    _, (_, p1, _) = run
+    c = parse(p1.read_bytes())
+    c.index.pop("base")
+    p1.write_bytes(rebuild(c))
+    with pytest.raises(mithril.FormatError, match="names no base"):
+        mc.load_file(p1)
+
+
+def test_squash_and_rebase(run, tmp_path: Path) -> None:
+    (_s0, _s1, s2), (p0, p1, p2) = run
+    full = tmp_path / "s2.full.mithril"
+    mc.squash(p2, full)
+    assert mc.inspect(full)["base"] is None
+    assert_same_state(mc.load_file(full), s2)
+    # s2 re-expressed against s0 directly: one link instead of two.
+    onto = tmp_path / "s2.on0.mithril"
+    mc.rebase(p2, onto, p0)
+    assert len(mc.inspect(onto)["chain"]) == 2
+    assert_same_state(mc.load_file(onto), s2)
+    # Both survive losing the intermediate delta.
+    p1.unlink()
+    assert_same_state(mc.load_file(full), s2)
+    assert_same_state(mc.load_file(onto), s2)
+
+
+def test_compress_tensor_with_base(small_state_dict) -> None:
+    x = small_state_dict["ffn.weight"]
+    y = adam_like_step({"w": x}, 1e-4, 7)["w"]
+    blob = mc.compress_tensor(y, base=x)
+    assert len(blob) < len(mc.compress_tensor(y)) * 0.7
+    assert_same_tensor(mc.decompress_tensor(blob, base=x), y)
+    with pytest.raises(mithril.BaseCheckpointError, match="pass the base"):
+        mc.decompress_tensor(blob)
+    with pytest.raises(mithril.BaseCheckpointError, match="not the one"):
+        mc.decompress_tensor(blob, base=y)
+    with pytest.raises(mithril.BaseCheckpointError):
+        mc.decompress_tensor(blob, base=x.to(torch.bfloat16))
+
+
+@pytest.mark.parametrize(
+    "dtype", [torch.float32, torch.bfloat16, torch.float16, torch.int64, torch.int8, torch.bool]
+)
+def test_every_dtype_and_extreme_bit_patterns(dtype: torch.dtype) -> None:
+    g = torch.Generator().manual_seed(11)
+    n = 5000
+    a = torch.randint(0, 256, (n * 8,), generator=g, dtype=torch.uint8)
+    b = torch.randint(0, 256, (n * 8,), generator=g, dtype=torch.uint8)
+    if dtype == torch.bool:
+        x, y = a[:n] % 2 == 0, b[:n] % 2 == 0
+    else:
+        size = torch.empty(0, dtype=dtype).element_size()
+        x, y = a[: n * size].view(dtype), b[: n * size].view(dtype)
+    assert_same_tensor(mc.decompress_tensor(mc.compress_tensor(y, base=x), base=x), y)
+    assert_same_tensor(mc.decompress_tensor(mc.compress_tensor(x, base=x), base=x), x)
+    empty = torch.empty(0, dtype=dtype)
+    assert_same_tensor(
+        mc.decompress_tensor(mc.compress_tensor(empty, base=empty), base=empty), empty
+    )
+
+
+def test_numpy_state_delta(tmp_path: Path) -> None:
+    rng = np.random.default_rng(0)
+    a = {"w": rng.standard_normal((300, 40)).astype(np.float32)}
+    b = {"w": a["w"] + np.float32(1e-4)}
+    mc.save_file(a, tmp_path / "a.mithril")
+    mc.save_file(b, tmp_path / "b.mithril", base=tmp_path / "a.mithril")
+    got = mc.load_file(tmp_path / "b.mithril", framework="np")["w"]
+    assert got.tobytes() == b["w"].tobytes()
+
+
+def test_cli_compress_with_base_inspect_squash_rebase(
+    tmp_path: Path, run_cli, small_state_dict
+) -> None:
+    from safetensors.torch import load_file, save_file
+
+    s0 = small_state_dict
+    s1 = adam_like_step(s0, 1e-4, 8)
+    save_file(s0, tmp_path / "s0.safetensors")
+    save_file(s1, tmp_path / "s1.safetensors")
+    assert run_cli("checkpoint", "compress", tmp_path / "s0.safetensors", "-q")[0] == 0
+    rc, out, err = run_cli(
+        "checkpoint", "compress", tmp_path / "s1.safetensors", "--base", tmp_path / "s0.mithril"
+    )
+    assert rc == 0, err
+    assert "delta against" in out
+    rc, out, _ = run_cli("checkpoint", "inspect", tmp_path / "s1.mithril")
+    assert rc == 0 and "chain (newest first)" in out and "s0.mithril" in out
+    rc, _, err = run_cli(
+        "checkpoint", "decompress", tmp_path / "s1.mithril", "-o", tmp_path / "back.safetensors"
+    )
+    assert rc == 0, err
+    assert (tmp_path / "back.safetensors").read_bytes() == (
+        tmp_path / "s1.safetensors"
+    ).read_bytes()
+    rc, _, err = run_cli(
+        "checkpoint", "squash", tmp_path / "s1.mithril", "-o", tmp_path / "sq.mithril"
+    )
+    assert rc == 0, err
+    rc, _, err = run_cli(
+        "checkpoint",
+        "rebase",
+        tmp_path / "sq.mithril",
+        "--onto",
+        tmp_path / "s0.mithril",
+        "-o",
+        tmp_path / "rb.mithril",
+    )
+    assert rc == 0, err
+    (tmp_path / "s0.mithril").rename(tmp_path / "gone.mithril")
+    for name in ("sq.mithril",):
+        got = mc.load_file(tmp_path / name)
+        want = load_file(tmp_path / "s1.safetensors")
+        assert_same_state(got, {k: want[k] for k in got})
+    rc, _, err = run_cli(
+        "checkpoint", "decompress", tmp_path / "rb.mithril", "-o", tmp_path / "x.safetensors"
+    )
+    assert rc == 1 and "missing" in err and "Traceback" not in err
