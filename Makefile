@@ -9,7 +9,7 @@ export PATH := $(abspath $(VENV))/bin:$(PATH)
 
 RUST_SOURCES := Cargo.toml $(shell find crates -name '*.rs' -o -name 'Cargo.toml')
 
-.PHONY: demo test test-rust test-python lint fmt bench bench-checkpoint install clean
+.PHONY: demo test test-rust test-python lint fmt bench bench-checkpoint bench-delta install clean
 
 ## install: the virtualenv, every Python dependency (torch included) and a release build
 install: $(VENV)/.built
@@ -31,6 +31,7 @@ $(VENV)/.built: $(VENV)/.deps $(RUST_SOURCES)
 demo: install
 	$(PY) benches/demo.py
 	$(PY) benches/bench_checkpoint.py --repeat 1
+	$(PY) benches/demo_delta.py
 
 ## test: the whole suite, Rust and Python
 test: test-rust test-python
@@ -52,11 +53,15 @@ fmt:
 	cargo fmt --all
 	$(VENV)/bin/ruff format python tests benches
 
-bench: bench-checkpoint
+bench: bench-checkpoint bench-delta
 
 ## bench-checkpoint: sizes and single-thread speeds beside zstd, zipnn and openzl
 bench-checkpoint: install
 	$(PY) benches/bench_checkpoint.py --markdown
+
+## bench-delta: delta checkpoints of a real fine-tuning run beside zstd and zipnn (~5 min)
+bench-delta: install
+	$(PY) benches/bench_delta.py --markdown
 
 clean:
 	rm -rf $(VENV) target

@@ -17,7 +17,7 @@
 //! for `SubCtx`, that many streams per group, groups in the order [`groups`] gives.
 
 use crate::error::{corrupt, Result};
-use crate::float::{decode_plane, encode_plane_counts, StreamReader};
+use crate::float::{decode_plane, encode_plane_counts, StreamReader, METHOD_CONST, METHOD_RANS};
 use crate::rans;
 
 /// Which delta transform a chunk uses.
@@ -47,6 +47,9 @@ pub trait Word: Copy {
     fn context(self, shift: u32) -> u16;
     /// `self` with byte `i` set to `b` (which must be zero before).
     fn with_byte(self, i: usize, b: u8) -> Self;
+    fn to_u64(self) -> u64;
+    /// Truncating conversion.
+    fn from_u64(v: u64) -> Self;
 }
 
 macro_rules! word {
@@ -83,12 +86,20 @@ macro_rules! word {
                 (self >> (8 * i)) as u8
             }
             #[inline(always)]
+            fn to_u64(self) -> u64 {
+                self as u64
+            }
+            #[inline(always)]
+            fn from_u64(v: u64) -> Self {
+                v as $u
+            }
+            #[inline(always)]
             fn with_byte(self, i: usize, b: u8) -> Self {
                 self | ((b as $u) << (8 * i))
             }
             #[inline(always)]
             fn context(self, shift: u32) -> u16 {
-                self.checked_shr(shift).unwrap_or(0) as u16
+                (self >> (shift & (<$u>::BITS - 1))) as u16
             }
         }
     };
@@ -112,22 +123,43 @@ fn delta_words<T: Word>(raw: &[u8], base: &[u8]) -> (Vec<T>, Vec<T>) {
     (xor, sub)
 }
 
-fn sub_words<T: Word>(raw: &[u8], base: &[u8]) -> Vec<T> {
-    raw.chunks_exact(T::BYTES)
-        .zip(base.chunks_exact(T::BYTES))
-        .map(|(t, b)| T::load(t).sub_zigzag(T::load(b)))
+/// One 256-bin histogram per byte plane of `words`. Four interleaved sub-histograms keep
+/// runs of equal bytes (the common case in a delta) from serialising on one counter.
+fn plane_histograms<T: Word>(words: &[T]) -> Vec<[u32; 256]> {
+    let mut sub = vec![[[0u32; 256]; 4]; T::BYTES];
+    let mut quads = words.chunks_exact(4);
+    for q in &mut quads {
+        for (p, h) in sub.iter_mut().enumerate() {
+            h[0][q[0].byte(p) as usize] += 1;
+            h[1][q[1].byte(p) as usize] += 1;
+            h[2][q[2].byte(p) as usize] += 1;
+            h[3][q[3].byte(p) as usize] += 1;
+        }
+    }
+    for w in quads.remainder() {
+        for (p, h) in sub.iter_mut().enumerate() {
+            h[0][w.byte(p) as usize] += 1;
+        }
+    }
+    sub.iter()
+        .map(|h| std::array::from_fn(|i| h[0][i] + h[1][i] + h[2][i] + h[3][i]))
         .collect()
 }
 
-/// One 256-bin histogram per byte plane of `words`.
-fn plane_histograms<T: Word>(words: &[T]) -> Vec<[u32; 256]> {
-    let mut h = vec![[0u32; 256]; T::BYTES];
-    for w in words {
-        for (p, hp) in h.iter_mut().enumerate() {
-            hp[w.byte(p) as usize] += 1;
-        }
+/// Counts of `value(w)` (each below `cardinality`) over `words`, four-way interleaved.
+fn counts_of<T: Copy>(words: &[T], cardinality: usize, value: impl Fn(T) -> usize) -> Vec<u32> {
+    let mut sub = vec![[0u32; 4]; cardinality];
+    let mut quads = words.chunks_exact(4);
+    for q in &mut quads {
+        sub[value(q[0])][0] += 1;
+        sub[value(q[1])][1] += 1;
+        sub[value(q[2])][2] += 1;
+        sub[value(q[3])][3] += 1;
     }
-    h
+    for &w in quads.remainder() {
+        sub[value(w)][0] += 1;
+    }
+    sub.iter().map(|c| c[0] + c[1] + c[2] + c[3]).collect()
 }
 
 /// Context id of every element (sign + exponent of its base) and the grouping they imply:
@@ -142,10 +174,7 @@ fn groups<T: Word>(base: &[u8], ctx_shift: u32) -> (Vec<u16>, Vec<usize>) {
         .collect();
     // Contexts are the bits above `ctx_shift`: at most 2^(width - shift) of them.
     let contexts = 1usize << (8 * T::BYTES as u32).saturating_sub(ctx_shift).min(16);
-    let mut counts = vec![0u32; contexts];
-    for &c in &ids {
-        counts[c as usize] += 1;
-    }
+    let counts = counts_of(&ids, contexts, |c| c as usize);
     let mut group_of = vec![0u16; contexts];
     let mut sizes = Vec::new();
     let mut rest = Vec::new();
@@ -179,18 +208,6 @@ fn groups<T: Word>(base: &[u8], ctx_shift: u32) -> (Vec<u16>, Vec<usize>) {
     (ids, starts)
 }
 
-/// Histograms per (group, plane), index `g * BYTES + p`.
-fn grouped_histograms<T: Word>(words: &[T], ids: &[u16], groups: usize) -> Vec<[u32; 256]> {
-    let mut h = vec![[0u32; 256]; groups * T::BYTES];
-    for (w, &g) in words.iter().zip(ids) {
-        let row = &mut h[g as usize * T::BYTES..(g as usize + 1) * T::BYTES];
-        for (p, hp) in row.iter_mut().enumerate() {
-            hp[w.byte(p) as usize] += 1;
-        }
-    }
-    h
-}
-
 fn plane_estimate(counts: &[u32; 256], len: usize) -> usize {
     if counts.iter().filter(|&&c| c > 0).count() <= 1 {
         return 6;
@@ -198,71 +215,168 @@ fn plane_estimate(counts: &[u32; 256], len: usize) -> usize {
     5 + rans::estimated_size(counts).min(len)
 }
 
+/// The coded form a plan emits: whole words (cut into planes at emit time), or planes
+/// already grouped.
+enum Body<T> {
+    Words(Vec<T>),
+    /// Differences in grouped order, group starts, and how each group is coded.
+    Grouped {
+        words: Vec<T>,
+        starts: Vec<usize>,
+        codes: Vec<GroupCode>,
+    },
+}
+
 /// What [`encode`] would do with a chunk, and its estimated payload size.
 pub struct DeltaPlan<T> {
     pub op: DeltaOp,
     pub estimate: usize,
-    words: Vec<T>,
+    body: Body<T>,
+    /// One histogram per emitted plane, in payload order.
     hists: Vec<[u32; 256]>,
-    grouping: Option<(Vec<u16>, Vec<usize>)>,
 }
 
-fn plan_words<T: Word>(raw: &[u8], base: &[u8], ctx_shift: Option<u32>) -> DeltaPlan<T> {
+/// Integer dtypes: XOR or difference, whichever is estimated smaller.
+fn plan_words<T: Word>(raw: &[u8], base: &[u8]) -> DeltaPlan<T> {
     let n = raw.len() / T::BYTES;
     let est = |h: &[[u32; 256]]| h.iter().map(|c| plane_estimate(c, n)).sum::<usize>();
-    // Floats: an optimiser step is an integer number of ulps, which the difference keeps
-    // small and XOR smears, so XOR is not worth its passes there.
-    let (xor, sub) = match ctx_shift {
-        Some(_) => (Vec::new(), sub_words::<T>(raw, base)),
-        None => delta_words::<T>(raw, base),
-    };
-    let hs = plane_histograms(&sub);
-    let hx = if ctx_shift.is_some() {
-        Vec::new()
-    } else {
-        plane_histograms(&xor)
-    };
-    let es = est(&hs);
-    let ex = if ctx_shift.is_some() {
-        usize::MAX
-    } else {
-        est(&hx)
-    };
-    if let Some(shift) = ctx_shift {
-        let (ids, starts) = groups::<T>(base, shift);
-        let gh = grouped_histograms(&sub, &ids, starts.len() - 1);
-        let eg: usize = gh
-            .iter()
-            .enumerate()
-            .map(|(i, c)| plane_estimate(c, starts[i / T::BYTES + 1] - starts[i / T::BYTES]))
-            .sum();
-        if eg < ex.min(es) {
-            return DeltaPlan {
-                op: DeltaOp::SubCtx,
-                estimate: eg,
-                words: sub,
-                hists: gh,
-                grouping: Some((ids, starts)),
-            };
-        }
-    }
+    let (xor, sub) = delta_words::<T>(raw, base);
+    let (hx, hs) = (plane_histograms(&xor), plane_histograms(&sub));
+    let (ex, es) = (est(&hx), est(&hs));
     if es <= ex {
         DeltaPlan {
             op: DeltaOp::Sub,
             estimate: es,
-            words: sub,
+            body: Body::Words(sub),
             hists: hs,
-            grouping: None,
         }
     } else {
         DeltaPlan {
             op: DeltaOp::Xor,
             estimate: ex,
-            words: xor,
+            body: Body::Words(xor),
             hists: hx,
-            grouping: None,
         }
     }
+}
+
+/// High parts of grouped differences are coded as one symbol when below this.
+const JOINT_CARDINALITY: usize = 4096;
+const GROUP_PLANES: u8 = 0;
+const GROUP_JOINT: u8 = 1;
+
+/// How one group of a `SubCtx` chunk is coded.
+enum GroupCode {
+    /// One stream per byte of the difference (as `Sub`).
+    Planes,
+    /// The low `k` bytes as byte planes, everything above them as one rANS symbol
+    /// (`d >> 8k`, below [`JOINT_CARDINALITY`]): one symbol per element instead of several,
+    /// and the bytes of a small difference coded jointly.
+    Joint { k: usize, counts: Vec<u32> },
+}
+
+/// Float dtypes: the grouped difference. An optimiser step is an integer number of ulps
+/// that depends on the exponent, which grouping captures and XOR would smear. One pass
+/// computes the differences into grouped order and counts their byte planes; then each
+/// group picks planes or joint coding by estimated size.
+fn plan_grouped<T: Word>(raw: &[u8], base: &[u8], ctx_shift: u32) -> DeltaPlan<T> {
+    let n = raw.len() / T::BYTES;
+    let (ids, starts) = groups::<T>(base, ctx_shift);
+    let groups = starts.len() - 1;
+    let mut words = vec![T::ZERO; n];
+    let mut next: Vec<usize> = starts[..groups].to_vec();
+    let elems = raw.chunks_exact(T::BYTES).zip(base.chunks_exact(T::BYTES));
+    for ((t, b), &g) in elems.zip(&ids) {
+        let g = g as usize;
+        words[next[g]] = T::load(t).sub_zigzag(T::load(b));
+        next[g] += 1;
+    }
+    let mut hists = Vec::with_capacity(groups * T::BYTES);
+    for span in starts.windows(2) {
+        hists.extend(plane_histograms(&words[span[0]..span[1]]));
+    }
+    // The ungrouped difference's planes are the sums of the groups' planes: its estimate is
+    // free, and it wins where groups are too many or too alike to pay for their tables.
+    let mut whole = vec![[0u32; 256]; T::BYTES];
+    for (i, h) in hists.iter().enumerate() {
+        for (a, b) in whole[i % T::BYTES].iter_mut().zip(h) {
+            *a += b;
+        }
+    }
+    let ungrouped: usize = whole.iter().map(|c| plane_estimate(c, n)).sum();
+    let mut estimate = 0;
+    let mut codes = Vec::with_capacity(groups);
+    for g in 0..groups {
+        let span = &words[starts[g]..starts[g + 1]];
+        let row = &hists[g * T::BYTES..(g + 1) * T::BYTES];
+        let planes_size: usize = 1 + row
+            .iter()
+            .map(|c| plane_estimate(c, span.len()))
+            .sum::<usize>();
+        let mut best = (planes_size, GroupCode::Planes);
+        if let Some((k, counts)) = joint_symbols(span) {
+            let high = if counts.iter().filter(|&&c| c > 0).count() <= 1 {
+                8
+            } else {
+                5 + rans::estimated_size(&counts)
+            };
+            let size = 2
+                + high
+                + row[..k]
+                    .iter()
+                    .map(|c| plane_estimate(c, span.len()))
+                    .sum::<usize>();
+            if size < best.0 {
+                best = (size, GroupCode::Joint { k, counts });
+            }
+        }
+        estimate += best.0;
+        codes.push(best.1);
+    }
+    if ungrouped < estimate {
+        let sub = raw
+            .chunks_exact(T::BYTES)
+            .zip(base.chunks_exact(T::BYTES))
+            .map(|(t, b)| T::load(t).sub_zigzag(T::load(b)))
+            .collect();
+        return DeltaPlan {
+            op: DeltaOp::Sub,
+            estimate: ungrouped,
+            body: Body::Words(sub),
+            hists: whole,
+        };
+    }
+    DeltaPlan {
+        op: DeltaOp::SubCtx,
+        estimate,
+        body: Body::Grouped {
+            words,
+            starts,
+            codes,
+        },
+        hists,
+    }
+}
+
+/// The fewest low bytes `k` that leave every `d >> 8k` below [`JOINT_CARDINALITY`] with at
+/// most [`rans::MAX_ALPHABET`] distinct values, and the counts of those values.
+fn joint_symbols<T: Word>(span: &[T]) -> Option<(usize, Vec<u32>)> {
+    let max = span.iter().fold(0u64, |m, w| m.max(w.to_u64()));
+    let mut k = 0;
+    while k < T::BYTES && (max >> (8 * k)) >= JOINT_CARDINALITY as u64 {
+        k += 1;
+    }
+    while k < T::BYTES {
+        let shift = 8 * k as u32;
+        let counts = counts_of(span, JOINT_CARDINALITY, |w| {
+            ((w.to_u64() >> shift) as usize).min(JOINT_CARDINALITY - 1)
+        });
+        if counts.iter().filter(|&&c| c > 0).count() <= rans::MAX_ALPHABET {
+            return Some((k, counts));
+        }
+        k += 1;
+    }
+    None
 }
 
 fn push_plane(out: &mut Vec<u8>, plane: &[u8], counts: &[u32; 256]) {
@@ -273,36 +387,54 @@ fn push_plane(out: &mut Vec<u8>, plane: &[u8], counts: &[u32; 256]) {
 }
 
 fn emit<T: Word>(plan: DeltaPlan<T>) -> (DeltaOp, Vec<u8>) {
-    let n = plan.words.len();
     let mut out = Vec::with_capacity(plan.estimate + 64);
-    let mut plane = vec![0u8; n];
-    match &plan.grouping {
-        None => {
+    match &plan.body {
+        Body::Words(words) => {
+            let mut plane = vec![0u8; words.len()];
             for (p, counts) in plan.hists.iter().enumerate() {
-                for (o, w) in plane.iter_mut().zip(&plan.words) {
+                for (o, w) in plane.iter_mut().zip(words) {
                     *o = w.byte(p);
                 }
                 push_plane(&mut out, &plane, counts);
             }
         }
-        Some((ids, starts)) => {
-            // Grouped planes, one per byte, each group contiguous (stable within a group).
-            let mut planes = vec![vec![0u8; n]; T::BYTES];
-            let mut next: Vec<usize> = starts[..starts.len() - 1].to_vec();
-            for (w, &g) in plan.words.iter().zip(ids) {
-                let at = next[g as usize];
-                next[g as usize] += 1;
-                for (p, pl) in planes.iter_mut().enumerate() {
-                    pl[at] = w.byte(p);
-                }
-            }
-            for (g, span) in starts.windows(2).enumerate() {
-                for (p, pl) in planes.iter().enumerate() {
-                    push_plane(
-                        &mut out,
-                        &pl[span[0]..span[1]],
-                        &plan.hists[g * T::BYTES + p],
-                    );
+        Body::Grouped {
+            words,
+            starts,
+            codes,
+        } => {
+            let mut plane = Vec::new();
+            for (g, code) in codes.iter().enumerate() {
+                let span = &words[starts[g]..starts[g + 1]];
+                let low = match code {
+                    GroupCode::Planes => {
+                        out.push(GROUP_PLANES);
+                        T::BYTES
+                    }
+                    GroupCode::Joint { k, counts } => {
+                        out.push(GROUP_JOINT);
+                        out.push(*k as u8);
+                        let high: Vec<u16> = span
+                            .iter()
+                            .map(|w| (w.to_u64() >> (8 * k)) as u16)
+                            .collect();
+                        let (method, data) = match rans::FreqTable::from_counts(counts) {
+                            Some(table) => (METHOD_RANS, rans::encode(&high, &table)),
+                            None => {
+                                let v = high.first().copied().unwrap_or(0);
+                                (METHOD_CONST, v.to_le_bytes().to_vec())
+                            }
+                        };
+                        out.push(method);
+                        out.extend_from_slice(&(data.len() as u32).to_le_bytes());
+                        out.extend_from_slice(&data);
+                        *k
+                    }
+                };
+                for p in 0..low {
+                    plane.clear();
+                    plane.extend(span.iter().map(|w| w.byte(p)));
+                    push_plane(&mut out, &plane, &plan.hists[g * T::BYTES + p]);
                 }
             }
         }
@@ -310,9 +442,11 @@ fn emit<T: Word>(plan: DeltaPlan<T>) -> (DeltaOp, Vec<u8>) {
     (plan.op, out)
 }
 
-/// Plan and emit in one call.
-fn encode_words<T: Word>(raw: &[u8], base: &[u8], ctx_shift: Option<u32>) -> (DeltaOp, Vec<u8>) {
-    emit(plan_words::<T>(raw, base, ctx_shift))
+fn plan_any<T: Word>(raw: &[u8], base: &[u8], ctx_shift: Option<u32>) -> DeltaPlan<T> {
+    match ctx_shift {
+        Some(shift) => plan_grouped(raw, base, shift),
+        None => plan_words(raw, base),
+    }
 }
 
 /// A planned delta of any element width, so that the caller can compare its estimate with
@@ -350,10 +484,10 @@ impl Planned {
 pub fn plan(raw: &[u8], base: &[u8], elem_bytes: usize, ctx_shift: Option<u32>) -> Planned {
     debug_assert_eq!(raw.len(), base.len());
     match elem_bytes {
-        1 => Planned::W1(plan_words(raw, base, None)),
-        2 => Planned::W2(plan_words(raw, base, ctx_shift)),
-        4 => Planned::W4(plan_words(raw, base, ctx_shift)),
-        _ => Planned::W8(plan_words(raw, base, None)),
+        1 => Planned::W1(plan_any(raw, base, None)),
+        2 => Planned::W2(plan_any(raw, base, ctx_shift)),
+        4 => Planned::W4(plan_any(raw, base, ctx_shift)),
+        _ => Planned::W8(plan_any(raw, base, None)),
     }
 }
 
@@ -364,12 +498,7 @@ pub fn encode(
     elem_bytes: usize,
     ctx_shift: Option<u32>,
 ) -> (DeltaOp, Vec<u8>) {
-    match elem_bytes {
-        1 => encode_words::<u8>(raw, base, None),
-        2 => encode_words::<u16>(raw, base, ctx_shift),
-        4 => encode_words::<u32>(raw, base, ctx_shift),
-        _ => encode_words::<u64>(raw, base, None),
-    }
+    plan(raw, base, elem_bytes, ctx_shift).emit()
 }
 
 fn decode_words<T: Word>(
@@ -380,51 +509,77 @@ fn decode_words<T: Word>(
 ) -> Result<()> {
     let n = inout.len() / T::BYTES;
     let mut rd = StreamReader::new(payload);
-    let mut planes = vec![vec![0u8; n]; T::BYTES];
-    let mut grouping = None;
     if op == DeltaOp::SubCtx {
         let shift = ctx_shift.ok_or_else(|| corrupt("grouped delta on a non-float dtype"))?;
         let (ids, starts) = groups::<T>(inout, shift);
+        let mut words = vec![T::ZERO; n];
+        let mut plane = Vec::new();
         for w in starts.windows(2) {
-            for plane in planes.iter_mut() {
+            let span = &mut words[w[0]..w[1]];
+            let low = match rd.byte()? {
+                GROUP_PLANES => T::BYTES,
+                GROUP_JOINT => {
+                    let k = rd.byte()? as usize;
+                    if k >= T::BYTES {
+                        return Err(corrupt(format!("joint group with {k} low bytes")));
+                    }
+                    let mut high = vec![0u16; span.len()];
+                    match rd.stream()? {
+                        (METHOD_RANS, data) => rans::decode(data, &mut high, JOINT_CARDINALITY)?,
+                        (METHOD_CONST, &[a, b]) => {
+                            let v = u16::from_le_bytes([a, b]);
+                            if v as usize >= JOINT_CARDINALITY {
+                                return Err(corrupt("joint constant out of range"));
+                            }
+                            high.fill(v);
+                        }
+                        (m, _) => return Err(corrupt(format!("bad joint stream method {m}"))),
+                    }
+                    for (o, &h) in span.iter_mut().zip(&high) {
+                        *o = T::from_u64((h as u64) << (8 * k));
+                    }
+                    k
+                }
+                m => return Err(corrupt(format!("unknown group coding {m}"))),
+            };
+            plane.resize(span.len(), 0);
+            for p in 0..low {
                 let (method, data) = rd.stream()?;
-                decode_plane(method, data, &mut plane[w[0]..w[1]], 8)?;
+                decode_plane(method, data, &mut plane, 8)?;
+                for (o, &b) in span.iter_mut().zip(&plane) {
+                    *o = o.with_byte(p, b);
+                }
             }
         }
-        grouping = Some((ids, starts));
-    } else {
-        for plane in planes.iter_mut() {
-            let (method, data) = rd.stream()?;
-            decode_plane(method, data, plane, 8)?;
+        rd.finish()?;
+        let mut next: Vec<usize> = starts[..starts.len() - 1].to_vec();
+        for (o, &g) in inout.chunks_exact_mut(T::BYTES).zip(&ids) {
+            let at = next[g as usize];
+            next[g as usize] += 1;
+            words[at].add_unzigzag(T::load(o)).store(o);
         }
+        return Ok(());
+    }
+    let mut planes = vec![vec![0u8; n]; T::BYTES];
+    for plane in planes.iter_mut() {
+        let (method, data) = rd.stream()?;
+        decode_plane(method, data, plane, 8)?;
     }
     rd.finish()?;
-    // Reassemble the delta words (in grouped order for SubCtx).
-    let mut words = vec![T::ZERO; n];
-    for (p, plane) in planes.iter().enumerate() {
-        for (w, &b) in words.iter_mut().zip(plane) {
-            *w = w.with_byte(p, b);
-        }
-    }
     let elems = inout.chunks_exact_mut(T::BYTES);
-    match (op, grouping) {
-        (DeltaOp::Xor, _) => {
-            for (o, d) in elems.zip(&words) {
-                T::load(o).xor(*d).store(o);
-            }
+    let word_at = |at: usize| {
+        planes
+            .iter()
+            .enumerate()
+            .fold(T::ZERO, |w, (p, pl)| w.with_byte(p, pl[at]))
+    };
+    if op == DeltaOp::Xor {
+        for (i, o) in elems.enumerate() {
+            T::load(o).xor(word_at(i)).store(o);
         }
-        (_, None) => {
-            for (o, d) in elems.zip(&words) {
-                d.add_unzigzag(T::load(o)).store(o);
-            }
-        }
-        (_, Some((ids, starts))) => {
-            let mut next: Vec<usize> = starts[..starts.len() - 1].to_vec();
-            for (o, &g) in elems.zip(&ids) {
-                let at = next[g as usize];
-                next[g as usize] += 1;
-                words[at].add_unzigzag(T::load(o)).store(o);
-            }
+    } else {
+        for (i, o) in elems.enumerate() {
+            word_at(i).add_unzigzag(T::load(o)).store(o);
         }
     }
     Ok(())

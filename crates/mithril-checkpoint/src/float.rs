@@ -101,6 +101,22 @@ fn store<const W: usize>(b: &mut [u8], w: u32) {
     }
 }
 
+/// Histogram of the heads of `raw` under `split`. Four interleaved sub-histograms keep runs
+/// of equal exponents (most of a trained tensor) from serialising on one counter.
+fn head_histogram<const W: usize>(raw: &[u8], split: Split) -> Vec<u32> {
+    let mut sub = vec![[0u32; 4]; 1 << split.head_bits];
+    let mut quads = raw.chunks_exact(4 * W);
+    for q in &mut quads {
+        for (lane, w) in q.chunks_exact(W).enumerate() {
+            sub[split.head(load::<W>(w)) as usize][lane] += 1;
+        }
+    }
+    for w in quads.remainder().chunks_exact(W) {
+        sub[split.head(load::<W>(w)) as usize][0] += 1;
+    }
+    sub.iter().map(|c| c[0] + c[1] + c[2] + c[3]).collect()
+}
+
 fn push_stream(out: &mut Vec<u8>, method: u8, data: &[u8]) {
     out.push(method);
     out.extend_from_slice(&(data.len() as u32).to_le_bytes());
@@ -121,10 +137,7 @@ fn encode_words<const W: usize>(raw: &[u8], bits: FloatBits) -> Vec<u8> {
     let choices = head_mantissa_choices(bits);
     let kmax = choices.iter().copied().max().unwrap_or(0);
     let widest = Split::new(bits, kmax);
-    let mut hist = vec![0u32; 1 << widest.head_bits];
-    for w in raw.chunks_exact(W) {
-        hist[widest.head(load::<W>(w)) as usize] += 1;
-    }
+    let hist = head_histogram::<W>(raw, widest);
     // Pick k by estimated size: coarser heads are the finest histogram with bins merged.
     let mut best: Option<(usize, Split, Vec<u32>)> = None;
     for &k in choices {
@@ -241,10 +254,7 @@ pub fn estimate(raw: &[u8], bits: FloatBits, word_bytes: usize) -> usize {
 fn estimate_words<const W: usize>(raw: &[u8], bits: FloatBits) -> usize {
     let n = raw.len() / W;
     let split = Split::new(bits, head_mantissa_choices(bits)[0]);
-    let mut hist = vec![0u32; 1 << split.head_bits];
-    for w in raw.chunks_exact(W) {
-        hist[split.head(load::<W>(w)) as usize] += 1;
-    }
+    let hist = head_histogram::<W>(raw, split);
     rans::estimated_size(&hist) + (n * split.rem_bits as usize).div_ceil(8)
 }
 

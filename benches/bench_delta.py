@@ -1,0 +1,352 @@
+"""Delta checkpoints of a real fine-tuning run, beside zstd and zipnn's delta mode.
+
+Run it with::
+
+    make bench-delta
+
+which calls ``.venv/bin/python benches/bench_delta.py --markdown``.
+
+The pretrained all-MiniLM-L6-v2 model is fine-tuned with AdamW (weight decay 0.01) on real
+text with its own contrastive objective (see ``minilm_train.py``) for 1, 10 and 100 steps,
+at lr 1e-4 and 1e-5. The base is
+the state at step 0: the pretrained weights and the zero moments AdamW starts from. Each
+later state is compressed against that base, tensor by tensor, and sizes are summed per
+category:
+
+* ``bf16 weights``   every float tensor of the model cast to bf16 (base cast the same way)
+* ``fp32 masters``   the model's fp32 parameters
+* ``exp_avg`` / ``exp_avg_sq``  AdamW's moments (fp32)
+* ``whole state``    model ``state_dict()`` + optimizer ``state_dict()`` tensors (moments and
+  step counters); the size is that of a real file written by ``CheckpointManager``
+  (index and structure included) for Mithril, and the per-tensor sum for the peers.
+
+Codecs, same run, same tensors:
+
+* ``mithril delta``  ``compress_tensor(t, base=b)`` (per chunk: XOR or zigzag integer
+  difference of the bit patterns, or the plain codec, whichever is smaller)
+* ``mithril full``   ``compress_tensor(t)``: no delta, for reference
+* ``zstd-3 xor``     zstandard level 3 on the raw XOR of target and base bytes
+* ``zipnn delta``    ``ZipNN(..., delta_compressed_type="byte").compress(t, delta_second_data=b)``
+  (zipnn's own delta mode: XOR, then its byte grouping + Huffman); non-float tensors go
+  through zstd-3 in this row
+
+Sizes are % of the raw bytes. Speed, codec only (one thread, the whole state at each step):
+encode and decode MB/s of ``mithril delta`` (base held in memory, as ``CheckpointManager``
+does) and of ``mithril full``; the ``delta/full`` columns are their ratio (≥ 1 means the
+delta is no slower). Speed, end to end (all cores, files on disk, fsync included): seconds
+to save the whole state as a full file (``save_file``) and as a delta (``save_file`` with
+``base=``, base tensors held in memory as ``CheckpointManager`` does), and to load each back
+(``load_file``; the delta decodes its base too). Every Mithril delta is decoded and checked
+bit-exact.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+import tempfile
+import time
+import warnings
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+import zstandard
+
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+import minilm_train
+import mithril.checkpoint as mc
+
+CATEGORIES = ["bf16 weights", "fp32 masters", "exp_avg", "exp_avg_sq", "whole state"]
+CODECS = ["mithril delta", "mithril full", "zstd-3 xor", "zipnn delta"]
+ZIPNN_DTYPE = {torch.float32: "float32", torch.bfloat16: "bfloat16", torch.float16: "float16"}
+
+
+def snapshot(
+    model: torch.nn.Module, opt: torch.optim.Optimizer
+) -> dict[str, dict[str, torch.Tensor]]:
+    """Copies of the tensors of each category, keyed by a stable name."""
+    names = {id(p): n for n, p in model.named_parameters()}
+    sd = {k: v.detach().clone() for k, v in model.state_dict().items()}
+    moments: dict[str, dict[str, torch.Tensor]] = {"exp_avg": {}, "exp_avg_sq": {}, "step": {}}
+    for p, st in opt.state.items():
+        for key in moments:
+            moments[key][names[id(p)]] = st[key].detach().clone()
+    params = {n: sd[n] for n in names.values()}
+    whole = {f"model/{k}": v for k, v in sd.items()}
+    for key, d in moments.items():
+        whole.update({f"optimizer/{key}/{k}": v for k, v in d.items()})
+    return {
+        "bf16 weights": {k: v.to(torch.bfloat16) for k, v in sd.items() if v.is_floating_point()},
+        "fp32 masters": params,
+        "exp_avg": moments["exp_avg"],
+        "exp_avg_sq": moments["exp_avg_sq"],
+        "whole state": whole,
+    }
+
+
+def raw_bytes(t: torch.Tensor) -> bytes:
+    return t.contiguous().view(-1).view(torch.uint8).numpy().tobytes()
+
+
+class Zipnn:
+    def __init__(self) -> None:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            from zipnn import ZipNN
+        self._cls = ZipNN
+        self._made: dict[str, Any] = {}
+
+    def size(self, t: torch.Tensor, b: torch.Tensor) -> int:
+        if t.dtype not in ZIPNN_DTYPE:
+            return len(zstandard.ZstdCompressor(level=3).compress(xor(t, b)))
+        name = ZIPNN_DTYPE[t.dtype]
+        if name not in self._made:
+            self._made[name] = self._cls(
+                input_format="byte", bytearray_dtype=name, threads=1, delta_compressed_type="byte"
+            )
+        # zipnn may group bytes in place: hand it fresh copies.
+        return len(
+            self._made[name].compress(
+                bytearray(raw_bytes(t)), delta_second_data=bytearray(raw_bytes(b))
+            )
+        )
+
+
+def xor(t: torch.Tensor, b: torch.Tensor) -> bytes:
+    a = np.frombuffer(raw_bytes(t), np.uint8)
+    return np.bitwise_xor(a, np.frombuffer(raw_bytes(b), np.uint8)).tobytes()
+
+
+@dataclass
+class Measure:
+    raw: int = 0
+    sizes: dict[str, int] = field(default_factory=lambda: dict.fromkeys(CODECS, 0))
+    enc: dict[str, float] = field(default_factory=lambda: {"delta": 0.0, "full": 0.0})
+    dec: dict[str, float] = field(default_factory=lambda: {"delta": 0.0, "full": 0.0})
+
+
+def measure(
+    target: dict[str, torch.Tensor], base: dict[str, torch.Tensor], zipnn: Zipnn, timed: bool
+) -> Measure:
+    m = Measure()
+    zstd = zstandard.ZstdCompressor(level=3)
+    for name, t in target.items():
+        b = base[name]
+        m.raw += t.numel() * t.element_size()
+        t0 = time.perf_counter()
+        delta = mc.compress_tensor(t, base=b, threads=1)
+        t1 = time.perf_counter()
+        back = mc.decompress_tensor(delta, base=b, threads=1)
+        t2 = time.perf_counter()
+        full = mc.compress_tensor(t, threads=1)
+        t3 = time.perf_counter()
+        mc.decompress_tensor(full, threads=1)
+        t4 = time.perf_counter()
+        if not torch.equal(
+            back.view(-1).view(torch.uint8), t.contiguous().view(-1).view(torch.uint8)
+        ):
+            raise SystemExit(f"FAIL: delta of {name} does not round-trip bit-exact")
+        m.sizes["mithril delta"] += len(delta)
+        m.sizes["mithril full"] += len(full)
+        m.sizes["zstd-3 xor"] += len(zstd.compress(xor(t, b)))
+        m.sizes["zipnn delta"] += zipnn.size(t, b)
+        if timed:
+            m.enc["delta"] += t1 - t0
+            m.dec["delta"] += t2 - t1
+            m.enc["full"] += t3 - t2
+            m.dec["full"] += t4 - t3
+    return m
+
+
+def manager_file_size(
+    model: torch.nn.Module, opt: torch.optim.Optimizer, base_dir: Path, step: int
+) -> int:
+    """Size of a real CheckpointManager delta file of the whole training state."""
+    mgr = mc.CheckpointManager(
+        base_dir, policy=mc.DeltaPolicy(full_every=None, max_chain_ratio=None, base="full")
+    )
+    path = mgr.save(step, {"model": model.state_dict(), "optimizer": opt.state_dict()})
+    return path.stat().st_size
+
+
+@dataclass
+class EndToEnd:
+    lr: float
+    step: int
+    save_full: float
+    save_delta: float
+    load_full: float
+    load_delta: float
+
+
+def end_to_end(
+    target: dict[str, torch.Tensor], base_path: Path, base_raw: list[Any], tmp: Path
+) -> tuple[float, float, float, float]:
+    """(save full, save delta, load full, load delta) seconds for one state."""
+    from mithril.checkpoint import _write_file
+
+    full, delta = tmp / "e2e-full.mithril", tmp / "e2e-delta.mithril"
+    t0 = time.perf_counter()
+    mc.save_file(target, full)
+    t1 = time.perf_counter()
+    _write_file(target, delta, None, base=base_path, base_raw=base_raw)
+    t2 = time.perf_counter()
+    mc.load_file(full)
+    t3 = time.perf_counter()
+    back = mc.load_file(delta)
+    t4 = time.perf_counter()
+    for name, t in target.items():
+        if not torch.equal(
+            back[name].reshape(-1).view(torch.uint8), t.reshape(-1).view(torch.uint8)
+        ):
+            raise SystemExit(f"FAIL: {name} does not load back bit-exact from the delta file")
+    return t1 - t0, t2 - t1, t3 - t2, t4 - t3
+
+
+@dataclass
+class Row:
+    lr: float
+    step: int
+    loss: float
+    category: str
+    raw: int
+    sizes: dict[str, int]
+
+
+def run(
+    steps: list[int], lrs: list[float], batch: int, seq: int
+) -> tuple[list[Row], list[tuple[float, int, Measure]]]:
+    from mithril.checkpoint._convert import to_raw
+
+    rows: list[Row] = []
+    speeds: list[tuple[float, int, Measure]] = []
+    e2e: list[EndToEnd] = []
+    zipnn = Zipnn()
+    for lr in lrs:
+        base: dict[str, dict[str, torch.Tensor]] = {}
+        with tempfile.TemporaryDirectory() as tmp:
+            for step, model, opt, loss in minilm_train.train(
+                steps, lr, batch_size=batch, seq_len=seq
+            ):
+                state = snapshot(model, opt)
+                manager_size = manager_file_size(model, opt, Path(tmp), step)
+                if step == 0:
+                    base = state
+                    base_path = Path(tmp) / "e2e-base.mithril"
+                    mc.save_file(state["whole state"], base_path)
+                    base_raw = [to_raw(k, v) for k, v in state["whole state"].items()]
+                    continue
+                e2e.append(
+                    EndToEnd(
+                        lr, step, *end_to_end(state["whole state"], base_path, base_raw, Path(tmp))
+                    )
+                )
+                for cat in CATEGORIES:
+                    m = measure(state[cat], base[cat], zipnn, timed=cat == "whole state")
+                    sizes = dict(m.sizes)
+                    if cat == "whole state":
+                        sizes["mithril delta"] = manager_size
+                        speeds.append((lr, step, m))
+                    rows.append(Row(lr, step, loss, cat, m.raw, sizes))
+                print(f"  lr {lr:g} step {step}: loss {loss:.3f}", file=sys.stderr, flush=True)
+    return rows, speeds, e2e
+
+
+def table(header: Sequence[str], lines: Sequence[Sequence[str]], markdown: bool) -> str:
+    if markdown:
+        out = ["| " + " | ".join(header) + " |", "|" + "|".join("---" for _ in header) + "|"]
+        out += ["| " + " | ".join(line) + " |" for line in lines]
+        return "\n".join(out)
+    widths = [max(len(h), *(len(line[i]) for line in lines)) for i, h in enumerate(header)]
+    fmt = "  ".join(f"{{:<{w}}}" for w in widths)
+    return "\n".join([fmt.format(*header), *(fmt.format(*line) for line in lines)])
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    ap.add_argument("--steps", default="1,10,100", help="comma-separated step counts")
+    ap.add_argument("--lrs", default="1e-4,1e-5", help="comma-separated learning rates")
+    ap.add_argument("--batch", type=int, default=16)
+    ap.add_argument("--seq", type=int, default=64)
+    ap.add_argument("--markdown", action="store_true")
+    args = ap.parse_args(argv)
+    steps = [int(s) for s in args.steps.split(",")]
+    lrs = [float(s) for s in args.lrs.split(",")]
+    torch.set_num_threads(os.cpu_count() or 1)
+    print(f"training all-MiniLM-L6-v2 (AdamW, batch {args.batch}x{args.seq}) ...", file=sys.stderr)
+    rows, speeds, e2e = run(steps, lrs, args.batch, args.seq)
+
+    header = ["lr", "steps", "category", "raw MB", *CODECS]
+    lines = []
+    for r in rows:
+        best_peer = min(r.sizes["zstd-3 xor"], r.sizes["zipnn delta"])
+        cells = [f"{100 * r.sizes[c] / r.raw:.2f} %" for c in CODECS]
+        if r.sizes["mithril delta"] <= best_peer:
+            cells[0] = f"**{cells[0]}**"
+        lines.append([f"{r.lr:g}", str(r.step), r.category, f"{r.raw / 1e6:.1f}", *cells])
+    print(table(header, lines, args.markdown))
+    print()
+    header = [
+        "lr",
+        "steps",
+        "enc delta MB/s",
+        "enc full MB/s",
+        "enc delta/full",
+        "dec delta MB/s",
+        "dec full MB/s",
+        "dec delta/full",
+    ]
+    lines = []
+    for lr, step, m in speeds:
+
+        def rate(s: float, m: Measure = m) -> float:
+            return m.raw / s / 1e6
+
+        lines.append(
+            [
+                f"{lr:g}",
+                str(step),
+                f"{rate(m.enc['delta']):.0f}",
+                f"{rate(m.enc['full']):.0f}",
+                f"{m.enc['full'] / m.enc['delta']:.2f}",
+                f"{rate(m.dec['delta']):.0f}",
+                f"{rate(m.dec['full']):.0f}",
+                f"{m.dec['full'] / m.dec['delta']:.2f}",
+            ]
+        )
+    print(table(header, lines, args.markdown))
+    print()
+    header = [
+        "lr",
+        "steps",
+        "save full s",
+        "save delta s",
+        "save full/delta",
+        "load full s",
+        "load delta s",
+        "load full/delta",
+    ]
+    lines = [
+        [
+            f"{r.lr:g}",
+            str(r.step),
+            f"{r.save_full:.2f}",
+            f"{r.save_delta:.2f}",
+            f"{r.save_full / r.save_delta:.2f}",
+            f"{r.load_full:.2f}",
+            f"{r.load_delta:.2f}",
+            f"{r.load_full / r.load_delta:.2f}",
+        ]
+        for r in e2e
+    ]
+    print(table(header, lines, args.markdown))
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
