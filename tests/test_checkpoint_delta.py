@@ -318,3 +318,18 @@ def test_cli_compress_with_base_inspect_squash_rebase(
         "checkpoint", "decompress", tmp_path / "rb.mithril", "-o", tmp_path / "x.safetensors"
     )
     assert rc == 1 and "missing" in err and "Traceback" not in err
+
+
+def test_a_delta_cannot_replace_its_own_base(run, tmp_path: Path) -> None:
+    (s0, s1, _), (p0, _, _) = run
+    before = p0.read_bytes()
+    with pytest.raises(mithril.ConfigError, match="its own base"):
+        mc.save_file(s1, p0, base=p0)
+    alias = tmp_path / "alias.mithril"
+    os.symlink(p0, alias)
+    with pytest.raises(mithril.ConfigError, match="its own base"):
+        mc.save_file(s1, p0, base=alias)
+    with pytest.raises(mithril.ConfigError, match="its own base"):
+        mc.rebase(tmp_path / "s2.mithril", p0, p0)
+    assert p0.read_bytes() == before
+    assert_same_state(mc.load_file(p0), s0)

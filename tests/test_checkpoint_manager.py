@@ -278,3 +278,17 @@ def test_missing_base_of_a_managed_delta_is_a_clear_error(tmp_path: Path) -> Non
     os.unlink(mgr.path_for(1))
     with pytest.raises(mithril.BaseCheckpointError, match="missing"):
         mgr.load(2)
+
+
+def test_a_chain_broken_by_hand_starts_a_new_full_checkpoint(tmp_path: Path) -> None:
+    mgr = mc.CheckpointManager(
+        tmp_path, keep=2, policy=mc.DeltaPolicy(full_every=None, max_chain_ratio=None)
+    )
+    runs = list(tiny_training(4))
+    for step, model, _ in runs[:3]:
+        mgr.save(step, {"model": model.state_dict()})
+    os.unlink(mgr.path_for(1))  # the full file under 2 and 3
+    step, model, _ = runs[3]
+    path = mgr.save(step, {"model": model.state_dict()})
+    assert mc.inspect(path)["base"] is None  # not a delta on the broken chain
+    assert_same_structure(mgr.load(step), {"model": model.state_dict()})

@@ -80,6 +80,19 @@ def _positive(name: str, value: int | None) -> int | None:
     return n
 
 
+def _check_base(base: PathLike | None, target: PathLike) -> None:
+    """Refuse to write a delta over its own base: the rename would replace the base, and
+    the new file would name content that no longer exists."""
+    if base is None:
+        return
+    b, t = os.path.abspath(os.fspath(base)), os.path.abspath(os.fspath(target))
+    same = b == t
+    if not same and os.path.exists(t) and os.path.exists(b):
+        same = os.path.samefile(b, t)
+    if same:
+        raise ConfigError(f"{target}: a delta cannot replace its own base; write it elsewhere")
+
+
 def _base_hint(base: PathLike, target: PathLike) -> str:
     """Path of ``base`` as the delta ``target`` records it: relative to the target's directory,
     so that a directory of checkpoints can be moved as a whole."""
@@ -135,6 +148,7 @@ def _write_file(
 ) -> int:
     """save_file, plus ``base_raw``: the base's tensors already in memory as raw bytes (the
     caller vouches that they are exactly what ``base`` holds), which saves decoding the base."""
+    _check_base(base, filename)
     return _native.write_file(
         os.fspath(filename),
         _sources(tensors),
@@ -360,6 +374,7 @@ def compress_safetensors(
     """Compress a safetensors file; :func:`decompress_safetensors` gives back the identical
     file. With ``base`` (an earlier Mithril file), store the tensors as deltas against it.
     Returns the compressed size."""
+    _check_base(base, dst)
     return _native.compress_safetensors(
         os.fspath(src),
         os.fspath(dst),
@@ -409,6 +424,7 @@ def rebase(
 ) -> int:
     """Re-encode ``src`` (full or delta) as a delta against another ``base``, or as a full
     file when ``base`` is None (the same as :func:`squash`). Returns the size written."""
+    _check_base(base, dst)
     return _native.rewrite(
         os.fspath(src),
         os.fspath(dst),

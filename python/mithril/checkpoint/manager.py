@@ -177,13 +177,20 @@ class CheckpointManager:
         return (hint if hint.is_absolute() else path.parent / hint).resolve()
 
     def _chain(self, path: Path) -> list[Path]:
-        """``path`` and its bases (by their recorded paths), newest first."""
+        """``path`` and its bases (by their recorded paths), newest first. A link that
+        cannot be opened (deleted or damaged by hand) ends the chain there: the files
+        before it are still reported as needed."""
         out = [path.resolve()]
-        while (base := self._base_of(out[-1])) is not None:
+        while True:
+            try:
+                base = self._base_of(out[-1])
+            except (OSError, MithrilError):
+                return out
+            if base is None:
+                return out
             if base in out:
                 raise FormatError(f"{path}: the chain of bases loops back to {base}")
             out.append(base)
-        return out
 
     # -- policy ----------------------------------------------------------------------------
 
@@ -197,6 +204,11 @@ class CheckpointManager:
         previous = self.path_for(earlier[-1])
         chain = self._chain(previous)
         full, deltas = chain[-1], chain[:-1]
+        try:
+            if self._reader(full).base_ref() is not None:
+                return None  # the chain is broken below `full`: start a new one
+        except (OSError, MithrilError):
+            return None
         if self.policy.full_every is not None and len(deltas) + 1 >= self.policy.full_every:
             return None
         if self.policy.max_chain_ratio is not None and deltas:
