@@ -54,7 +54,7 @@ def main() -> int:
     print(
         f"\nDelta checkpoints: {args.steps} AdamW steps of all-MiniLM-L6-v2, whole training state"
     )
-    print(f"{'step':>4}  {'loss':>6}  {'kind':<22}  {'file':>9}  {'% of raw':>8}  {'save s':>6}")
+    print(f"{'step':>4}  {'loss':>6}  {'kind':<29}  {'file':>9}  {'% of raw':>8}  {'save s':>6}")
     with tempfile.TemporaryDirectory() as tmp:
         # Deltas of the whole state (moments included) are ~60 % of a full file, so the default
         # size rule would start a new full file every other step; count-based chains here.
@@ -68,10 +68,11 @@ def main() -> int:
             elapsed = time.perf_counter() - start
             info = mc.inspect(path)
             kind = "full" if info["base"] is None else f"delta on {info['base']['path']}"
+            kind = kind.replace(".mithril", "")
             size = path.stat().st_size
             loss_text = "-" if step == 0 else f"{loss:.3f}"
             print(
-                f"{step:>4}  {loss_text:>6}  {kind:<22}  {size / 1e6:>7.1f}MB  "
+                f"{step:>4}  {loss_text:>6}  {kind:<29}  {size / 1e6:>7.1f}MB  "
                 f"{100 * size / raw_size(state):>7.2f}%  {elapsed:>6.2f}"
             )
         back = mgr.load("latest")

@@ -262,6 +262,46 @@ fn safetensors_seeds(dir: &Path) -> Res<()> {
     Ok(())
 }
 
+/// Real deltas: a base of skewed floats and a copy moved by a few ulps, per float dtype and
+/// transform, as `op | dtype | elements | base | payload`.
+fn delta_seeds(dir: &Path) -> Res<()> {
+    use mithril_checkpoint::delta::{encode, DeltaOp};
+    for (di, dtype) in DType::ALL.into_iter().enumerate() {
+        let Some(bits) = dtype.float_bits() else {
+            continue;
+        };
+        let n = 6000usize;
+        let base = floats(dtype, n, 7 + di as u64);
+        let mut r = Rng(99);
+        let target: Vec<u8> = base
+            .chunks_exact(dtype.size())
+            .flat_map(|w| {
+                let step = r.next() % 5;
+                if dtype.size() == 2 {
+                    let v = u16::from_le_bytes([w[0], w[1]]).wrapping_add(step as u16);
+                    v.to_le_bytes().to_vec()
+                } else {
+                    let v = u32::from_le_bytes([w[0], w[1], w[2], w[3]]).wrapping_add(step);
+                    v.to_le_bytes().to_vec()
+                }
+            })
+            .collect();
+        for ctx in [None, Some(bits.mantissa)] {
+            let (op, payload) = encode(&target, &base, dtype.size(), ctx);
+            let code = match op {
+                DeltaOp::Xor => 0u8,
+                DeltaOp::Sub => 1,
+                DeltaOp::SubCtx => 2,
+            };
+            let mut seed = vec![code, di as u8, n as u8, (n >> 8) as u8];
+            seed.extend_from_slice(&base);
+            seed.extend_from_slice(&payload);
+            write(dir, "delta_chunk", &format!("{dtype}_{code}"), &seed)?;
+        }
+    }
+    Ok(())
+}
+
 fn main() -> Res<()> {
     let dir = std::env::args()
         .nth(1)
@@ -271,6 +311,7 @@ fn main() -> Res<()> {
     rans_seeds(dir)?;
     float_seeds(dir)?;
     chunk_seeds(dir)?;
+    delta_seeds(dir)?;
     safetensors_seeds(dir)?;
     println!("seeds written under {}", dir.display());
     Ok(())
