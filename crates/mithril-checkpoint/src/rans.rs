@@ -281,11 +281,14 @@ impl EncSymbol {
     /// unconditionally and keeping it only when needed (no unpredictable branch).
     #[inline(always)]
     fn put(&self, x: u32, out: &mut [u16], pos: &mut usize) -> u32 {
-        let emit = x >= self.x_max;
+        let emit = (x >= self.x_max) as u32;
         out[*pos] = x as u16;
         *pos += emit as usize;
-        let x = if emit { x >> 16 } else { x };
-        let q = ((x as u128 * self.magic as u128) >> self.shift) as u32;
+        let x = x >> (16 * emit); // arithmetic, not a branch: emission is unpredictable
+                                  // A fixed 32-bit shift of the 128-bit product, then a 64-bit variable shift: the
+                                  // compiler turns a variable 128-bit shift into a slow shrd/test/cmov sequence.
+        let hi = ((x as u128 * self.magic as u128) >> 32) as u64;
+        let q = (hi >> (self.shift - 32)) as u32;
         // x + cum + q * (M - f) == (q << 12) + (x mod f) + cum, below 2^32 by construction.
         x + self.cum + q * self.complement
     }
@@ -341,19 +344,15 @@ pub fn decode<T: Symbol>(data: &[u8], out: &mut [T], cardinality: usize) -> Resu
     if body.len() % 2 != 0 {
         return Err(corrupt("rANS body has an odd length"));
     }
-    let words: Vec<u16> = body
-        .chunks_exact(2)
-        .map(|b| u16::from_le_bytes([b[0], b[1]]))
-        .collect();
+    let nwords = body.len() / 2;
+    let word = |i: usize| u16::from_le_bytes([body[2 * i], body[2 * i + 1]]) as u32;
 
-    // slot -> (freq << 16 | slot - cum), slot -> symbol
-    let mut slots = vec![0u32; PROB_SCALE as usize];
-    let mut slot_sym = vec![T::default(); PROB_SCALE as usize];
+    // slot -> freq | (slot - cum) << 16 | symbol << 32: one load per decoded symbol.
+    let mut entries = vec![0u64; PROB_SCALE as usize];
     let mut cum = 0usize;
     for (&s, &f) in table.symbols.iter().zip(&table.freqs) {
         for (j, slot) in (cum..cum + f as usize).enumerate() {
-            slots[slot] = ((f as u32) << 16) | j as u32;
-            slot_sym[slot] = T::from_index(s);
+            entries[slot] = f as u64 | (j as u64) << 16 | (s as u64) << 32;
         }
         cum += f as usize;
     }
@@ -362,37 +361,38 @@ pub fn decode<T: Symbol>(data: &[u8], out: &mut [T], cardinality: usize) -> Resu
     let full = out.len() / LANES * LANES;
     let (head, tail) = out.split_at_mut(full);
     for group in head.chunks_exact_mut(LANES) {
-        if pos + LANES <= words.len() {
+        if pos + LANES <= nwords {
             // At most one word per lane: this window cannot run out.
-            let window = &words[pos..pos + LANES];
+            let window = &body[2 * pos..2 * (pos + LANES)];
             // Phase 1: the 32 lanes are independent; phase 2 threads the word cursor through
             // them. Keeping the cursor out of phase 1 keeps the lanes from serialising.
             let mut xs = [0u32; LANES];
-            for (lane, (o, xo)) in group.iter_mut().zip(xs.iter_mut()).enumerate() {
-                let x = states[lane];
-                let slot = (x & SLOT_MASK) as usize;
-                let e = slots[slot];
-                *o = slot_sym[slot];
-                *xo = (e >> 16) * (x >> PROB_BITS) + (e & 0xffff);
+            for ((o, xo), &x) in group.iter_mut().zip(xs.iter_mut()).zip(states.iter()) {
+                let e = entries[(x & SLOT_MASK) as usize];
+                *o = T::from_index((e >> 32) as u16);
+                *xo = (e as u32 & 0xffff) * (x >> PROB_BITS) + ((e as u32) >> 16);
             }
             let mut used = 0usize;
             for (st, &x) in states.iter_mut().zip(xs.iter()) {
                 // `used` never exceeds the lane number, so the index is in range.
-                let w = window[used & (LANES - 1)] as u32;
-                let need = x < RANS_L;
-                *st = if need { (x << 16) | w } else { x };
+                let at = 2 * (used & (LANES - 1));
+                let w = u16::from_le_bytes([window[at], window[at + 1]]) as u32;
+                // Arithmetic select: renormalisation is data-dependent and unpredictable,
+                // and a branch here costs more than the whole decode step.
+                let need = (x < RANS_L) as u32;
+                *st = (x << (16 * need)) | (w & need.wrapping_neg());
                 used += need as usize;
             }
             pos += used;
         } else {
-            decode_checked(group, &mut states, &slots, &slot_sym, &words, &mut pos)?;
+            decode_checked(group, &mut states, &entries, &word, nwords, &mut pos)?;
         }
     }
-    decode_checked(tail, &mut states, &slots, &slot_sym, &words, &mut pos)?;
-    if pos != words.len() {
+    decode_checked(tail, &mut states, &entries, &word, nwords, &mut pos)?;
+    if pos != nwords {
         return Err(corrupt(format!(
             "rANS stream has {} unused words",
-            words.len() - pos
+            nwords - pos
         )));
     }
     if states.iter().any(|&s| s != RANS_L) {
@@ -404,22 +404,21 @@ pub fn decode<T: Symbol>(data: &[u8], out: &mut [T], cardinality: usize) -> Resu
 fn decode_checked<T: Symbol>(
     group: &mut [T],
     states: &mut [u32; LANES],
-    slots: &[u32],
-    slot_sym: &[T],
-    words: &[u16],
+    entries: &[u64],
+    word: &impl Fn(usize) -> u32,
+    nwords: usize,
     pos: &mut usize,
 ) -> Result<()> {
     for (lane, o) in group.iter_mut().enumerate() {
         let x = states[lane];
-        let slot = (x & SLOT_MASK) as usize;
-        let e = slots[slot];
-        *o = slot_sym[slot];
-        let mut x = (e >> 16) * (x >> PROB_BITS) + (e & 0xffff);
+        let e = entries[(x & SLOT_MASK) as usize];
+        *o = T::from_index((e >> 32) as u16);
+        let mut x = (e as u32 & 0xffff) * (x >> PROB_BITS) + ((e as u32) >> 16);
         if x < RANS_L {
-            let w = *words
-                .get(*pos)
-                .ok_or_else(|| corrupt("rANS stream ends early"))?;
-            x = (x << 16) | w as u32;
+            if *pos >= nwords {
+                return Err(corrupt("rANS stream ends early"));
+            }
+            x = (x << 16) | word(*pos);
             *pos += 1;
         }
         states[lane] = x;
