@@ -210,14 +210,7 @@ impl Reader {
     }
 
     fn decode_tensor(&self, t: &TensorInfo, out: &mut [u8]) -> Result<()> {
-        if out.len() as u64 != t.raw_len {
-            return Err(Error::Invalid(format!(
-                "buffer of {} bytes for tensor {:?} of {} bytes",
-                out.len(),
-                t.name,
-                t.raw_len
-            )));
-        }
+        check_len(t, out, "buffer")?;
         if t.chunks.iter().any(|c| c.encoding.is_delta()) {
             self.read_base_into(t, out)?;
         }
@@ -260,14 +253,7 @@ impl Reader {
                 )));
             }
         }
-        if inout.len() as u64 != t.raw_len {
-            return Err(Error::Invalid(format!(
-                "base of {} bytes for tensor {:?} of {} bytes",
-                inout.len(),
-                t.name,
-                t.raw_len
-            )));
-        }
+        check_len(t, inout, "base")?;
         self.decode_chunks(t, inout)
     }
 
@@ -335,6 +321,19 @@ impl Reader {
         }
         Ok(checked)
     }
+}
+
+/// `buf` must be exactly tensor `t`'s raw size.
+fn check_len(t: &TensorInfo, buf: &[u8], what: &str) -> Result<()> {
+    if buf.len() as u64 != t.raw_len {
+        return Err(Error::Invalid(format!(
+            "{what} of {} bytes for tensor {:?} of {} bytes",
+            buf.len(),
+            t.name,
+            t.raw_len
+        )));
+    }
+    Ok(())
 }
 
 /// Where a delta's base hint points, relative to the delta's own directory.
