@@ -4,7 +4,7 @@
 
 use mithril_checkpoint::chunk::encode_chunk;
 use mithril_checkpoint::{float, rans, write_bytes, DType, EncodeOptions, FileExtras};
-use mithril_checkpoint::{Encoding, TensorSource};
+use mithril_checkpoint::{BaseRef, BaseTensors, DeltaBase, Encoding, TensorSource};
 use std::collections::BTreeMap;
 use std::error::Error;
 use std::path::Path;
@@ -141,6 +141,27 @@ fn container_seeds(dir: &Path) -> Res<()> {
             &write_bytes(&tensors, &extras, &opts, None)?,
         )?;
     }
+    // A delta file (its base in memory): the reader has no base, so reads stop at the base
+    // check, but the index's `base` and the delta chunk entries are validated.
+    let moved: Vec<u8> = long
+        .chunks_exact(2)
+        .flat_map(|w| {
+            u16::from_le_bytes([w[0], w[1]])
+                .wrapping_add(1)
+                .to_le_bytes()
+        })
+        .collect();
+    let base_list = [t("long", DType::BF16, &[1000], &long)];
+    let base = DeltaBase {
+        reference: BaseRef {
+            id: "0123456789abcdef0123456789abcdef".into(),
+            path: Some("base.mithril".into()),
+        },
+        tensors: BaseTensors::Memory(&base_list),
+    };
+    let target = [t("long", DType::BF16, &[1000], &moved)];
+    let delta = write_bytes(&target, &FileExtras::default(), &small, Some(&base))?;
+    write(dir, "container", "delta", &delta)?;
     Ok(())
 }
 
