@@ -188,13 +188,13 @@ def end_to_end(
     target: dict[str, torch.Tensor], base_path: Path, base_raw: list[Any], tmp: Path
 ) -> tuple[float, float, float, float]:
     """(save full, save delta, load full, load delta) seconds for one state."""
-    from mithril.checkpoint import _write_file
+    from mithril.checkpoint import _sources, _write_file
 
     full, delta = tmp / "e2e-full.mithril", tmp / "e2e-delta.mithril"
     t0 = time.perf_counter()
     mc.save_file(target, full)
     t1 = time.perf_counter()
-    _write_file(target, delta, None, base=base_path, base_raw=base_raw)
+    _write_file(_sources(target), delta, None, base=base_path, base_raw=base_raw)
     t2 = time.perf_counter()
     mc.load_file(full)
     t3 = time.perf_counter()

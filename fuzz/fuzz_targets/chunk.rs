@@ -1,8 +1,8 @@
 //! Whole-chunk decoder (`chunk::decode_chunk`) for every encoding and dtype, with the stored
 //! checksum computed here so that the fuzzed bytes get past it and reach the decoders.
 //!
-//! Input: `encoding: u8 (0 raw, 1 float, 2 zstd, 3 xor, 4 sub, 5 sub-ctx; the base is all zeros) | dtype: u8 (index into DType::ALL) |
-//! raw bytes: u16 LE | stored bytes ...`.
+//! Input: `encoding: u8 (index into Encoding::ALL; delta encodings get an all-zero base) |
+//! dtype: u8 (index into DType::ALL) | raw bytes: u16 LE | stored bytes ...`.
 
 #![no_main]
 
@@ -11,20 +11,11 @@ use mithril_checkpoint::chunk::decode_chunk;
 use mithril_checkpoint::{DType, Encoding};
 use xxhash_rust::xxh3::xxh3_64;
 
-const ENCODINGS: [Encoding; 6] = [
-    Encoding::Raw,
-    Encoding::Float,
-    Encoding::Zstd,
-    Encoding::Xor,
-    Encoding::Sub,
-    Encoding::SubCtx,
-];
-
 fuzz_target!(|data: &[u8]| {
     let [enc, dt, lo, hi, stored @ ..] = data else {
         return;
     };
-    let encoding = ENCODINGS[*enc as usize % ENCODINGS.len()];
+    let encoding = Encoding::ALL[*enc as usize % Encoding::ALL.len()];
     let dtype = DType::ALL[*dt as usize % DType::ALL.len()];
     let mut out = vec![0u8; u16::from_le_bytes([*lo, *hi]) as usize];
     let checksum = xxh3_64(stored);

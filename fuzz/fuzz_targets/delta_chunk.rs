@@ -24,6 +24,5 @@ fuzz_target!(|data: &[u8]| {
     }
     let (base, payload) = rest.split_at(len);
     let mut inout = base.to_vec();
-    let ctx = dtype.float_bits().map(|b| b.mantissa);
-    let _ = decode(op, payload, dtype.size(), ctx, &mut inout);
+    let _ = decode(op, payload, dtype, &mut inout);
 });

@@ -157,7 +157,7 @@ fn container_seeds(dir: &Path) -> Res<()> {
             id: "0123456789abcdef0123456789abcdef".into(),
             path: Some("base.mithril".into()),
         },
-        tensors: BaseTensors::Memory(&base_list),
+        tensors: BaseTensors::memory(&base_list),
     };
     let target = [t("long", DType::BF16, &[1000], &moved)];
     let delta = write_bytes(&target, &FileExtras::default(), &small, Some(&base))?;
@@ -288,9 +288,9 @@ fn safetensors_seeds(dir: &Path) -> Res<()> {
 fn delta_seeds(dir: &Path) -> Res<()> {
     use mithril_checkpoint::delta::{encode, DeltaOp};
     for (di, dtype) in DType::ALL.into_iter().enumerate() {
-        let Some(bits) = dtype.float_bits() else {
+        if dtype.float_bits().is_none() {
             continue;
-        };
+        }
         let n = 6000usize;
         let base = floats(dtype, n, 7 + di as u64);
         let mut r = Rng(99);
@@ -307,8 +307,15 @@ fn delta_seeds(dir: &Path) -> Res<()> {
                 }
             })
             .collect();
-        for ctx in [None, Some(bits.mantissa)] {
-            let (op, payload) = encode(&target, &base, dtype.size(), ctx);
+        // The unsigned dtype of the same width gives the ungrouped `sub`, which decodes the
+        // same under the float dtype; the float dtype itself gives `sub-ctx`.
+        let same_width = if dtype.size() == 2 {
+            DType::U16
+        } else {
+            DType::U32
+        };
+        for coded_as in [same_width, dtype] {
+            let (op, payload) = encode(&target, &base, coded_as);
             let code = match op {
                 DeltaOp::Xor => 0u8,
                 DeltaOp::Sub => 1,

@@ -25,6 +25,16 @@ pub enum Encoding {
 }
 
 impl Encoding {
+    /// Every encoding, in the order the fuzz targets index them.
+    pub const ALL: [Encoding; 6] = [
+        Encoding::Raw,
+        Encoding::Float,
+        Encoding::Zstd,
+        Encoding::Xor,
+        Encoding::Sub,
+        Encoding::SubCtx,
+    ];
+
     pub fn name(self) -> &'static str {
         match self {
             Encoding::Raw => "raw",
@@ -38,7 +48,17 @@ impl Encoding {
 
     /// Whether decoding needs the base tensor's bytes.
     pub fn is_delta(self) -> bool {
-        matches!(self, Encoding::Xor | Encoding::Sub | Encoding::SubCtx)
+        self.delta_op().is_some()
+    }
+
+    /// The delta transform of a delta encoding.
+    pub fn delta_op(self) -> Option<DeltaOp> {
+        match self {
+            Encoding::Xor => Some(DeltaOp::Xor),
+            Encoding::Sub => Some(DeltaOp::Sub),
+            Encoding::SubCtx => Some(DeltaOp::SubCtx),
+            Encoding::Raw | Encoding::Float | Encoding::Zstd => None,
+        }
     }
 
     pub fn parse(s: &str) -> Option<Encoding> {
@@ -66,6 +86,16 @@ pub struct EncodeOptions {
 pub const DEFAULT_CHUNK_BYTES: usize = 1 << 20;
 /// Largest chunk a reader accepts; bounds the memory one hostile chunk entry can ask for.
 pub const MAX_CHUNK_BYTES: usize = 64 << 20;
+
+impl From<DeltaOp> for Encoding {
+    fn from(op: DeltaOp) -> Encoding {
+        match op {
+            DeltaOp::Xor => Encoding::Xor,
+            DeltaOp::Sub => Encoding::Sub,
+            DeltaOp::SubCtx => Encoding::SubCtx,
+        }
+    }
+}
 
 impl Default for EncodeOptions {
     fn default() -> Self {
@@ -123,8 +153,7 @@ pub fn encode_chunk_delta<'a>(
         // XOR or difference against zeros is the data itself: nothing to gain.
         return encode_chunk(raw, dtype, opts);
     }
-    let ctx = dtype.float_bits().map(|b| b.mantissa);
-    let planned = delta::plan(raw, base, dtype.size(), ctx);
+    let planned = delta::plan(raw, base, dtype);
     if let Some(bits) = dtype.float_bits() {
         if float::estimate(raw, bits, dtype.size()) < planned.estimate() {
             return encode_chunk(raw, dtype, opts);
@@ -141,11 +170,7 @@ pub fn encode_chunk_delta<'a>(
         return encode_chunk(raw, dtype, opts);
     }
     EncodedChunk {
-        encoding: match op {
-            DeltaOp::Xor => Encoding::Xor,
-            DeltaOp::Sub => Encoding::Sub,
-            DeltaOp::SubCtx => Encoding::SubCtx,
-        },
+        encoding: op.into(),
         checksum: xxh3_64(&payload),
         data: Cow::Owned(payload),
         raw_len: raw.len(),
@@ -186,15 +211,9 @@ pub fn decode_chunk(
                 return Err(corrupt("zstd chunk decoded to the wrong length"));
             }
         }
-        Encoding::Xor | Encoding::Sub | Encoding::SubCtx => {
-            let op = match encoding {
-                Encoding::Xor => DeltaOp::Xor,
-                Encoding::Sub => DeltaOp::Sub,
-                _ => DeltaOp::SubCtx,
-            };
-            let ctx = dtype.float_bits().map(|b| b.mantissa);
-            delta::decode(op, data, dtype.size(), ctx, out)?
-        }
+        Encoding::Xor => delta::decode(DeltaOp::Xor, data, dtype, out)?,
+        Encoding::Sub => delta::decode(DeltaOp::Sub, data, dtype, out)?,
+        Encoding::SubCtx => delta::decode(DeltaOp::SubCtx, data, dtype, out)?,
     }
     if xxh3_64(out) != raw_checksum {
         if encoding.is_delta() {

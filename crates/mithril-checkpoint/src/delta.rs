@@ -1,23 +1,25 @@
 //! Delta of one chunk against the same elements of a base tensor.
 //!
-//! Two transforms of the element bit patterns, chosen per chunk by estimated size:
+//! Three transforms of the element bit patterns, chosen per chunk by estimated size:
 //! - `Xor`: `t ^ b`. Unchanged high bits become zeros.
 //! - `Sub`: zigzag(`t - b`) with wrapping integer arithmetic on the bit patterns. A float
 //!   that moved by a few ulps (the usual optimiser step) becomes a small integer, where XOR
 //!   would smear the carry across the mantissa.
-//!
 //! - `SubCtx` (floats only): the `Sub` words grouped by the base element's sign and exponent
 //!   before coding. An optimiser step moves a weight by a similar *value* everywhere, which
 //!   is a number of ulps that depends on the weight's exponent; grouping by it gives each
 //!   group a narrow distribution of its own.
 //!
-//! The transformed words are cut into little-endian byte planes, and each plane is stored
-//! raw, constant, rANS or zstd, whichever is smallest (the same plane coder as the float
-//! codec). Payload: one `u8 method | u32 length | bytes` stream per byte of the element;
-//! for `SubCtx`, that many streams per group, groups in the order [`groups`] gives.
+//! `Xor` and `Sub` payloads are one stream per little-endian byte plane of the transformed
+//! words, each raw, constant, rANS or zstd (the plane coder of the float codec). A `SubCtx`
+//! payload holds, per group, a mode byte and either such planes or one joint symbol stream
+//! plus the low planes (see docs/format.md).
 
+use crate::dtype::DType;
 use crate::error::{corrupt, Result};
-use crate::float::{decode_plane, encode_plane_counts, StreamReader, METHOD_CONST, METHOD_RANS};
+use crate::float::{
+    decode_plane, encode_plane_counts, push_stream, push_symbols, read_symbols, StreamReader,
+};
 use crate::rans;
 
 /// Which delta transform a chunk uses.
@@ -146,22 +148,6 @@ fn plane_histograms<T: Word>(words: &[T]) -> Vec<[u32; 256]> {
         .collect()
 }
 
-/// Counts of `value(w)` (each below `cardinality`) over `words`, four-way interleaved.
-fn counts_of<T: Copy>(words: &[T], cardinality: usize, value: impl Fn(T) -> usize) -> Vec<u32> {
-    let mut sub = vec![[0u32; 4]; cardinality];
-    let mut quads = words.chunks_exact(4);
-    for q in &mut quads {
-        sub[value(q[0])][0] += 1;
-        sub[value(q[1])][1] += 1;
-        sub[value(q[2])][2] += 1;
-        sub[value(q[3])][3] += 1;
-    }
-    for &w in quads.remainder() {
-        sub[value(w)][0] += 1;
-    }
-    sub.iter().map(|c| c[0] + c[1] + c[2] + c[3]).collect()
-}
-
 /// Context id of every element (sign + exponent of its base) and the grouping they imply:
 /// the group of each element, and where each group starts in grouped order (len groups + 1).
 /// Contexts with at least [`MIN_GROUP`] elements get their own group, in increasing context
@@ -174,7 +160,7 @@ fn groups<T: Word>(base: &[u8], ctx_shift: u32) -> (Vec<u16>, Vec<usize>) {
         .collect();
     // Contexts are the bits above `ctx_shift`: at most 2^(width - shift) of them.
     let contexts = 1usize << (8 * T::BYTES as u32).saturating_sub(ctx_shift).min(16);
-    let counts = counts_of(&ids, contexts, |c| c as usize);
+    let counts = rans::histogram_by(ids.iter().map(|&c| c as usize), contexts);
     let mut group_of = vec![0u16; contexts];
     let mut sizes = Vec::new();
     let mut rest = Vec::new();
@@ -368,9 +354,10 @@ fn joint_symbols<T: Word>(span: &[T]) -> Option<(usize, Vec<u32>)> {
     }
     while k < T::BYTES {
         let shift = 8 * k as u32;
-        let counts = counts_of(span, JOINT_CARDINALITY, |w| {
-            ((w.to_u64() >> shift) as usize).min(JOINT_CARDINALITY - 1)
-        });
+        let high = span
+            .iter()
+            .map(|w| ((w.to_u64() >> shift) as usize).min(JOINT_CARDINALITY - 1));
+        let counts = rans::histogram_by(high, JOINT_CARDINALITY);
         if counts.iter().filter(|&&c| c > 0).count() <= rans::MAX_ALPHABET {
             return Some((k, counts));
         }
@@ -381,9 +368,7 @@ fn joint_symbols<T: Word>(span: &[T]) -> Option<(usize, Vec<u32>)> {
 
 fn push_plane(out: &mut Vec<u8>, plane: &[u8], counts: &[u32; 256]) {
     let (method, data) = encode_plane_counts(plane, 8, counts, false);
-    out.push(method);
-    out.extend_from_slice(&(data.len() as u32).to_le_bytes());
-    out.extend_from_slice(&data);
+    push_stream(out, method, &data);
 }
 
 fn emit<T: Word>(plan: DeltaPlan<T>) -> (DeltaOp, Vec<u8>) {
@@ -418,16 +403,7 @@ fn emit<T: Word>(plan: DeltaPlan<T>) -> (DeltaOp, Vec<u8>) {
                             .iter()
                             .map(|w| (w.to_u64() >> (8 * k)) as u16)
                             .collect();
-                        let (method, data) = match rans::FreqTable::from_counts(counts) {
-                            Some(table) => (METHOD_RANS, rans::encode(&high, &table)),
-                            None => {
-                                let v = high.first().copied().unwrap_or(0);
-                                (METHOD_CONST, v.to_le_bytes().to_vec())
-                            }
-                        };
-                        out.push(method);
-                        out.extend_from_slice(&(data.len() as u32).to_le_bytes());
-                        out.extend_from_slice(&data);
+                        push_symbols(&mut out, &high, counts);
                         *k
                     }
                 };
@@ -442,11 +418,16 @@ fn emit<T: Word>(plan: DeltaPlan<T>) -> (DeltaOp, Vec<u8>) {
     (plan.op, out)
 }
 
-fn plan_any<T: Word>(raw: &[u8], base: &[u8], ctx_shift: Option<u32>) -> DeltaPlan<T> {
-    match ctx_shift {
+fn plan_any<T: Word>(raw: &[u8], base: &[u8], dtype: DType) -> DeltaPlan<T> {
+    match context_shift(dtype) {
         Some(shift) => plan_grouped(raw, base, shift),
         None => plan_words(raw, base),
     }
+}
+
+/// The shift that leaves an element's sign and exponent, for float dtypes (which group).
+fn context_shift(dtype: DType) -> Option<u32> {
+    dtype.float_bits().map(|b| b.mantissa)
 }
 
 /// A planned delta of any element width, so that the caller can compare its estimate with
@@ -478,39 +459,34 @@ impl Planned {
     }
 }
 
-/// Choose the transform for `raw` against `base` (same length, whole elements of
-/// `elem_bytes`) from histograms alone. `ctx_shift` (the mantissa width of a float dtype)
-/// enables the grouped [`DeltaOp::SubCtx`].
-pub fn plan(raw: &[u8], base: &[u8], elem_bytes: usize, ctx_shift: Option<u32>) -> Planned {
+/// Choose the transform for `raw` against `base` (same length, whole elements of `dtype`)
+/// from histograms alone. Float dtypes use the grouped [`DeltaOp::SubCtx`] (or `Sub`).
+pub fn plan(raw: &[u8], base: &[u8], dtype: DType) -> Planned {
     debug_assert_eq!(raw.len(), base.len());
-    match elem_bytes {
-        1 => Planned::W1(plan_any(raw, base, None)),
-        2 => Planned::W2(plan_any(raw, base, ctx_shift)),
-        4 => Planned::W4(plan_any(raw, base, ctx_shift)),
-        _ => Planned::W8(plan_any(raw, base, None)),
+    match dtype.size() {
+        1 => Planned::W1(plan_any(raw, base, dtype)),
+        2 => Planned::W2(plan_any(raw, base, dtype)),
+        4 => Planned::W4(plan_any(raw, base, dtype)),
+        _ => Planned::W8(plan_any(raw, base, dtype)),
     }
 }
 
 /// Encode `raw` against `base`: [`plan`], then code it.
-pub fn encode(
-    raw: &[u8],
-    base: &[u8],
-    elem_bytes: usize,
-    ctx_shift: Option<u32>,
-) -> (DeltaOp, Vec<u8>) {
-    plan(raw, base, elem_bytes, ctx_shift).emit()
+pub fn encode(raw: &[u8], base: &[u8], dtype: DType) -> (DeltaOp, Vec<u8>) {
+    plan(raw, base, dtype).emit()
 }
 
 fn decode_words<T: Word>(
     op: DeltaOp,
     payload: &[u8],
     inout: &mut [u8],
-    ctx_shift: Option<u32>,
+    dtype: DType,
 ) -> Result<()> {
     let n = inout.len() / T::BYTES;
     let mut rd = StreamReader::new(payload);
     if op == DeltaOp::SubCtx {
-        let shift = ctx_shift.ok_or_else(|| corrupt("grouped delta on a non-float dtype"))?;
+        let shift =
+            context_shift(dtype).ok_or_else(|| corrupt("grouped delta on a non-float dtype"))?;
         let (ids, starts) = groups::<T>(inout, shift);
         let mut words = vec![T::ZERO; n];
         let mut plane = Vec::new();
@@ -524,17 +500,7 @@ fn decode_words<T: Word>(
                         return Err(corrupt(format!("joint group with {k} low bytes")));
                     }
                     let mut high = vec![0u16; span.len()];
-                    match rd.stream()? {
-                        (METHOD_RANS, data) => rans::decode(data, &mut high, JOINT_CARDINALITY)?,
-                        (METHOD_CONST, &[a, b]) => {
-                            let v = u16::from_le_bytes([a, b]);
-                            if v as usize >= JOINT_CARDINALITY {
-                                return Err(corrupt("joint constant out of range"));
-                            }
-                            high.fill(v);
-                        }
-                        (m, _) => return Err(corrupt(format!("bad joint stream method {m}"))),
-                    }
+                    read_symbols(rd.stream()?, &mut high, JOINT_CARDINALITY, "joint symbol")?;
                     for (o, &h) in span.iter_mut().zip(&high) {
                         *o = T::from_u64((h as u64) << (8 * k));
                     }
@@ -585,23 +551,17 @@ fn decode_words<T: Word>(
     Ok(())
 }
 
-/// Apply a delta payload: `inout` holds the base elements on entry and the decoded elements
-/// on return.
-pub fn decode(
-    op: DeltaOp,
-    payload: &[u8],
-    elem_bytes: usize,
-    ctx_shift: Option<u32>,
-    inout: &mut [u8],
-) -> Result<()> {
-    if inout.len() % elem_bytes != 0 {
+/// Apply a delta payload: `inout` holds the base elements (of `dtype`) on entry and the
+/// decoded elements on return.
+pub fn decode(op: DeltaOp, payload: &[u8], dtype: DType, inout: &mut [u8]) -> Result<()> {
+    if inout.len() % dtype.size() != 0 {
         return Err(corrupt("delta chunk is not whole elements"));
     }
-    match elem_bytes {
-        1 => decode_words::<u8>(op, payload, inout, None),
-        2 => decode_words::<u16>(op, payload, inout, ctx_shift),
-        4 => decode_words::<u32>(op, payload, inout, ctx_shift),
-        8 => decode_words::<u64>(op, payload, inout, None),
+    match dtype.size() {
+        1 => decode_words::<u8>(op, payload, inout, dtype),
+        2 => decode_words::<u16>(op, payload, inout, dtype),
+        4 => decode_words::<u32>(op, payload, inout, dtype),
+        8 => decode_words::<u64>(op, payload, inout, dtype),
         w => Err(corrupt(format!("delta on {w}-byte elements"))),
     }
 }
@@ -611,20 +571,22 @@ mod tests {
     use super::*;
     use proptest::prelude::*;
 
-    fn roundtrip_ctx(raw: &[u8], base: &[u8], w: usize, ctx: Option<u32>) -> (DeltaOp, usize) {
-        let (op, enc) = encode(raw, base, w, ctx);
+    fn roundtrip(raw: &[u8], base: &[u8], dtype: DType) -> (DeltaOp, usize) {
+        let (op, enc) = encode(raw, base, dtype);
         let mut out = base.to_vec();
-        decode(op, &enc, w, ctx, &mut out).unwrap();
+        decode(op, &enc, dtype, &mut out).unwrap();
         assert_eq!(out, raw);
         (op, enc.len())
     }
 
-    fn roundtrip(raw: &[u8], base: &[u8], w: usize) -> (DeltaOp, usize) {
-        let (op, enc) = encode(raw, base, w, None);
-        let mut out = base.to_vec();
-        decode(op, &enc, w, None, &mut out).unwrap();
-        assert_eq!(out, raw);
-        (op, enc.len())
+    /// The unsigned dtype of a width: never grouped.
+    fn uint(w: usize) -> DType {
+        match w {
+            1 => DType::U8,
+            2 => DType::U16,
+            4 => DType::U32,
+            _ => DType::U64,
+        }
     }
 
     #[test]
@@ -639,7 +601,7 @@ mod tests {
             .collect();
         let b: Vec<u8> = base.iter().flat_map(|v| v.to_le_bytes()).collect();
         let t: Vec<u8> = next.iter().flat_map(|v| v.to_le_bytes()).collect();
-        let (op, len) = roundtrip(&t, &b, 4);
+        let (op, len) = roundtrip(&t, &b, DType::U32);
         assert_eq!(op, DeltaOp::Sub);
         assert!(len < t.len() / 8, "{len}");
     }
@@ -649,7 +611,7 @@ mod tests {
         let b: Vec<u8> = (0..8192u32)
             .flat_map(|i| (i * 7919).to_le_bytes())
             .collect();
-        let (_, len) = roundtrip(&b, &b, 4);
+        let (_, len) = roundtrip(&b, &b, DType::U32);
         assert!(len < 64, "{len}");
     }
 
@@ -658,7 +620,7 @@ mod tests {
         for w in [1usize, 2, 4, 8] {
             let raw: Vec<u8> = (0..64).map(|i| if i % 2 == 0 { 0xff } else { 0 }).collect();
             let base: Vec<u8> = (0..64).map(|i| if i % 3 == 0 { 0 } else { 0xff }).collect();
-            roundtrip(&raw, &base, w);
+            roundtrip(&raw, &base, uint(w));
         }
     }
 
@@ -682,8 +644,8 @@ mod tests {
             .collect();
         let b: Vec<u8> = base.iter().flat_map(|v| v.to_le_bytes()).collect();
         let t: Vec<u8> = next.iter().flat_map(|v| v.to_le_bytes()).collect();
-        let (_, plain) = roundtrip(&t, &b, 4);
-        let (op, grouped) = roundtrip_ctx(&t, &b, 4, Some(23));
+        let (_, plain) = roundtrip(&t, &b, DType::U32);
+        let (op, grouped) = roundtrip(&t, &b, DType::F32);
         assert_eq!(op, DeltaOp::SubCtx);
         assert!(grouped < plain * 3 / 4, "{grouped} vs {plain}");
     }
@@ -697,7 +659,7 @@ mod tests {
             // Few distinct exponents so that real groups form, plus arbitrary words.
             let base: Vec<u8> = data.iter().flat_map(|p| (p.1 % (1 << (8 + spread))).to_le_bytes()).collect();
             let raw: Vec<u8> = data.iter().flat_map(|p| p.0.to_le_bytes()).collect();
-            roundtrip_ctx(&raw, &base, 2, Some(7));
+            roundtrip(&raw, &base, DType::BF16);
         }
 
         #[test]
@@ -708,16 +670,16 @@ mod tests {
             let n = data.len() / w * w;
             let raw: Vec<u8> = data[..n].iter().map(|p| p.0).collect();
             let base: Vec<u8> = data[..n].iter().map(|p| p.1).collect();
-            roundtrip(&raw, &base, w);
+            roundtrip(&raw, &base, uint(w));
         }
 
         #[test]
         fn garbage_payload_never_panics(payload in proptest::collection::vec(any::<u8>(), 0..200)) {
-            for w in [1usize, 2, 4, 8] {
-                let mut out = vec![0u8; 16 * w];
-                let _ = decode(DeltaOp::Sub, &payload, w, None, &mut out);
-                let _ = decode(DeltaOp::Xor, &payload, w, None, &mut out);
-                let _ = decode(DeltaOp::SubCtx, &payload, w, Some(7), &mut out);
+            for dtype in DType::ALL {
+                let mut out = vec![0u8; 16 * dtype.size()];
+                for op in [DeltaOp::Xor, DeltaOp::Sub, DeltaOp::SubCtx] {
+                    let _ = decode(op, &payload, dtype, &mut out);
+                }
             }
         }
     }

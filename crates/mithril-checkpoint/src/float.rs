@@ -101,26 +101,55 @@ fn store<const W: usize>(b: &mut [u8], w: u32) {
     }
 }
 
-/// Histogram of the heads of `raw` under `split`. Four interleaved sub-histograms keep runs
-/// of equal exponents (most of a trained tensor) from serialising on one counter.
+/// Histogram of the heads of `raw` under `split`.
 fn head_histogram<const W: usize>(raw: &[u8], split: Split) -> Vec<u32> {
-    let mut sub = vec![[0u32; 4]; 1 << split.head_bits];
-    let mut quads = raw.chunks_exact(4 * W);
-    for q in &mut quads {
-        for (lane, w) in q.chunks_exact(W).enumerate() {
-            sub[split.head(load::<W>(w)) as usize][lane] += 1;
-        }
-    }
-    for w in quads.remainder().chunks_exact(W) {
-        sub[split.head(load::<W>(w)) as usize][0] += 1;
-    }
-    sub.iter().map(|c| c[0] + c[1] + c[2] + c[3]).collect()
+    let heads = raw
+        .chunks_exact(W)
+        .map(|w| split.head(load::<W>(w)) as usize);
+    rans::histogram_by(heads, 1 << split.head_bits)
 }
 
-fn push_stream(out: &mut Vec<u8>, method: u8, data: &[u8]) {
+pub(crate) fn push_stream(out: &mut Vec<u8>, method: u8, data: &[u8]) {
     out.push(method);
     out.extend_from_slice(&(data.len() as u32).to_le_bytes());
     out.extend_from_slice(data);
+}
+
+/// One stream of 16-bit symbols with histogram `counts`: rANS, or the one value when only
+/// one is present. Used for float heads and for the joint symbols of grouped deltas.
+pub(crate) fn push_symbols(out: &mut Vec<u8>, syms: &[u16], counts: &[u32]) {
+    match rans::FreqTable::from_counts(counts) {
+        Some(table) => push_stream(out, METHOD_RANS, &rans::encode(syms, &table)),
+        None => {
+            let value = syms.first().copied().unwrap_or(0);
+            push_stream(out, METHOD_CONST, &value.to_le_bytes());
+        }
+    }
+}
+
+/// Inverse of [`push_symbols`] for a stream read off a payload: every symbol below
+/// `cardinality`; `what` names the stream in errors.
+pub(crate) fn read_symbols(
+    (method, data): (u8, &[u8]),
+    out: &mut [u16],
+    cardinality: usize,
+    what: &str,
+) -> Result<()> {
+    match method {
+        METHOD_RANS => rans::decode(data, out, cardinality)?,
+        METHOD_CONST => {
+            let [a, b] = data else {
+                return Err(corrupt(format!("constant {what} is not two bytes")));
+            };
+            let v = u16::from_le_bytes([*a, *b]);
+            if v as usize >= cardinality {
+                return Err(corrupt(format!("constant {what} out of range")));
+            }
+            out.fill(v);
+        }
+        m => return Err(corrupt(format!("unknown {what} method {m}"))),
+    }
+    Ok(())
 }
 
 /// Encode `raw` (whole elements of a float type with layout `bits`, `W` bytes each).
@@ -180,13 +209,7 @@ fn encode_words<const W: usize>(raw: &[u8], bits: FloatBits) -> Vec<u8> {
 
     let mut out = Vec::with_capacity(raw.len() / 2 + 64);
     out.push(split.k as u8);
-    match rans::FreqTable::from_counts(&counts) {
-        Some(table) => push_stream(&mut out, METHOD_RANS, &rans::encode(&heads, &table)),
-        None => {
-            let value = heads.first().copied().unwrap_or(0);
-            push_stream(&mut out, METHOD_CONST, &value.to_le_bytes());
-        }
-    }
+    push_symbols(&mut out, &heads, &counts);
     let width = split.rem_bits.min(8);
     for plane in &rem {
         let (method, data) = encode_plane(plane, width);
@@ -412,21 +435,7 @@ fn decode_words<const W: usize>(payload: &[u8], bits: FloatBits, out: &mut [u8])
     let cardinality = 1usize << split.head_bits;
 
     let mut heads = vec![0u16; n];
-    let (method, data) = rd.stream()?;
-    match method {
-        METHOD_RANS => rans::decode(data, &mut heads, cardinality)?,
-        METHOD_CONST => {
-            let [a, b] = data else {
-                return Err(corrupt("constant head is not two bytes"));
-            };
-            let v = u16::from_le_bytes([*a, *b]);
-            if v as usize >= cardinality {
-                return Err(corrupt("constant head out of range"));
-            }
-            heads.fill(v);
-        }
-        m => return Err(corrupt(format!("unknown head method {m}"))),
-    }
+    read_symbols(rd.stream()?, &mut heads, cardinality, "head")?;
 
     let planes = split.planes();
     let mut rem: Vec<Vec<u8>> = vec![vec![0u8; n]; planes];

@@ -18,7 +18,7 @@ use xxhash_rust::xxh3::Xxh3;
 
 pub const MAGIC: &[u8; 8] = b"MITHRIL\0";
 pub const MAJOR: u16 = 1;
-/// Minor 1 added delta chunks (`xor`, `sub`) and the index's `base` reference.
+/// Minor 1 added delta chunks (`xor`, `sub`, `sub-ctx`) and the index's `base` reference.
 pub const MINOR: u16 = 1;
 pub const HEADER_LEN: usize = 48;
 /// Largest index a reader accepts.
@@ -71,7 +71,7 @@ pub struct Index {
     /// converting back gives the identical file.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub safetensors_header: Option<String>,
-    /// Present on delta files: the checkpoint whose tensors the `xor`/`sub` chunks apply to.
+    /// Present on delta files: the checkpoint whose tensors the delta chunks apply to.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub base: Option<BaseRef>,
 }

@@ -57,19 +57,25 @@ impl Symbol for u16 {
 
 /// Counts of each symbol value, indexed by value, `len` up to the largest value present + 1.
 pub fn histogram<T: Symbol>(syms: &[T], cardinality: usize) -> Vec<u32> {
-    // Four sub-histograms break the store-to-load dependency on runs of equal symbols.
+    histogram_by(syms.iter().map(|s| s.index()), cardinality)
+}
+
+/// Counts of `values` (each below `cardinality`). Consecutive values go to four
+/// sub-histograms in turn, which breaks the store-to-load dependency that runs of equal
+/// values (exponents of a trained tensor, bytes of a delta) would otherwise serialise on.
+pub fn histogram_by(mut values: impl Iterator<Item = usize>, cardinality: usize) -> Vec<u32> {
     let mut h = vec![[0u32; 4]; cardinality];
-    let mut it = syms.chunks_exact(4);
-    for c in &mut it {
-        h[c[0].index()][0] += 1;
-        h[c[1].index()][1] += 1;
-        h[c[2].index()][2] += 1;
-        h[c[3].index()][3] += 1;
+    'all: while let Some(v) = values.next() {
+        h[v][0] += 1;
+        for lane in 1..4 {
+            let Some(v) = values.next() else {
+                break 'all;
+            };
+            let bin: &mut [u32; 4] = &mut h[v];
+            bin[lane] += 1;
+        }
     }
-    for s in it.remainder() {
-        h[s.index()][0] += 1;
-    }
-    h.into_iter().map(|c| c[0] + c[1] + c[2] + c[3]).collect()
+    h.iter().map(|c| c[0] + c[1] + c[2] + c[3]).collect()
 }
 
 /// Empirical order-0 entropy of `counts`, in bits for the whole sequence.
@@ -273,8 +279,16 @@ impl EncSymbol {
             cum,
             complement: PROB_SCALE - freq,
             magic,
-            shift: 32 + shift,
+            shift,
         }
+    }
+
+    /// `x / freq`, exactly. A fixed 32-bit shift of the 128-bit product, then a 64-bit
+    /// variable shift: a variable 128-bit shift compiles to a slow shrd/test/cmov sequence.
+    #[inline(always)]
+    fn quotient(&self, x: u32) -> u32 {
+        let hi = ((x as u128 * self.magic as u128) >> 32) as u64;
+        (hi >> self.shift) as u32
     }
 
     /// Encode one symbol into state `x`, writing a renormalisation word to `out[*pos]`
@@ -284,11 +298,9 @@ impl EncSymbol {
         let emit = (x >= self.x_max) as u32;
         out[*pos] = x as u16;
         *pos += emit as usize;
-        let x = x >> (16 * emit); // arithmetic, not a branch: emission is unpredictable
-                                  // A fixed 32-bit shift of the 128-bit product, then a 64-bit variable shift: the
-                                  // compiler turns a variable 128-bit shift into a slow shrd/test/cmov sequence.
-        let hi = ((x as u128 * self.magic as u128) >> 32) as u64;
-        let q = (hi >> (self.shift - 32)) as u32;
+        // Arithmetic, not a branch: emission is unpredictable.
+        let x = x >> (16 * emit);
+        let q = self.quotient(x);
         // x + cum + q * (M - f) == (q << 12) + (x mod f) + cum, below 2^32 by construction.
         x + self.cum + q * self.complement
     }
@@ -486,8 +498,7 @@ mod tests {
                 u32::MAX - 1,
                 u32::MAX,
             ] {
-                let q = ((x as u128 * e.magic as u128) >> e.shift) as u32;
-                assert_eq!(q, x / f, "x={x} f={f}");
+                assert_eq!(e.quotient(x), x / f, "x={x} f={f}");
             }
         }
     }

@@ -33,8 +33,16 @@ pub struct FileExtras {
 pub enum BaseTensors<'a> {
     /// Decoded from a container (itself possibly a delta with its chain resolved).
     File(&'a Reader),
-    /// Held in memory by the caller, who vouches that they are what `reference` names.
-    Memory(&'a [TensorSource<'a>]),
+    /// Held in memory by the caller, who vouches that they are what `reference` names;
+    /// by name (see [`BaseTensors::memory`]).
+    Memory(HashMap<&'a str, &'a TensorSource<'a>>),
+}
+
+impl<'a> BaseTensors<'a> {
+    /// Base tensors held in memory, indexed by name once rather than searched per tensor.
+    pub fn memory(list: &'a [TensorSource<'a>]) -> Self {
+        BaseTensors::Memory(list.iter().map(|t| (t.name.as_str(), t)).collect())
+    }
 }
 
 /// The checkpoint a new file is written as a delta against.
@@ -55,9 +63,9 @@ impl DeltaBase<'_> {
                 }
                 _ => Ok(None),
             },
-            BaseTensors::Memory(list) => Ok(list
-                .iter()
-                .find(|b| b.name == t.name && b.dtype == t.dtype && b.shape == t.shape)
+            BaseTensors::Memory(by_name) => Ok(by_name
+                .get(t.name.as_str())
+                .filter(|b| b.dtype == t.dtype && b.shape == t.shape)
                 .map(|b| Cow::Borrowed(b.data))),
         }
     }

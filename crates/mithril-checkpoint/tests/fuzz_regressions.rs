@@ -25,16 +25,6 @@ use mithril_checkpoint::{float, rans, DType, Encoding, Error, Reader, Result};
 use std::path::{Path, PathBuf};
 use xxhash_rust::xxh3::xxh3_64;
 
-/// The chunk target's encoding byte, modulo this list (as in fuzz/fuzz_targets/chunk.rs).
-const ENCODINGS: [Encoding; 6] = [
-    Encoding::Raw,
-    Encoding::Float,
-    Encoding::Zstd,
-    Encoding::Xor,
-    Encoding::Sub,
-    Encoding::SubCtx,
-];
-
 fn dir(target: &str) -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR"))
         .join("tests/fuzz_regressions")
@@ -115,7 +105,7 @@ fn run_chunk(data: &[u8]) -> Result<()> {
     let [enc, dt, lo, hi, stored @ ..] = data else {
         return Ok(());
     };
-    let encoding = ENCODINGS[*enc as usize % ENCODINGS.len()];
+    let encoding = Encoding::ALL[*enc as usize % Encoding::ALL.len()];
     let dtype = DType::ALL[*dt as usize % DType::ALL.len()];
     let mut out = vec![0u8; u16::from_le_bytes([*lo, *hi]) as usize];
     decode_chunk(encoding, stored, dtype, xxh3_64(stored), 0, &mut out)

@@ -114,7 +114,7 @@ fn delta_base<'a>(
             path: hint,
         },
         tensors: match in_memory {
-            Some(list) => BaseTensors::Memory(list),
+            Some(list) => BaseTensors::memory(list),
             None => BaseTensors::File(reader),
         },
     })
@@ -209,7 +209,7 @@ fn write_bytes<'py>(
                 id: tensor_content_id(b.dtype, &b.shape, b.data),
                 path: None,
             },
-            tensors: BaseTensors::Memory(list),
+            tensors: BaseTensors::memory(list),
         })
     });
     let extras = FileExtras {

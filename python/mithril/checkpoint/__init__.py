@@ -80,27 +80,25 @@ def _positive(name: str, value: int | None) -> int | None:
     return n
 
 
-def _check_base(base: PathLike | None, target: PathLike) -> None:
-    """Refuse to write a delta over its own base: the rename would replace the base, and
-    the new file would name content that no longer exists."""
+def _base_args(base: PathLike | None, target: PathLike) -> tuple[str | None, str | None]:
+    """(base path, path hint to record) for writing ``target`` as a delta on ``base``.
+
+    The hint is relative to the target's directory, so that a directory of checkpoints can
+    be moved as a whole. A delta may not replace its own base: the rename would replace the
+    base, and the new file would name content that no longer exists."""
     if base is None:
-        return
+        return None, None
     b, t = os.path.abspath(os.fspath(base)), os.path.abspath(os.fspath(target))
     same = b == t
     if not same and os.path.exists(t) and os.path.exists(b):
         same = os.path.samefile(b, t)
     if same:
         raise ConfigError(f"{target}: a delta cannot replace its own base; write it elsewhere")
-
-
-def _base_hint(base: PathLike, target: PathLike) -> str:
-    """Path of ``base`` as the delta ``target`` records it: relative to the target's directory,
-    so that a directory of checkpoints can be moved as a whole."""
-    start = os.path.dirname(os.path.abspath(os.fspath(target)))
     try:
-        return os.path.relpath(os.path.abspath(os.fspath(base)), start)
+        hint = os.path.relpath(b, os.path.dirname(t))
     except ValueError:  # another drive on Windows
-        return os.path.abspath(os.fspath(base))
+        hint = b
+    return os.fspath(base), hint
 
 
 def save_file(
@@ -125,7 +123,7 @@ def save_file(
     worker threads (default: all cores); ``progress(done, total)`` is called with raw bytes.
     """
     _write_file(
-        tensors,
+        _sources(tensors),
         filename,
         metadata,
         base=base,
@@ -136,7 +134,7 @@ def save_file(
 
 
 def _write_file(
-    tensors: Mapping[str, Any],
+    sources: list[RawTensor],
     filename: PathLike,
     metadata: Mapping[str, str] | None,
     *,
@@ -146,18 +144,19 @@ def _write_file(
     progress: Progress | None = None,
     base_raw: list[RawTensor] | None = None,
 ) -> int:
-    """save_file, plus ``base_raw``: the base's tensors already in memory as raw bytes (the
-    caller vouches that they are exactly what ``base`` holds), which saves decoding the base."""
-    _check_base(base, filename)
+    """save_file on tensors already converted by :func:`_sources`, plus ``base_raw``: the
+    base's tensors in memory as raw bytes (the caller vouches that they are exactly what
+    ``base`` holds), which saves decoding the base."""
+    base_path, hint = _base_args(base, filename)
     return _native.write_file(
         os.fspath(filename),
-        _sources(tensors),
+        sources,
         _check_metadata(metadata),
         _positive("threads", threads),
         _positive("chunk_bytes", chunk_bytes),
         progress,
-        None if base is None else os.fspath(base),
-        None if base is None else _base_hint(base, filename),
+        base_path,
+        hint,
         base_raw,
     )
 
@@ -374,15 +373,13 @@ def compress_safetensors(
     """Compress a safetensors file; :func:`decompress_safetensors` gives back the identical
     file. With ``base`` (an earlier Mithril file), store the tensors as deltas against it.
     Returns the compressed size."""
-    _check_base(base, dst)
     return _native.compress_safetensors(
         os.fspath(src),
         os.fspath(dst),
         _positive("threads", threads),
         _positive("chunk_bytes", chunk_bytes),
         progress,
-        None if base is None else os.fspath(base),
-        None if base is None else _base_hint(base, dst),
+        *_base_args(base, dst),
     )
 
 
@@ -409,9 +406,7 @@ def squash(
 ) -> int:
     """Write the delta ``src`` (its chain resolved) as a self-contained full file ``dst``,
     keeping tensors, metadata and any safetensors header. Returns the size written."""
-    return _native.rewrite(
-        os.fspath(src), os.fspath(dst), None, None, _positive("threads", threads), None, progress
-    )
+    return rebase(src, dst, None, threads=threads, progress=progress)
 
 
 def rebase(
@@ -424,12 +419,12 @@ def rebase(
 ) -> int:
     """Re-encode ``src`` (full or delta) as a delta against another ``base``, or as a full
     file when ``base`` is None (the same as :func:`squash`). Returns the size written."""
-    _check_base(base, dst)
+    base_path, hint = _base_args(base, dst)
     return _native.rewrite(
         os.fspath(src),
         os.fspath(dst),
-        None if base is None else os.fspath(base),
-        None if base is None else _base_hint(base, dst),
+        base_path,
+        hint,
         _positive("threads", threads),
         None,
         progress,

@@ -233,7 +233,7 @@ class CheckpointManager:
         ``state`` is any nesting of dicts, lists and tuples whose leaves are tensors (torch or
         numpy) or plain scalars/strings, e.g. ``{"model": model.state_dict(), "optimizer":
         opt.state_dict(), "step": step}``."""
-        from mithril.checkpoint import _write_file
+        from mithril.checkpoint import _sources, _write_file
 
         if isinstance(step, bool) or not isinstance(step, int) or step < 0:
             raise ConfigError(f"step must be a non-negative int, got {step!r}")
@@ -257,15 +257,11 @@ class CheckpointManager:
         base_tensors = None
         if base is not None and self._cache is not None and self._cache[0] == base.resolve():
             base_tensors = self._cache[1]
-        _write_file(tensors, target, meta, base=base, threads=self.threads, base_raw=base_tensors)
+        sources = _sources(tensors)
+        _write_file(sources, target, meta, base=base, threads=self.threads, base_raw=base_tensors)
         _fsync_dir(self.directory)
         if self.cache_base:
-            from mithril.checkpoint._convert import to_raw
-
-            snapshot = []
-            for name, value in tensors.items():
-                _, dtype, shape, raw = to_raw(name, value)
-                snapshot.append((name, dtype, shape, raw.copy()))
+            snapshot = [(name, dtype, shape, raw.copy()) for name, dtype, shape, raw in sources]
             self._cache = (target.resolve(), snapshot)
         _write_atomic(self.directory / _POINTER, target.name)
         self._retain()
