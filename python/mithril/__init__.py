@@ -16,6 +16,7 @@ from mithril.errors import (
     ConfigError,
     CorruptDataError,
     FormatError,
+    IncompleteCheckpointError,
     MithrilError,
     TensorNotFoundError,
 )
@@ -32,6 +33,7 @@ __all__ = [
     "TensorNotFoundError",
     "CancelledError",
     "BaseCheckpointError",
+    "IncompleteCheckpointError",
 ]
 
 _SUBMODULES = {"checkpoint"}

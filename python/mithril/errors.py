@@ -15,6 +15,7 @@ __all__ = [
     "TensorNotFoundError",
     "CancelledError",
     "BaseCheckpointError",
+    "IncompleteCheckpointError",
 ]
 
 
@@ -48,3 +49,8 @@ class CancelledError(MithrilError):
 class BaseCheckpointError(MithrilError):
     """A delta checkpoint's base is missing, was replaced or altered, does not match the
     delta, or the chain of bases loops. The delta is never applied to the wrong base."""
+
+
+class IncompleteCheckpointError(MithrilError):
+    """A checkpoint directory has no commit record: its save never finished (a rank failed or
+    was killed), or it is not a Mithril checkpoint. It is never loaded."""

@@ -408,6 +408,37 @@ impl PyReader {
         Ok(PyArray1::from_vec(py, bytes))
     }
 
+    /// Decode one tensor straight into a caller's writable, C-contiguous buffer of exactly
+    /// its raw size (e.g. a torch tensor's memory), so that loading needs no extra copy.
+    #[pyo3(signature = (name, out, threads=None))]
+    fn read_into(
+        &self,
+        py: Python<'_>,
+        name: &str,
+        out: PyBuffer<u8>,
+        threads: Option<usize>,
+    ) -> PyResult<()> {
+        if out.readonly() {
+            return Err(PyValueError::new_err(format!(
+                "tensor {name:?}: the output buffer is read-only"
+            )));
+        }
+        if !out.is_c_contiguous() {
+            return Err(PyValueError::new_err(format!(
+                "tensor {name:?}: the output buffer is not C-contiguous"
+            )));
+        }
+        let (addr, len) = (out.buf_ptr() as usize, out.len_bytes());
+        py.detach(|| {
+            // SAFETY: `out` holds the buffer export, which keeps the exporter's memory alive
+            // and in place until it is dropped after this call; it was checked writable and
+            // contiguous, and nothing else in this call aliases it.
+            let slice = unsafe { std::slice::from_raw_parts_mut(addr as *mut u8, len) };
+            threads::run(threads, || self.inner.read_into(name, slice))
+        })?
+        .py()
+    }
+
     /// Decode everything and check every checksum; returns the number of chunks checked.
     #[pyo3(signature = (threads=None))]
     fn verify(&self, py: Python<'_>, threads: Option<usize>) -> PyResult<usize> {

@@ -25,6 +25,8 @@ from pathlib import Path
 from typing import Any, Literal
 
 from mithril import _native
+from mithril._fsutil import fsync_dir as _fsync_dir
+from mithril._fsutil import write_atomic as _write_atomic
 from mithril.checkpoint._convert import RawTensor
 from mithril.checkpoint._tree import STATE_KEY, flatten, unflatten
 from mithril.errors import ConfigError, FormatError, MithrilError
@@ -66,30 +68,6 @@ class DeltaPolicy:
             )
         if self.base not in ("previous", "full"):
             raise ConfigError(f"base must be 'previous' or 'full', got {self.base!r}")
-
-
-def _fsync_dir(path: Path) -> None:
-    with contextlib.suppress(OSError):  # not every platform can open a directory
-        fd = os.open(path, os.O_RDONLY)
-        try:
-            os.fsync(fd)
-        finally:
-            os.close(fd)
-
-
-def _write_atomic(path: Path, text: str) -> None:
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    try:
-        with open(tmp, "w", encoding="utf-8") as f:
-            f.write(text)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        with contextlib.suppress(OSError):
-            tmp.unlink()
-        raise
-    _fsync_dir(path.parent)
 
 
 def _pid_alive(pid: int) -> bool:

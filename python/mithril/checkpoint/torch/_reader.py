@@ -1,0 +1,188 @@
+"""``MithrilReader``: the DCP storage reader for checkpoints written by ``MithrilWriter``.
+
+It refuses a directory without a commit record, checks every rank file against the content
+id the commit recorded, resolves delta chains, and decodes each saved chunk straight into
+the destination tensor where the layouts allow (otherwise through one temporary)."""
+
+from __future__ import annotations
+
+import io
+import os
+import uuid
+from collections import Counter
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch.distributed.checkpoint.metadata import Metadata, StorageMeta
+from torch.distributed.checkpoint.planner import LoadItemType, LoadPlan, LoadPlanner, ReadItem
+from torch.distributed.checkpoint.storage import StorageReader
+from torch.futures import Future
+
+from mithril import _native
+from mithril.checkpoint import _positive
+from mithril.checkpoint.torch import _commit
+from mithril.checkpoint.torch._commit import StoredItem
+from mithril.errors import CorruptDataError, FormatError, MithrilError
+
+__all__ = ["MithrilReader"]
+
+
+class MithrilReader(StorageReader):
+    """Read a checkpoint written by :class:`MithrilWriter`:
+    ``dcp.load(state_dict, storage_reader=MithrilReader(path))``, on any number of ranks
+    (DCP reshards to the new layout). ``threads``: decode threads per rank (default: all
+    cores).
+
+    A directory whose save did not finish raises :class:`mithril.IncompleteCheckpointError`
+    (inside DCP's error); a damaged or replaced rank file raises
+    :class:`mithril.CorruptDataError` naming the file and the tensor.
+    """
+
+    def __init__(self, path: str | os.PathLike[str], *, threads: int | None = None) -> None:
+        self.path = Path(path)
+        self.threads = _positive("threads", threads)
+        self.load_id = uuid.uuid4().hex
+        self.storage_data: dict[Any, StoredItem] = {}
+
+    def reset(self, checkpoint_id: str | os.PathLike[str] | None = None) -> None:
+        if checkpoint_id:
+            self.path = Path(checkpoint_id)
+        self.storage_data = {}
+        self.load_id = uuid.uuid4().hex
+
+    def read_metadata(self, *args: Any, **kwargs: Any) -> Metadata:
+        doc = _commit.read(self.path)
+        metadata = _commit.decode(doc, str(self.path / _commit.COMMIT_NAME))
+        if metadata.storage_meta is None:
+            metadata.storage_meta = StorageMeta()
+        metadata.storage_meta.load_id = self.load_id
+        return metadata
+
+    def set_up_storage_reader(
+        self, metadata: Metadata, is_coordinator: bool, *args: Any, **kwargs: Any
+    ) -> None:
+        data = metadata.storage_data
+        if not isinstance(data, dict) or not all(isinstance(v, StoredItem) for v in data.values()):
+            raise FormatError(
+                f"{self.path}: the checkpoint metadata was not written by MithrilWriter"
+            )
+        self.storage_data = data
+
+    def prepare_local_plan(self, plan: LoadPlan) -> LoadPlan:
+        return plan
+
+    def prepare_global_plan(self, plans: list[LoadPlan]) -> list[LoadPlan]:
+        return plans
+
+    def read_data(self, plan: LoadPlan, planner: LoadPlanner) -> Future[None]:
+        per_file: dict[str, list[tuple[ReadItem, StoredItem]]] = {}
+        for req in plan.items:
+            item = self.storage_data.get(req.storage_index)
+            if item is None:
+                raise FormatError(
+                    f"{self.path}: the commit record has no storage entry for "
+                    f"{req.storage_index.fqn!r} at {list(req.storage_index.offset or [])}"
+                )
+            per_file.setdefault(item.file, []).append((req, item))
+        for file_name, reqs in per_file.items():
+            self._read_file(file_name, reqs, planner)
+        fut: Future[None] = Future()
+        fut.set_result(None)
+        return fut
+
+    @classmethod
+    def validate_checkpoint_id(cls, checkpoint_id: str | os.PathLike[str]) -> bool:
+        return isinstance(checkpoint_id, str | os.PathLike)
+
+    # -- the work -----------------------------------------------------------------------------
+
+    def _open(self, file_name: str, file_id: str) -> _native.Reader:
+        path = self.path / file_name
+        try:
+            reader = _native.Reader(path)
+        except FileNotFoundError:
+            raise CorruptDataError(
+                f"{path}: this rank file, listed in the commit record, is missing"
+            ) from None
+        except MithrilError as e:
+            raise type(e)(f"{path}: {e}") from e
+        if reader.content_id() != file_id:
+            raise CorruptDataError(
+                f"{path}: the rank file was replaced after the checkpoint was committed "
+                f"(content id {reader.content_id()}, the commit record says {file_id})"
+            )
+        return reader
+
+    def _read_file(
+        self, file_name: str, reqs: list[tuple[ReadItem, StoredItem]], planner: LoadPlanner
+    ) -> None:
+        reader = self._open(file_name, reqs[0][1].file_id)
+        uses = Counter(item.name for _, item in reqs)
+        decoded: dict[str, torch.Tensor] = {}
+        for req, item in reqs:
+            try:
+                self._read_item(reader, req, item, planner, uses, decoded)
+            except MithrilError as e:
+                raise type(e)(
+                    f"{self.path / file_name}: {_describe(req)} (stored as {item.name!r}): {e}"
+                ) from e
+
+    def _read_item(
+        self,
+        reader: _native.Reader,
+        req: ReadItem,
+        item: StoredItem,
+        planner: LoadPlanner,
+        uses: Counter[str],
+        decoded: dict[str, torch.Tensor],
+    ) -> None:
+        if req.type == LoadItemType.BYTE_IO:
+            if item.dtype != "bytes":
+                raise FormatError(f"expected a bytes object, the commit says {item.dtype}")
+            raw = reader.read(item.name, self.threads)
+            planner.load_bytes(req, io.BytesIO(raw.tobytes()))
+            return
+        if item.dtype == "bytes":
+            raise FormatError("expected a tensor, the commit says it is a bytes object")
+        dtype = _commit.dtype_from_name(item.dtype, item.name)
+        target = planner.resolve_tensor(req).detach()
+        whole = tuple(req.storage_offsets) == (0,) * len(item.shape) and tuple(
+            req.lengths
+        ) == tuple(item.shape)
+        if (
+            whole
+            and uses[item.name] == 1
+            and target.device.type == "cpu"
+            and target.dtype == dtype
+            and target.is_contiguous()
+            and tuple(target.shape) == item.shape
+        ):
+            # Decode straight into the destination: no temporary, no copy.
+            reader.read_into(item.name, target.reshape(-1).view(torch.uint8).numpy(), self.threads)
+        else:
+            source = decoded.get(item.name)
+            if source is None:
+                raw = reader.read(item.name, self.threads)
+                source = torch.from_numpy(raw).view(dtype).reshape(item.shape)
+                if uses[item.name] > 1:
+                    decoded[item.name] = source
+            uses[item.name] -= 1
+            if uses[item.name] == 0:
+                decoded.pop(item.name, None)
+            for dim, (start, length) in enumerate(zip(req.storage_offsets, req.lengths)):
+                source = source.narrow(dim, start, length)
+            if target.shape != source.shape:
+                raise FormatError(
+                    f"the destination is {list(target.shape)} but the stored slice is "
+                    f"{list(source.shape)}"
+                )
+            target.copy_(source)
+        planner.commit_tensor(req, target)
+
+
+def _describe(req: ReadItem) -> str:
+    offset = req.storage_index.offset
+    where = "" if offset is None or not len(offset) else f" chunk at {list(offset)}"
+    kind = "object" if req.type == LoadItemType.BYTE_IO else "tensor"
+    return f"{kind} {req.storage_index.fqn!r}{where}"
