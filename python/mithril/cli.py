@@ -1,4 +1,4 @@
-"""Command-line interface: ``mithril checkpoint compress|decompress|inspect|verify|squash|rebase``.
+"""Command-line interface: ``mithril checkpoint compress|decompress|inspect|convert|verify|...``.
 
 Errors print one line on stderr and exit with status 1 (2 for usage errors); progress bars
 appear only on a terminal.
@@ -112,9 +112,87 @@ def _decompress(args: argparse.Namespace) -> int:
     return 0
 
 
+def _print_table(rows: Sequence[tuple[str, ...]], right: set[int]) -> None:
+    widths = [max(len(r[i]) for r in rows) for i in range(len(rows[0]))]
+    for r in rows:
+        print(
+            "  ".join(
+                c.rjust(widths[i]) if i in right else c.ljust(widths[i]) for i, c in enumerate(r)
+            )
+        )
+
+
+def _inspect_dir(args: argparse.Namespace) -> int:
+    """A DCP checkpoint directory (Mithril or plain): per key and per rank file."""
+    from mithril.checkpoint.torch import inspect_dir
+
+    info = inspect_dir(args.input)
+    if args.json:
+        print(json.dumps(info, indent=2))
+        return 0 if info["complete"] else 1
+    if not info["complete"]:
+        print(f"{args.input}: incomplete Mithril DCP checkpoint: {info['error']}")
+        for name in info["partial_files"]:
+            print(f"  left behind: {name}")
+        return 1
+    rows: list[tuple[str, ...]] = [("key", "dtype", "size", "chunks", "raw", "stored", "ratio")]
+    for key, t in info["tensors"].items():
+        rows.append(
+            (
+                key,
+                t["dtype"],
+                "x".join(map(str, t["size"])) or "()",
+                str(t["chunks"]),
+                _human(t["raw_size"]),
+                _human(t["stored_size"]) if "stored_size" in t else "-",
+                f"{100 * t['ratio']:.2f}%" if "ratio" in t else "-",
+            )
+        )
+    _print_table(rows, {3, 4, 5, 6})
+    if info["objects"]:
+        print(f"objects: {', '.join(sorted(info['objects']))}")
+    if info["kind"] == "dcp":
+        print(f"\nplain DCP checkpoint, {_human(info['raw_size'])} of tensors")
+        return 0
+    print(
+        f"\nMithril DCP checkpoint {info['save_id']}: {len(info['tensors'])} tensors, "
+        f"{_human(info['raw_size'])} raw, {_human(info['stored_size'])} stored "
+        f"({100 * info['ratio']:.2f}%)"
+    )
+    if info["base"]:
+        print(f"delta against {info['base']}")
+    for f in info["files"]:
+        extra = f"  error: {f['error']}" if "error" in f else ""
+        extra += f"  base {f['base']}" if f.get("base") else ""
+        print(f"  rank {f['rank']}: {f['file']}  {_human(f['size'])}{extra}")
+    return 0
+
+
+def _convert_dir(args: argparse.Namespace) -> int:
+    from mithril.checkpoint.torch import convert
+
+    dst = Path(args.output)
+    if dst.exists() and not args.force:
+        raise MithrilError(f"{dst} exists; pass -f/--force to overwrite it")
+    start = time.perf_counter()
+    kind = convert(
+        args.input,
+        dst,
+        to=args.to,
+        base=args.base,
+        skip_objects=args.skip_objects,
+        threads=args.threads,
+    )
+    if not args.quiet:
+        print(f"{args.input} -> {dst} ({kind}) in {time.perf_counter() - start:.2f} s")
+    return 0
+
+
 def _inspect(args: argparse.Namespace) -> int:
     from mithril import checkpoint as mc
 
+    if os.path.isdir(args.input):
+        return _inspect_dir(args)
     info = mc.inspect(args.input)
     if args.json:
         print(json.dumps(info, indent=2))
@@ -132,14 +210,7 @@ def _inspect(args: argparse.Namespace) -> int:
                 "+".join(t["encodings"]) or "-",
             )
         )
-    widths = [max(len(r[i]) for r in rows) for i in range(len(rows[0]))]
-    right = {3, 4, 5}
-    for r in rows:
-        print(
-            "  ".join(
-                c.rjust(widths[i]) if i in right else c.ljust(widths[i]) for i, c in enumerate(r)
-            )
-        )
+    _print_table(rows, {3, 4, 5})
     print(
         f"\n{len(info['tensors'])} tensors, {_human(info['raw_size'])} raw, "
         f"file {_human(info['file_size'])} ({100 * info['ratio']:.2f}% of raw)"
@@ -192,10 +263,34 @@ def build_parser() -> argparse.ArgumentParser:
     d.add_argument("-q", "--quiet", action="store_true")
     d.set_defaults(func=_decompress)
 
-    i = cs.add_parser("inspect", help="per-tensor dtype, shape, sizes and ratio")
+    i = cs.add_parser(
+        "inspect",
+        help="per-tensor dtype, shape, sizes and ratio (of a file or a DCP checkpoint directory)",
+    )
     i.add_argument("input")
     i.add_argument("--json", action="store_true", help="machine-readable output")
     i.set_defaults(func=_inspect)
+
+    cv = cs.add_parser(
+        "convert",
+        help="convert a DCP checkpoint directory: Mithril <-> plain DCP, or to one "
+        ".safetensors / .mithril file",
+    )
+    cv.add_argument("input", help="a Mithril or plain DCP checkpoint directory")
+    cv.add_argument("output", help="a directory, or a .safetensors / .mithril file")
+    cv.add_argument(
+        "--to",
+        choices=["mithril-dcp", "dcp", "safetensors", "mithril"],
+        help="output kind (default: from OUTPUT's suffix, else the other directory kind)",
+    )
+    cv.add_argument("--base", help="an earlier Mithril DCP directory to store deltas against")
+    cv.add_argument(
+        "--skip-objects", action="store_true", help="leave non-tensor entries out of a file"
+    )
+    cv.add_argument("-f", "--force", action="store_true", help="overwrite an existing output")
+    cv.add_argument("-t", "--threads", type=_threads, default=None)
+    cv.add_argument("-q", "--quiet", action="store_true")
+    cv.set_defaults(func=_convert_dir)
 
     v = cs.add_parser("verify", help="decode everything and check every checksum")
     v.add_argument("input")

@@ -70,7 +70,9 @@ def object_keys(path: str | os.PathLike[str]) -> list[str]:
     """Keys of the non-tensor entries of a checkpoint directory."""
     p = Path(path)
     metadata = _reader(p, detect(p), None).read_metadata()
-    return [k for k, md in metadata.state_dict_metadata.items() if isinstance(md, BytesStorageMetadata)]
+    return [
+        k for k, md in metadata.state_dict_metadata.items() if isinstance(md, BytesStorageMetadata)
+    ]
 
 
 def convert(
@@ -150,7 +152,11 @@ def write_safetensors(
         if t.dtype not in names:
             raise ConfigError(f"{key}: dtype {t.dtype} has no safetensors equivalent")
         n = t.numel() * t.element_size()
-        header[key] = {"dtype": names[t.dtype], "shape": list(t.shape), "data_offsets": [offset, offset + n]}
+        header[key] = {
+            "dtype": names[t.dtype],
+            "shape": list(t.shape),
+            "data_offsets": [offset, offset + n],
+        }
         offset += n
     head = json.dumps(header, separators=(",", ":")).encode()
     head += b" " * (-len(head) % 8)
@@ -192,13 +198,21 @@ def inspect_dir(path: str | os.PathLike[str]) -> dict[str, Any]:
             "kind": "dcp",
             "complete": True,
             "tensors": tensors,
-            "objects": [k for k, v in md.state_dict_metadata.items() if not isinstance(v, TensorStorageMetadata)],
+            "objects": [
+                k
+                for k, v in md.state_dict_metadata.items()
+                if not isinstance(v, TensorStorageMetadata)
+            ],
             "raw_size": sum(t["raw_size"] for t in tensors.values()),
         }
     try:
         doc = _commit.read(p)
     except MithrilError as e:
-        partial = sorted(x.name for x in p.iterdir() if _commit.DATA_FILE.match(x.name)) if p.is_dir() else []
+        partial = (
+            sorted(x.name for x in p.iterdir() if _commit.DATA_FILE.match(x.name))
+            if p.is_dir()
+            else []
+        )
         return {"kind": "mithril-dcp", "complete": False, "error": str(e), "partial_files": partial}
     where = str(p / _commit.COMMIT_NAME)
     md = _commit.decode(doc, where)
@@ -215,8 +229,15 @@ def inspect_dir(path: str | os.PathLike[str]) -> dict[str, Any]:
         if isinstance(v, TensorStorageMetadata)
     }
     files = []
-    for name, info in sorted(_commit.files_of(doc, where).items(), key=lambda kv: kv[1].get("rank", 0)):
-        row = {"file": name, "rank": info.get("rank"), "size": info.get("size"), "content_id": info.get("content_id")}
+    for name, info in sorted(
+        _commit.files_of(doc, where).items(), key=lambda kv: kv[1].get("rank", 0)
+    ):
+        row = {
+            "file": name,
+            "rank": info.get("rank"),
+            "size": info.get("size"),
+            "content_id": info.get("content_id"),
+        }
         try:
             ref = _native.Reader(p / name, False).base_ref()
             row["base"] = None if ref is None else ref[1]
@@ -224,7 +245,7 @@ def inspect_dir(path: str | os.PathLike[str]) -> dict[str, Any]:
             row["error"] = str(e)
         files.append(row)
     raw = sum(t["raw_size"] for t in tensors.values())
-    total = sum(f["size"] or 0 for f in files)
+    total = sum(int(f["size"] or 0) for f in files)
     return {
         "kind": "mithril-dcp",
         "complete": True,
@@ -232,7 +253,9 @@ def inspect_dir(path: str | os.PathLike[str]) -> dict[str, Any]:
         "base": doc.get("base"),
         "files": files,
         "tensors": tensors,
-        "objects": [k for k, v in md.state_dict_metadata.items() if isinstance(v, BytesStorageMetadata)],
+        "objects": [
+            k for k, v in md.state_dict_metadata.items() if isinstance(v, BytesStorageMetadata)
+        ],
         "raw_size": raw,
         "stored_size": total,
         "ratio": total / raw if raw else 1.0,

@@ -146,6 +146,11 @@ class MithrilReader(StorageReader):
         if item.dtype == "bytes":
             raise FormatError("expected a tensor, the commit says it is a bytes object")
         dtype = _commit.dtype_from_name(item.dtype, item.name)
+        if len(req.storage_offsets) != len(item.shape):
+            raise FormatError(
+                f"the plan reads {len(req.storage_offsets)} dimensions, the stored chunk has "
+                f"{len(item.shape)}"
+            )
         target = planner.resolve_tensor(req).detach()
         whole = tuple(req.storage_offsets) == (0,) * len(item.shape) and tuple(
             req.lengths
@@ -170,7 +175,9 @@ class MithrilReader(StorageReader):
             uses[item.name] -= 1
             if uses[item.name] == 0:
                 decoded.pop(item.name, None)
-            for dim, (start, length) in enumerate(zip(req.storage_offsets, req.lengths)):
+            for dim, (start, length) in enumerate(
+                zip(req.storage_offsets, req.lengths, strict=True)
+            ):
                 source = source.narrow(dim, start, length)
             if target.shape != source.shape:
                 raise FormatError(

@@ -255,7 +255,10 @@ class MithrilWriter(StorageWriter, BlockingAsyncStager):
         _native.write_file(
             target,
             sources,
-            metadata={"mithril.dcp.rank": str(rank_plan.rank), "mithril.dcp.save": rank_plan.save_id},
+            metadata={
+                "mithril.dcp.rank": str(rank_plan.rank),
+                "mithril.dcp.save": rank_plan.save_id,
+            },
             threads=self.threads,
             chunk_bytes=self.chunk_bytes,
             base_path=base_path,
