@@ -9,7 +9,7 @@ export PATH := $(abspath $(VENV))/bin:$(PATH)
 
 RUST_SOURCES := Cargo.toml $(shell find crates -name '*.rs' -o -name 'Cargo.toml')
 
-.PHONY: demo test test-rust test-python lint fmt bench bench-checkpoint bench-delta install clean
+.PHONY: demo test test-rust test-python lint fmt bench bench-checkpoint bench-delta bench-dcp install clean
 
 ## install: the virtualenv, every Python dependency (torch included) and a release build
 install: $(VENV)/.built
@@ -32,6 +32,7 @@ demo: install
 	$(PY) benches/demo.py
 	$(PY) benches/bench_checkpoint.py --repeat 1
 	$(PY) benches/demo_delta.py
+	$(PY) benches/demo_dcp.py
 
 ## test: the whole suite, Rust and Python
 test: test-rust test-python
@@ -53,7 +54,7 @@ fmt:
 	cargo fmt --all
 	$(VENV)/bin/ruff format python tests benches
 
-bench: bench-checkpoint bench-delta
+bench: bench-checkpoint bench-delta bench-dcp
 
 ## bench-checkpoint: sizes and single-thread speeds beside zstd, zipnn and openzl
 bench-checkpoint: install
@@ -62,6 +63,10 @@ bench-checkpoint: install
 ## bench-delta: delta checkpoints of a real fine-tuning run beside zstd and zipnn (~5 min)
 bench-delta: install
 	$(PY) benches/bench_delta.py --markdown
+
+## bench-dcp: dcp.save/dcp.load through Mithril beside DCP and DCP+ZStandard (~3 min)
+bench-dcp: install
+	$(PY) benches/bench_dcp.py --markdown
 
 clean:
 	rm -rf $(VENV) target
