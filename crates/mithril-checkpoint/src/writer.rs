@@ -1,7 +1,7 @@
 //! Writing a container: chunks are encoded in parallel windows and streamed to disk after a
 //! reserved index area, so memory stays bounded by the window, not by the checkpoint.
 
-use crate::atomic::AtomicFile;
+use crate::atomic::{AtomicFile, EagerWriteback};
 use crate::chunk::{chunk_lengths, encode_chunk, encode_chunk_delta, EncodeOptions, EncodedChunk};
 use crate::dtype::{byte_size, DType};
 use crate::error::{Error, Result};
@@ -98,8 +98,40 @@ fn check_sources(tensors: &[TensorSource]) -> Result<()> {
     Ok(())
 }
 
+/// One chunk to encode: (tensor index, chunk index, raw byte range).
+type Job = (usize, usize, std::ops::Range<usize>);
+
+/// Append a window's encoded chunks to the sink and record them in the index; returns the
+/// raw bytes they cover.
+fn write_window<W: Write>(
+    sink: &mut W,
+    index: &mut Index,
+    offset: &mut u64,
+    jobs: &[Job],
+    chunks: Vec<EncodedChunk>,
+) -> Result<u64> {
+    let mut raw = 0u64;
+    for ((ti, ci, _), chunk) in jobs.iter().zip(chunks) {
+        sink.write_all(&chunk.data).map_err(|e| Error::Io {
+            path: "<output>".into(),
+            source: e,
+        })?;
+        index.tensors[*ti].chunks[*ci] = ChunkEntry {
+            offset: *offset,
+            length: chunk.data.len() as u64,
+            raw_length: chunk.raw_len as u64,
+            encoding: chunk.encoding.name().into(),
+            xxh3: hex64(chunk.checksum),
+            raw_xxh3: hex64(chunk.raw_checksum),
+        };
+        *offset += chunk.data.len() as u64;
+        raw += chunk.raw_len as u64;
+    }
+    Ok(raw)
+}
+
 /// Write `tensors` to any seekable sink starting at its position 0.
-pub fn write_to<W: Write + Seek>(
+pub fn write_to<W: Write + Seek + Send>(
     sink: &mut W,
     tensors: &[TensorSource],
     extras: &FileExtras,
@@ -152,7 +184,7 @@ pub fn write_to<W: Write + Seek>(
     sink.seek(SeekFrom::Start(data_offset)).map_err(io)?;
 
     // Jobs in file order: (tensor, chunk, raw range).
-    let mut jobs = Vec::new();
+    let mut jobs: Vec<Job> = Vec::new();
     for (ti, lens) in plan.iter().enumerate() {
         let mut at = 0usize;
         for (ci, &len) in lens.iter().enumerate() {
@@ -166,6 +198,9 @@ pub fn write_to<W: Write + Seek>(
     let mut offset = 0u64;
     // Base bytes of the tensors the current window touches.
     let mut base_bytes: HashMap<usize, Option<Cow<[u8]>>> = HashMap::new();
+    // Each window is encoded while the one before it is written, so that the sink's
+    // write calls (page-cache copies, or a slow disk) overlap the encoding.
+    let mut pending: Option<(&[Job], Vec<EncodedChunk>)> = None;
     for batch in jobs.chunks(window) {
         if let Some(b) = base {
             for (ti, _, _) in batch {
@@ -178,35 +213,39 @@ pub fn write_to<W: Write + Seek>(
                 }
             }
         }
-        let encoded: Vec<EncodedChunk> = batch
-            .par_iter()
-            .map(|(ti, _, range)| {
-                let t = &tensors[*ti];
-                let raw = &t.data[range.clone()];
-                match base_bytes.get(ti) {
-                    Some(Some(b)) => encode_chunk_delta(raw, &b[range.clone()], t.dtype, opts),
-                    _ => encode_chunk(raw, t.dtype, opts),
-                }
-            })
-            .collect();
+        let encode = || -> Vec<EncodedChunk> {
+            batch
+                .par_iter()
+                .map(|(ti, _, range)| {
+                    let t = &tensors[*ti];
+                    let raw = &t.data[range.clone()];
+                    match base_bytes.get(ti) {
+                        Some(Some(b)) => encode_chunk_delta(raw, &b[range.clone()], t.dtype, opts),
+                        _ => encode_chunk(raw, t.dtype, opts),
+                    }
+                })
+                .collect()
+        };
+        let encoded = match pending.take() {
+            None => encode(),
+            Some((prev, chunks)) => {
+                let (encoded, written) = rayon::join(encode, || {
+                    write_window(&mut *sink, &mut index, &mut offset, prev, chunks)
+                });
+                done += written?;
+                progress(done, total)?;
+                encoded
+            }
+        };
         // Tensors that end in this window no longer need their base.
         if let Some((last, ci, _)) = batch.last() {
             let finished = *ci + 1 == plan[*last].len();
             base_bytes.retain(|ti, _| *ti > *last || (*ti == *last && !finished));
         }
-        for ((ti, ci, _), chunk) in batch.iter().zip(encoded) {
-            sink.write_all(&chunk.data).map_err(io)?;
-            index.tensors[*ti].chunks[*ci] = ChunkEntry {
-                offset,
-                length: chunk.data.len() as u64,
-                raw_length: chunk.raw_len as u64,
-                encoding: chunk.encoding.name().into(),
-                xxh3: hex64(chunk.checksum),
-                raw_xxh3: hex64(chunk.raw_checksum),
-            };
-            offset += chunk.data.len() as u64;
-            done += chunk.raw_len as u64;
-        }
+        pending = Some((batch, encoded));
+    }
+    if let Some((prev, chunks)) = pending {
+        done += write_window(&mut *sink, &mut index, &mut offset, prev, chunks)?;
         progress(done, total)?;
     }
     let json = serde_json::to_vec(&index)?;
@@ -230,7 +269,7 @@ pub fn write_file(
 ) -> Result<u64> {
     let mut out = AtomicFile::create(path)?;
     let tmp = out.tmp_path().to_path_buf();
-    let mut buffered = std::io::BufWriter::with_capacity(1 << 20, out.file());
+    let mut buffered = std::io::BufWriter::with_capacity(1 << 20, EagerWriteback::new(out.file()));
     let size =
         write_to(&mut buffered, tensors, extras, opts, base, progress).map_err(|e| match e {
             Error::Io { source, .. } => Error::io(&tmp, source),
