@@ -213,7 +213,7 @@ def test_truncated_shard_names_file(tmp_path: Path) -> None:
     rank_file.write_bytes(blob[: len(blob) // 2])
     err = _load_error(ck, blank)
     assert isinstance(err, mithril.FormatError | mithril.CorruptDataError)
-    assert rank_file.name in str(err)
+    assert rank_file.name in str(err) and "alpha" in str(err)
 
 
 def test_replaced_or_missing_rank_file_is_refused(tmp_path: Path) -> None:

@@ -13,6 +13,8 @@ pub mod error;
 pub mod float;
 pub mod format;
 pub mod rans;
+#[cfg(target_arch = "x86_64")]
+mod rans_avx2;
 pub mod reader;
 pub mod safetensors;
 pub mod writer;

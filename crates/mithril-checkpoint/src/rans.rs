@@ -18,8 +18,11 @@ use std::collections::BinaryHeap;
 pub const PROB_BITS: u32 = 12;
 pub const PROB_SCALE: u32 = 1 << PROB_BITS;
 pub const LANES: usize = 32;
-const RANS_L: u32 = 1 << 16;
+pub(crate) const RANS_L: u32 = 1 << 16;
 const SLOT_MASK: u32 = PROB_SCALE - 1;
+/// Streams shorter than this decode with the scalar loop (the SIMD tables cost more to build).
+#[cfg(target_arch = "x86_64")]
+const SIMD_FROM_SYMBOLS: usize = 16 * 1024;
 /// Most distinct symbols a table may hold; keeps tables small and quantisation sane.
 pub const MAX_ALPHABET: usize = 1024;
 
@@ -372,7 +375,23 @@ pub fn decode<T: Symbol>(data: &[u8], out: &mut [T], cardinality: usize) -> Resu
     let mut pos = 0usize;
     let full = out.len() / LANES * LANES;
     let (head, tail) = out.split_at_mut(full);
-    for group in head.chunks_exact_mut(LANES) {
+    let mut simd_done = 0usize;
+    #[cfg(target_arch = "x86_64")]
+    if full >= SIMD_FROM_SYMBOLS && crate::rans_avx2::available() {
+        let mut tables = crate::rans_avx2::SlotTables {
+            step: vec![0u32; PROB_SCALE as usize],
+            symbol: vec![0u32; PROB_SCALE as usize],
+        };
+        for (slot, &e) in entries.iter().enumerate() {
+            tables.step[slot] = e as u32;
+            tables.symbol[slot] = (e >> 32) as u32;
+        }
+        // SAFETY: the CPU supports AVX2 (checked just above).
+        simd_done = unsafe {
+            crate::rans_avx2::decode_groups(head, &mut states, &tables, body, nwords, &mut pos)
+        };
+    }
+    for group in head[simd_done..].chunks_exact_mut(LANES) {
         if pos + LANES <= nwords {
             // At most one word per lane: this window cannot run out.
             let window = &body[2 * pos..2 * (pos + LANES)];
@@ -441,6 +460,11 @@ fn decode_checked<T: Symbol>(
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[cfg(target_arch = "x86_64")]
+    const SIMD_FROM_SYMBOLS_FOR_TESTS: usize = SIMD_FROM_SYMBOLS;
+    #[cfg(not(target_arch = "x86_64"))]
+    const SIMD_FROM_SYMBOLS_FOR_TESTS: usize = 16 * 1024;
     use proptest::prelude::*;
 
     fn roundtrip<T: Symbol + PartialEq + std::fmt::Debug>(syms: &[T], card: usize) {
@@ -450,6 +474,54 @@ mod tests {
         let mut out = vec![T::default(); syms.len()];
         decode(&enc, &mut out, card).unwrap();
         assert_eq!(out, syms);
+    }
+
+    /// Skewed u16 symbols (like float heads) from a fixed LCG.
+    fn skewed_heads(n: usize, seed: u64) -> Vec<u16> {
+        let mut x = seed;
+        (0..n)
+            .map(|_| {
+                x = x
+                    .wrapping_mul(6364136223846793005)
+                    .wrapping_add(1442695040888963407);
+                let r = (x >> 33) as u32;
+                // Geometric-ish around 120, a long tail up to 1000.
+                (120 + (r % 7) * ((r >> 8) % 3) + if r % 97 == 0 { r % 1000 } else { 0 }) as u16
+            })
+            .collect()
+    }
+
+    #[test]
+    fn long_streams_take_the_wide_decoder_and_match_the_scalar_one() {
+        // Long enough for the SIMD path, with a tail that is not a whole group.
+        for n in [SIMD_FROM_SYMBOLS_FOR_TESTS, 262_144, 262_144 + 17] {
+            let syms = skewed_heads(n, n as u64);
+            roundtrip(&syms, 2048);
+            let bytes: Vec<u8> = syms.iter().map(|&s| (s % 251) as u8).collect();
+            roundtrip(&bytes, 256);
+        }
+    }
+
+    #[test]
+    fn damaged_long_streams_fail_cleanly() {
+        let syms = skewed_heads(100_000, 7);
+        let table = FreqTable::from_counts(&histogram(&syms, 2048)).unwrap();
+        let enc = encode(&syms, &table);
+        let mut out = vec![0u16; syms.len()];
+        // Truncated by whole words, a flipped word in the body, extra words.
+        for cut in [2, 64, enc.len() / 2] {
+            assert!(
+                decode(&enc[..enc.len() - cut], &mut out, 2048).is_err(),
+                "cut {cut}"
+            );
+        }
+        let mut flipped = enc.clone();
+        let at = enc.len() - 1000;
+        flipped[at] ^= 0x5a;
+        assert!(decode(&flipped, &mut out, 2048).is_err() || out != syms);
+        let mut longer = enc.clone();
+        longer.extend_from_slice(&[1, 2, 3, 4]);
+        assert!(decode(&longer, &mut out, 2048).is_err());
     }
 
     #[test]

@@ -97,16 +97,20 @@ class MithrilReader(StorageReader):
 
     # -- the work -----------------------------------------------------------------------------
 
-    def _open(self, file_name: str, file_id: str) -> _native.Reader:
+    def _open(self, file_name: str, reqs: list[tuple[ReadItem, StoredItem]]) -> _native.Reader:
         path = self.path / file_name
+        file_id = reqs[0][1].file_id
+        keys = sorted({req.storage_index.fqn for req, _ in reqs})
+        holding = f"{', '.join(keys[:4])}{', ...' if len(keys) > 4 else ''}"
         try:
             reader = _native.Reader(path)
         except FileNotFoundError:
             raise CorruptDataError(
-                f"{path}: this rank file, listed in the commit record, is missing"
+                f"{path}: this rank file, listed in the commit record, is missing "
+                f"(it holds {holding})"
             ) from None
         except MithrilError as e:
-            raise type(e)(f"{path}: {e}") from e
+            raise type(e)(f"{path} (the rank file holding {holding}): {e}") from e
         if reader.content_id() != file_id:
             raise CorruptDataError(
                 f"{path}: the rank file was replaced after the checkpoint was committed "
@@ -117,7 +121,7 @@ class MithrilReader(StorageReader):
     def _read_file(
         self, file_name: str, reqs: list[tuple[ReadItem, StoredItem]], planner: LoadPlanner
     ) -> None:
-        reader = self._open(file_name, reqs[0][1].file_id)
+        reader = self._open(file_name, reqs)
         uses = Counter(item.name for _, item in reqs)
         decoded: dict[str, torch.Tensor] = {}
         for req, item in reqs:
