@@ -6,7 +6,10 @@ from __future__ import annotations
 
 import contextlib
 import os
+from collections.abc import Iterable
 from pathlib import Path
+
+from typing_extensions import Buffer
 
 
 def fsync_dir(path: Path) -> None:
@@ -22,10 +25,17 @@ def fsync_dir(path: Path) -> None:
 
 def write_atomic(path: Path, text: str) -> None:
     """Replace ``path`` with ``text`` (UTF-8) atomically and durably."""
+    write_atomic_chunks(path, [text.encode("utf-8")])
+
+
+def write_atomic_chunks(path: Path, chunks: Iterable[Buffer]) -> None:
+    """Replace ``path`` with the concatenation of ``chunks`` atomically and durably; the
+    chunks are written one by one, so a large file need not be joined in memory first."""
     tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
     try:
-        with open(tmp, "w", encoding="utf-8") as f:
-            f.write(text)
+        with open(tmp, "wb") as f:
+            for chunk in chunks:
+                f.write(chunk)
             f.flush()
             os.fsync(f.fileno())
         os.replace(tmp, path)

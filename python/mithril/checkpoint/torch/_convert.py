@@ -4,7 +4,7 @@ memory; DCP reshards on the way, so the result loads on any world size."""
 
 from __future__ import annotations
 
-import contextlib
+import itertools
 import json
 import os
 from pathlib import Path
@@ -18,7 +18,7 @@ from torch.distributed.checkpoint.metadata import BytesStorageMetadata, TensorSt
 from torch.distributed.checkpoint.storage import StorageReader
 
 from mithril import _native
-from mithril._fsutil import fsync_dir
+from mithril._fsutil import write_atomic_chunks
 from mithril.checkpoint._convert import _torch_names
 from mithril.checkpoint.torch import _commit
 from mithril.checkpoint.torch._reader import MithrilReader
@@ -160,21 +160,8 @@ def write_safetensors(
         offset += n
     head = json.dumps(header, separators=(",", ":")).encode()
     head += b" " * (-len(head) % 8)
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    try:
-        with open(tmp, "wb") as f:
-            f.write(len(head).to_bytes(8, "little"))
-            f.write(head)
-            for t in tensors.values():
-                f.write(t.contiguous().reshape(-1).view(torch.uint8).numpy().data)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        with contextlib.suppress(OSError):
-            tmp.unlink()
-        raise
-    fsync_dir(path.parent)
+    chunks = (t.contiguous().reshape(-1).view(torch.uint8).numpy().data for t in tensors.values())
+    write_atomic_chunks(path, itertools.chain([len(head).to_bytes(8, "little"), head], chunks))
     return 8 + len(head) + offset
 
 
