@@ -164,7 +164,8 @@ def _inspect_dir(args: argparse.Namespace) -> int:
     for f in info["files"]:
         extra = f"  error: {f['error']}" if "error" in f else ""
         extra += f"  base {f['base']}" if f.get("base") else ""
-        print(f"  rank {f['rank']}: {f['file']}  {_human(f['size'])}{extra}")
+        size = "?" if f["size"] is None else _human(f["size"])
+        print(f"  rank {f['rank']}: {f['file']}  {size}{extra}")
     return 0
 
 

@@ -178,7 +178,10 @@ class MithrilWriter(StorageWriter, BlockingAsyncStager):
                 storage[wr.index] = item
                 if item.file not in files:
                     m = _commit.DATA_FILE.match(item.file)
-                    size = (self.path / item.file).stat().st_size
+                    try:
+                        size: int | None = (self.path / item.file).stat().st_size
+                    except FileNotFoundError:  # not on a filesystem the coordinator shares
+                        size = None
                     files[item.file] = {
                         "rank": int(m.group(1)) if m else -1,
                         "content_id": item.file_id,
