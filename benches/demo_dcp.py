@@ -3,7 +3,8 @@
 all-MiniLM-L6-v2 is sharded over 2 CPU ranks with FSDP2 (gloo) and fine-tuned for two real
 AdamW steps. After each step the whole training state (sharded weights and optimizer
 moments) is saved with ``dcp.save`` twice: with DCP's own ``FileSystemWriter`` and with
-``MithrilWriter`` (the second step as a delta against the first). Both are loaded back with
+``MithrilWriter`` (the second step as a delta against the first, encoded against the copy
+of the first that the writer kept in memory, ``cache_base=True``). Both are loaded back with
 ``dcp.load`` into a freshly sharded model and checked bit-exact; rank 0 prints sizes and
 seconds.
 
@@ -119,7 +120,9 @@ def rank_main(rank: int, world: int, store: str, out: str) -> None:
         base = Path(out, f"mithril-{step - 1}") if step > 1 else None
         t_plain = timed(lambda s=state, p=plain: dcp.save(s, storage_writer=FileSystemWriter(p)))
         t_ours = timed(
-            lambda s=state, p=ours, b=base: dcp.save(s, storage_writer=MithrilWriter(p, base=b))
+            lambda s=state, p=ours, b=base: dcp.save(
+                s, storage_writer=MithrilWriter(p, base=b, cache_base=True)
+            )
         )
         loaded = {}
         for name, path, reader in (

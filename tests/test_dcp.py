@@ -26,6 +26,7 @@ from mithril.checkpoint.torch import (
     inspect_dir,
     load_flat,
 )
+from mithril.checkpoint.torch import _writer as writer_module
 from torch.distributed.checkpoint import FileSystemReader
 from torch.distributed.checkpoint.api import CheckpointException
 
@@ -149,6 +150,31 @@ def test_delta_against_previous_step(tmp_path: Path, minilm_tensors: Any) -> Non
             p.unlink()
     with pytest.raises(CheckpointException, match="BaseCheckpointError"):
         dcp.load(got, storage_reader=MithrilReader(tmp_path / "s2"))
+
+
+def test_delta_against_a_cached_base_writes_the_same_file(
+    tmp_path: Path, minilm_tensors: Any
+) -> None:
+    model = {k: v.clone() for k, v in list(minilm_tensors.items())[:20] if v.is_floating_point()}
+    nxt = {k: v + 1e-4 * torch.randn_like(v) * v.abs() for k, v in model.items()}
+    for cached in (False, True):
+        root = tmp_path / str(cached)
+        dcp.save({"model": model}, storage_writer=MithrilWriter(root / "s1", cache_base=cached))
+        kept = writer_module._LAST_WRITTEN.get(0)
+        assert (kept is not None and kept[0].parent == (root / "s1").resolve()) == cached
+        before = {k: v.clone() for k, v in model.items()}
+        for v in model.values():  # training moves on in place; the cache must hold a copy
+            v.add_(1.0)
+        dcp.save({"model": nxt}, storage_writer=MithrilWriter(root / "s2", base=root / "s1"))
+        model.update(before)
+    files = [next((tmp_path / str(c) / "s2").glob("*.mithril")) for c in (False, True)]
+    plain, cached_file = (_native.Reader(f, False) for f in files)
+    assert [plain.info(n) for n in plain.names()] == [
+        cached_file.info(n) for n in cached_file.names()
+    ]
+    got = {"model": {k: torch.empty_like(v) for k, v in nxt.items()}}
+    dcp.load(got, storage_reader=MithrilReader(tmp_path / "True" / "s2"))
+    assert all(_equal(got["model"][k], v) for k, v in nxt.items())
 
 
 def test_delta_cannot_be_its_own_base(tmp_path: Path) -> None:

@@ -23,8 +23,8 @@ from torch.futures import Future
 
 from mithril import _native
 from mithril._fsutil import fsync_dir
-from mithril.checkpoint import _base_args, _positive
-from mithril.checkpoint._convert import _torch_names
+from mithril.checkpoint import _positive, _write_file
+from mithril.checkpoint._convert import RawTensor, _torch_names
 from mithril.checkpoint.torch import _commit
 from mithril.checkpoint.torch._commit import StoredItem
 from mithril.errors import ConfigError
@@ -33,6 +33,11 @@ __all__ = ["MithrilWriter"]
 
 
 _native_tensor = tuple[str, str, list[int], np.ndarray]
+
+# Per rank: the rank file this process wrote last (resolved path, content id) and a copy of
+# its tensors, kept when the writer is asked to (``cache_base=True``) so that the next delta
+# against it need not decode it.
+_LAST_WRITTEN: dict[int, tuple[Path, str, list[RawTensor]]] = {}
 
 
 @dataclasses.dataclass(frozen=True)
@@ -102,6 +107,9 @@ class MithrilWriter(StorageWriter, BlockingAsyncStager):
     it (and never overwrite it in place) while later checkpoints use it.
     ``threads``: codec threads per rank (default: all cores). ``chunk_bytes``: codec chunk
     size. ``overwrite``: whether an existing checkpoint at ``path`` may be replaced.
+    ``cache_base``: keep a host copy of what this rank wrote, so that the next save with
+    ``base=`` pointing here encodes against memory instead of decoding the base file (costs
+    one copy of the rank's state in RAM, until the next save).
     """
 
     def __init__(
@@ -112,6 +120,7 @@ class MithrilWriter(StorageWriter, BlockingAsyncStager):
         threads: int | None = None,
         chunk_bytes: int | None = None,
         overwrite: bool = True,
+        cache_base: bool = False,
         cache_staged_state_dict: bool = False,
     ) -> None:
         BlockingAsyncStager.__init__(self, cache_staged_state_dict=cache_staged_state_dict)
@@ -120,6 +129,7 @@ class MithrilWriter(StorageWriter, BlockingAsyncStager):
         self.threads = _positive("threads", threads)
         self.chunk_bytes = _positive("chunk_bytes", chunk_bytes)
         self.overwrite = overwrite
+        self.cache_base = cache_base
         self.save_id = _new_save_id()
         self.rank = 0
         self.is_coordinator = True
@@ -254,21 +264,21 @@ class MithrilWriter(StorageWriter, BlockingAsyncStager):
             sources.append(source)
             by_storage[key] = (name, dtype, tuple(data.shape))
             placed.append((item, name, dtype, tuple(data.shape)))
-        base_path, base_hint = _base_args(self._base_file, target)
-        _native.write_file(
-            target,
+        _write_file(
             sources,
-            metadata={
-                "mithril.dcp.rank": str(rank_plan.rank),
-                "mithril.dcp.save": rank_plan.save_id,
-            },
+            target,
+            {"mithril.dcp.rank": str(rank_plan.rank), "mithril.dcp.save": rank_plan.save_id},
+            base=self._base_file,
             threads=self.threads,
             chunk_bytes=self.chunk_bytes,
-            base_path=base_path,
-            base_hint=base_hint,
+            base_raw=self._cached_base(rank_plan.rank),
         )
         reader = _native.Reader(target, False)
         file_id = reader.content_id()
+        _LAST_WRITTEN.pop(rank_plan.rank, None)
+        if self.cache_base:
+            copies = [(n, d, s, raw.copy()) for n, d, s, raw in sources]
+            _LAST_WRITTEN[rank_plan.rank] = (target.resolve(), file_id, copies)
         stored = {name: reader.info(name)[3] for name in reader.names()}
         return [
             WriteResult(
@@ -285,6 +295,18 @@ class MithrilWriter(StorageWriter, BlockingAsyncStager):
             )
             for item, name, dtype, shape in placed
         ]
+
+    def _cached_base(self, rank: int) -> list[RawTensor] | None:
+        """The base file's tensors from memory, when this process wrote that very file."""
+        cached = _LAST_WRITTEN.get(rank)
+        if self._base_file is None or cached is None:
+            return None
+        path, file_id, tensors = cached
+        if path != self._base_file.resolve():
+            return None
+        if _native.Reader(self._base_file, False).content_id() != file_id:
+            return None  # replaced since: decode the file instead
+        return tensors
 
     def _remove_replaced_files(self, keep: set[str]) -> None:
         """After the commit: data files of the checkpoint this one replaced, and temp files
