@@ -154,19 +154,25 @@ def rank_main(rank: int, world: int, store: str, out: str) -> None:
                     f"{step:>4}  {label:<16}  {size / 1e6:7.1f}MB  {100 * size / raw:7.2f}%  "
                     f"{t_save:6.2f}  {t_load:6.2f}  yes"
                 )
+    Path(f"{store}.done.{rank}").touch()
     dist.barrier()
     dist.destroy_process_group()
 
 
 def main() -> int:
     with tempfile.TemporaryDirectory() as tmp:
-        mp.start_processes(
-            rank_main,
-            args=(WORLD, os.path.join(tmp, "store"), tmp),
-            nprocs=WORLD,
-            join=True,
-            start_method="spawn",
-        )
+        store = os.path.join(tmp, "store")
+        try:
+            mp.start_processes(
+                rank_main, args=(WORLD, store, tmp), nprocs=WORLD, join=True, start_method="spawn"
+            )
+        except mp.ProcessExitedException as e:
+            # torch's gloo teardown can abort a rank that has already finished its work
+            # (pytorch/pytorch#190489); anything else is a real failure.
+            done = all(Path(f"{store}.done.{r}").exists() for r in range(WORLD))
+            if not (e.signal_name == "SIGABRT" and done):
+                raise
+            print("(a rank aborted in torch's process-group teardown after finishing its work)")
     return 0
 
 

@@ -30,10 +30,13 @@ def init(rank: int, world: int, store: str, timeout_s: float = 60) -> None:
     )
 
 
-def shutdown() -> None:
-    """Leave the group once every rank is done. Without the barrier a rank may exit while a
-    peer's gloo worker still holds the last collective, and torch aborts the process at
-    teardown (pytorch/pytorch#190489), though the checkpoint itself is complete."""
+def shutdown(store: str) -> None:
+    """Record that this rank's work is done, then leave the group once every rank is.
+    Without the barrier a rank may exit while a peer's gloo worker still holds the last
+    collective, and torch aborts the process at teardown (pytorch/pytorch#190489); the
+    barrier makes that rare, and the marker lets the launcher tell such an abort, after
+    the work, from a real failure."""
+    Path(f"{store}.done.{dist.get_rank()}").touch()
     dist.barrier()
     dist.destroy_process_group()
 
@@ -108,7 +111,7 @@ def save_run(rank: int, world: int, store: str, out: str) -> None:
     ref = flat_full(state)
     if rank == 0:
         torch.save(ref, f"{out}/ref2.pt")
-    shutdown()
+    shutdown(store)
 
 
 def load_run(rank: int, world: int, store: str, out: str) -> None:
@@ -134,7 +137,7 @@ def load_run(rank: int, world: int, store: str, out: str) -> None:
             )
         else:
             assert have == want, (key, have, want)
-    shutdown()
+    shutdown(store)
 
 
 class FailingWriter(MithrilWriter):
@@ -179,7 +182,7 @@ def fail_phases(rank: int, world: int, store: str, out: str) -> None:
             raise AssertionError(f"{phase}: the save did not fail")
         dist.barrier()
         assert not Path(path, "mithril-dcp.json").exists(), phase
-    shutdown()
+    shutdown(store)
 
 
 def kill_mid_save(rank: int, world: int, store: str, out: str, target: str) -> None:

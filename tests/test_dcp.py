@@ -33,19 +33,35 @@ from torch.distributed.checkpoint.api import CheckpointException
 pytestmark = pytest.mark.filterwarnings("ignore:torch.distributed is disabled")
 
 
-def _launch(fn: Any, world: int, tmp_path: Path, *args: Any) -> Any:
-    store = tmp_path / f"store-{fn.__name__}-{world}-{time.monotonic_ns()}"
+def _store(fn: Any, world: int, tmp_path: Path) -> str:
+    """A fresh file for the group's rendezvous (and the ranks' done markers beside it)."""
+    return str(tmp_path / f"store-{fn.__name__}-{world}-{time.monotonic_ns()}")
+
+
+def _launch(fn: Any, world: int, store: str, *args: Any) -> Any:
     return tmp.start_processes(
-        fn, args=(world, str(store), *args), nprocs=world, join=False, start_method="spawn"
+        fn, args=(world, store, *args), nprocs=world, join=False, start_method="spawn"
     )
 
 
 def run_ranks(fn: Any, world: int, tmp_path: Path, *args: Any, timeout: float = 240) -> None:
     """Run ``fn(rank, world, store, *args)`` on ``world`` spawned ranks; fail on any rank's
-    exception (with its traceback) or when the group does not finish in time."""
-    ctx = _launch(fn, world, tmp_path, *args)
+    exception (with its traceback) or when the group does not finish in time.
+
+    A rank that aborts after every rank has recorded its work as done (see
+    ``dcp_workers.shutdown``) hit torch's gloo teardown race, not a failure of the test."""
+    store = _store(fn, world, tmp_path)
+    ctx = _launch(fn, world, store, *args)
     deadline = time.monotonic() + timeout
-    while not ctx.join(timeout=2):
+    while True:
+        try:
+            if ctx.join(timeout=2):
+                return
+        except tmp.ProcessExitedException as e:
+            finished = all(Path(f"{store}.done.{r}").exists() for r in range(world))
+            if e.signal_name == "SIGABRT" and finished:
+                return
+            raise
         if time.monotonic() > deadline:
             for p in ctx.processes:
                 p.kill()
@@ -414,7 +430,8 @@ def test_rank_failure_in_each_phase_commits_nothing(tmp_path: Path) -> None:
 
 @pytest.mark.parametrize("target", ["partial", "inplace"])
 def test_sigkill_of_one_rank_mid_save(tmp_path: Path, target: str) -> None:
-    ctx = _launch(dcp_workers.kill_mid_save, 2, tmp_path, str(tmp_path), target)
+    store = _store(dcp_workers.kill_mid_save, 2, tmp_path)
+    ctx = _launch(dcp_workers.kill_mid_save, 2, store, str(tmp_path), target)
     victim, survivor = ctx.processes[1], ctx.processes[0]
     victim.join(timeout=180)
     assert victim.exitcode == -signal.SIGKILL
