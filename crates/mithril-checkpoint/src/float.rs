@@ -322,21 +322,47 @@ fn estimate_words<const W: usize>(raw: &[u8], bits: FloatBits) -> usize {
 pub(crate) fn pack_bits(vals: &[u8], width: u32) -> Vec<u8> {
     let w = width as usize;
     let mut out = Vec::with_capacity((vals.len() * w).div_ceil(8) + 8);
-    let mut groups = vals.chunks_exact(8);
-    for g in &mut groups {
-        let mut acc = 0u64;
-        for (i, &v) in g.iter().enumerate() {
-            acc |= (v as u64) << (i * w);
-        }
-        out.extend_from_slice(&acc.to_le_bytes()[..w]);
+    // Whole groups of 8 values take exactly `w` bytes; a constant width lets each group be
+    // one fixed-size store instead of a call to memcpy.
+    match w {
+        1 => pack_groups::<1>(vals, &mut out),
+        2 => pack_groups::<2>(vals, &mut out),
+        3 => pack_groups::<3>(vals, &mut out),
+        4 => pack_groups::<4>(vals, &mut out),
+        5 => pack_groups::<5>(vals, &mut out),
+        6 => pack_groups::<6>(vals, &mut out),
+        7 => pack_groups::<7>(vals, &mut out),
+        _ => pack_groups_any(vals, w, &mut out),
     }
-    let rest = groups.remainder();
+    let rest = &vals[vals.len() / 8 * 8..];
     let mut acc = 0u64;
     for (i, &v) in rest.iter().enumerate() {
         acc |= (v as u64) << (i * w);
     }
     out.extend_from_slice(&acc.to_le_bytes()[..(rest.len() * w).div_ceil(8)]);
     out
+}
+
+#[inline(always)]
+fn pack_group(g: &[u8], w: usize) -> u64 {
+    g.iter()
+        .enumerate()
+        .fold(0u64, |acc, (i, &v)| acc | (v as u64) << (i * w))
+}
+
+fn pack_groups<const W: usize>(vals: &[u8], out: &mut Vec<u8>) {
+    for g in vals.chunks_exact(8) {
+        let bytes = pack_group(g, W).to_le_bytes();
+        let mut fixed = [0u8; W];
+        fixed.copy_from_slice(&bytes[..W]);
+        out.extend_from_slice(&fixed);
+    }
+}
+
+fn pack_groups_any(vals: &[u8], w: usize, out: &mut Vec<u8>) {
+    for g in vals.chunks_exact(8) {
+        out.extend_from_slice(&pack_group(g, w).to_le_bytes()[..w]);
+    }
 }
 
 pub(crate) fn unpack_bits(data: &[u8], width: u32, out: &mut [u8]) -> Result<()> {
@@ -348,27 +374,47 @@ pub(crate) fn unpack_bits(data: &[u8], width: u32, out: &mut [u8]) -> Result<()>
             data.len()
         )));
     }
-    let mask = (1u64 << w) - 1;
-    let mut groups = out.chunks_exact_mut(8);
-    let mut src = data.chunks(w);
-    for g in &mut groups {
-        let mut b = [0u8; 8];
-        let s = src.next().unwrap_or(&[]);
-        b[..s.len()].copy_from_slice(s);
-        let acc = u64::from_le_bytes(b);
-        for (i, o) in g.iter_mut().enumerate() {
-            *o = ((acc >> (i * w)) & mask) as u8;
-        }
+    let whole = out.len() / 8;
+    let (groups, rest) = out.split_at_mut(whole * 8);
+    let (body, tail) = data.split_at(whole * w);
+    match w {
+        1 => unpack_groups::<1>(body, groups),
+        2 => unpack_groups::<2>(body, groups),
+        3 => unpack_groups::<3>(body, groups),
+        4 => unpack_groups::<4>(body, groups),
+        5 => unpack_groups::<5>(body, groups),
+        6 => unpack_groups::<6>(body, groups),
+        7 => unpack_groups::<7>(body, groups),
+        _ => unpack_groups_any(body, w, groups),
     }
-    let rest = groups.into_remainder();
     let mut b = [0u8; 8];
-    let s = &data[data.len() - (rest.len() * w).div_ceil(8)..];
-    b[..s.len()].copy_from_slice(s);
-    let acc = u64::from_le_bytes(b);
-    for (i, o) in rest.iter_mut().enumerate() {
+    b[..tail.len()].copy_from_slice(tail);
+    unpack_group(u64::from_le_bytes(b), w, rest);
+    Ok(())
+}
+
+#[inline(always)]
+fn unpack_group(acc: u64, w: usize, out: &mut [u8]) {
+    let mask = (1u64 << w) - 1;
+    for (i, o) in out.iter_mut().enumerate() {
         *o = ((acc >> (i * w)) & mask) as u8;
     }
-    Ok(())
+}
+
+fn unpack_groups<const W: usize>(data: &[u8], out: &mut [u8]) {
+    for (src, g) in data.chunks_exact(W).zip(out.chunks_exact_mut(8)) {
+        let mut b = [0u8; 8];
+        b[..W].copy_from_slice(src);
+        unpack_group(u64::from_le_bytes(b), W, g);
+    }
+}
+
+fn unpack_groups_any(data: &[u8], w: usize, out: &mut [u8]) {
+    for (src, g) in data.chunks_exact(w).zip(out.chunks_exact_mut(8)) {
+        let mut b = [0u8; 8];
+        b[..w].copy_from_slice(src);
+        unpack_group(u64::from_le_bytes(b), w, g);
+    }
 }
 
 /// Reads `u8 method | u32 length | bytes` streams off a payload.
