@@ -51,6 +51,7 @@ import torch
 import torch.distributed.checkpoint as dcp
 from torch.distributed.checkpoint import FileSystemReader, FileSystemWriter
 from torch.distributed.checkpoint._extension import ZStandard
+from torch.distributed.tensor import DTensor
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 
@@ -81,6 +82,9 @@ def methods() -> list[Method]:
 
 
 def tensors_of(state: Any) -> list[torch.Tensor]:
+    """Every tensor in a nested state dict, in order; a DTensor gives this rank's shard."""
+    if isinstance(state, DTensor):
+        return [state.to_local()]
     if isinstance(state, torch.Tensor):
         return [state]
     if isinstance(state, dict):

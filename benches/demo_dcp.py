@@ -29,10 +29,10 @@ from torch.distributed.checkpoint import FileSystemReader, FileSystemWriter
 from torch.distributed.checkpoint.state_dict import get_state_dict
 from torch.distributed.device_mesh import init_device_mesh
 from torch.distributed.fsdp import fully_shard
-from torch.distributed.tensor import DTensor
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 import minilm_train
+from bench_dcp import tensors_of
 from mithril.checkpoint.torch import MithrilReader, MithrilWriter
 
 WORLD = 2
@@ -53,22 +53,10 @@ def state_of(model: torch.nn.Module, opt: torch.optim.Optimizer) -> dict[str, ob
     return {"model": msd, "optim": osd}
 
 
-def local_tensors(state: object) -> list[torch.Tensor]:
-    if isinstance(state, DTensor):
-        return [state.to_local()]
-    if isinstance(state, torch.Tensor):
-        return [state]
-    if isinstance(state, dict):
-        return [t for v in state.values() for t in local_tensors(v)]
-    if isinstance(state, list | tuple):
-        return [t for v in state for t in local_tensors(v)]
-    return []
-
-
 def raw_bytes(state: object) -> int:
     """Bytes of the full (unsharded) tensors."""
     total = 0
-    for t in local_tensors(state):
+    for t in tensors_of(state):
         total += t.numel() * t.element_size()
     out = torch.tensor([total], dtype=torch.int64)
     dist.all_reduce(out)
@@ -88,7 +76,7 @@ def timed(fn: object) -> float:
 
 
 def bit_exact(a: object, b: object) -> bool:
-    ta, tb = local_tensors(a), local_tensors(b)
+    ta, tb = tensors_of(a), tensors_of(b)
     return len(ta) == len(tb) and all(
         x.dtype == y.dtype
         and torch.equal(x.reshape(-1).view(torch.uint8), y.reshape(-1).view(torch.uint8))

@@ -98,6 +98,11 @@ fn check_sources(tensors: &[TensorSource]) -> Result<()> {
     Ok(())
 }
 
+/// An I/O error of the sink; `write_file` replaces the placeholder path with the file's.
+fn output_io(source: std::io::Error) -> Error {
+    Error::io("<output>", source)
+}
+
 /// One chunk to encode: (tensor index, chunk index, raw byte range).
 type Job = (usize, usize, std::ops::Range<usize>);
 
@@ -112,10 +117,7 @@ fn write_window<W: Write>(
 ) -> Result<u64> {
     let mut raw = 0u64;
     for ((ti, ci, _), chunk) in jobs.iter().zip(chunks) {
-        sink.write_all(&chunk.data).map_err(|e| Error::Io {
-            path: "<output>".into(),
-            source: e,
-        })?;
+        sink.write_all(&chunk.data).map_err(output_io)?;
         index.tensors[*ti].chunks[*ci] = ChunkEntry {
             offset: *offset,
             length: chunk.data.len() as u64,
@@ -177,11 +179,7 @@ pub fn write_to<W: Write + Seek + Send>(
         )));
     }
     let data_offset = format::data_offset_for(bound);
-    let io = |e| Error::Io {
-        path: "<output>".into(),
-        source: e,
-    };
-    sink.seek(SeekFrom::Start(data_offset)).map_err(io)?;
+    sink.seek(SeekFrom::Start(data_offset)).map_err(output_io)?;
 
     // Jobs in file order: (tensor, chunk, raw range).
     let mut jobs: Vec<Job> = Vec::new();
@@ -252,9 +250,9 @@ pub fn write_to<W: Write + Seek + Send>(
     let mut head = format::encode_header(&json, data_offset, offset);
     head.extend_from_slice(&json);
     head.resize(data_offset as usize, 0);
-    sink.seek(SeekFrom::Start(0)).map_err(io)?;
-    sink.write_all(&head).map_err(io)?;
-    sink.flush().map_err(io)?;
+    sink.seek(SeekFrom::Start(0)).map_err(output_io)?;
+    sink.write_all(&head).map_err(output_io)?;
+    sink.flush().map_err(output_io)?;
     Ok(data_offset + offset)
 }
 

@@ -94,11 +94,16 @@ def _base_args(base: PathLike | None, target: PathLike) -> tuple[str | None, str
         same = os.path.samefile(b, t)
     if same:
         raise ConfigError(f"{target}: a delta cannot replace its own base; write it elsewhere")
+    return os.fspath(base), _relative_path(b, os.path.dirname(t))
+
+
+def _relative_path(path: str, directory: str) -> str:
+    """``path`` relative to ``directory`` (both absolute), or ``path`` itself where there is
+    no relative form (another drive on Windows)."""
     try:
-        hint = os.path.relpath(b, os.path.dirname(t))
-    except ValueError:  # another drive on Windows
-        hint = b
-    return os.fspath(base), hint
+        return os.path.relpath(path, directory)
+    except ValueError:
+        return path
 
 
 def save_file(

@@ -14,7 +14,11 @@ import torch
 import torch.distributed.checkpoint as dcp
 from torch.distributed.checkpoint import FileSystemReader, FileSystemWriter
 from torch.distributed.checkpoint.default_planner import DefaultLoadPlanner, DefaultSavePlanner
-from torch.distributed.checkpoint.metadata import BytesStorageMetadata, TensorStorageMetadata
+from torch.distributed.checkpoint.metadata import (
+    BytesStorageMetadata,
+    Metadata,
+    TensorStorageMetadata,
+)
 from torch.distributed.checkpoint.storage import StorageReader
 
 from mithril import _native
@@ -54,7 +58,13 @@ def load_flat(
     loading them unpickles, as ``dcp.load`` does."""
     p = Path(path)
     kind = detect(p)
-    metadata = _reader(p, kind, threads).read_metadata()
+    return _load_flat(p, kind, _reader(p, kind, threads).read_metadata(), objects, threads)
+
+
+def _load_flat(
+    p: Path, kind: Kind, metadata: Metadata, objects: bool, threads: int | None
+) -> dict[str, Any]:
+    """:func:`load_flat` with the directory's kind and metadata already read."""
     flat: dict[str, Any] = {}
     for key, md in metadata.state_dict_metadata.items():
         if isinstance(md, TensorStorageMetadata):
@@ -66,13 +76,20 @@ def load_flat(
     return dict(planner.state_dict)
 
 
-def object_keys(path: str | os.PathLike[str]) -> list[str]:
-    """Keys of the non-tensor entries of a checkpoint directory."""
-    p = Path(path)
-    metadata = _reader(p, detect(p), None).read_metadata()
+def _object_keys(metadata: Metadata) -> list[str]:
+    """Keys of the non-tensor entries (DCP's bytes items)."""
     return [
         k for k, md in metadata.state_dict_metadata.items() if isinstance(md, BytesStorageMetadata)
     ]
+
+
+def _tensor_rows(metadata: Metadata, stored: dict[str, int] | None) -> dict[str, dict[str, Any]]:
+    """Per tensor key: dtype, size, chunk count, raw bytes (and stored bytes where known)."""
+    return {
+        k: _tensor_row(v, None if stored is None else stored.get(k, 0))
+        for k, v in metadata.state_dict_metadata.items()
+        if isinstance(v, TensorStorageMetadata)
+    }
 
 
 def convert(
@@ -113,15 +130,16 @@ def convert(
         raise ConfigError("base= applies to conversions to a Mithril DCP directory only")
     if src_p.resolve() == dst_p.resolve():
         raise ConfigError(f"{dst}: the output is the input")
+    metadata = _reader(src_p, kind, threads).read_metadata()
     if to in ("safetensors", "mithril"):
-        skipped = object_keys(src_p)
+        skipped = _object_keys(metadata)
         if skipped and not skip_objects:
             raise ConfigError(
                 f"{src}: {len(skipped)} non-tensor entries cannot go into a tensor file "
                 f"({', '.join(skipped[:5])}{', ...' if len(skipped) > 5 else ''}); "
                 "pass skip_objects=True (--skip-objects) to leave them out"
             )
-        tensors = load_flat(src_p, objects=False, threads=threads)
+        tensors = _load_flat(src_p, kind, metadata, False, threads)
         meta = {"mithril.dcp.source": os.fspath(src_p.name)}
         if to == "safetensors":
             write_safetensors(tensors, dst_p, meta)
@@ -130,7 +148,7 @@ def convert(
 
             mc.save_file(tensors, dst_p, metadata=meta, threads=threads)
         return to
-    state = load_flat(src_p, objects=True, threads=threads)
+    state = _load_flat(src_p, kind, metadata, True, threads)
     writer = (
         MithrilWriter(dst_p, base=base, threads=threads)
         if to == "mithril-dcp"
@@ -176,20 +194,12 @@ def inspect_dir(path: str | os.PathLike[str]) -> dict[str, Any]:
     p = Path(path)
     if not (p / _commit.COMMIT_NAME).is_file() and (p / ".metadata").is_file():
         md = FileSystemReader(p).read_metadata()
-        tensors = {
-            k: _tensor_row(v, None)
-            for k, v in md.state_dict_metadata.items()
-            if isinstance(v, TensorStorageMetadata)
-        }
+        tensors = _tensor_rows(md, None)
         return {
             "kind": "dcp",
             "complete": True,
             "tensors": tensors,
-            "objects": [
-                k
-                for k, v in md.state_dict_metadata.items()
-                if not isinstance(v, TensorStorageMetadata)
-            ],
+            "objects": _object_keys(md),
             "raw_size": sum(t["raw_size"] for t in tensors.values()),
         }
     try:
@@ -210,11 +220,7 @@ def inspect_dir(path: str | os.PathLike[str]) -> dict[str, Any]:
             continue
         seen.add((item.file, item.name))
         stored_by_key[index.fqn] = stored_by_key.get(index.fqn, 0) + item.stored
-    tensors = {
-        k: _tensor_row(v, stored_by_key.get(k, 0))
-        for k, v in md.state_dict_metadata.items()
-        if isinstance(v, TensorStorageMetadata)
-    }
+    tensors = _tensor_rows(md, stored_by_key)
     files = []
     for name, info in sorted(
         _commit.files_of(doc, where).items(), key=lambda kv: kv[1].get("rank", 0)
@@ -240,9 +246,7 @@ def inspect_dir(path: str | os.PathLike[str]) -> dict[str, Any]:
         "base": doc.get("base"),
         "files": files,
         "tensors": tensors,
-        "objects": [
-            k for k, v in md.state_dict_metadata.items() if isinstance(v, BytesStorageMetadata)
-        ],
+        "objects": _object_keys(md),
         "raw_size": raw,
         "stored_size": total,
         "ratio": total / raw if raw else 1.0,

@@ -23,8 +23,8 @@ from torch.futures import Future
 
 from mithril import _native
 from mithril._fsutil import fsync_dir
-from mithril.checkpoint import _positive, _write_file
-from mithril.checkpoint._convert import RawTensor, _torch_names
+from mithril.checkpoint import _positive, _relative_path, _write_file
+from mithril.checkpoint._convert import RawTensor, _torch_names, to_raw
 from mithril.checkpoint.torch import _commit
 from mithril.checkpoint.torch._commit import StoredItem
 from mithril.errors import ConfigError
@@ -65,17 +65,13 @@ def _stored_name(item: WriteItem) -> str:
 def _tensor_source(name: str, tensor: torch.Tensor) -> tuple[_native_tensor, str]:
     """(name, Mithril dtype, shape, uint8 bytes) for the codec, and the torch dtype name.
     Dtypes the codec does not know are stored as their bytes and restored by the reader."""
-    t = tensor.detach()
-    if t.device.type != "cpu":
-        t = t.cpu()
-    if t.layout != torch.strided:
-        raise ConfigError(f"{name}: only dense (strided) tensors can be saved, got {t.layout}")
-    flat = t.contiguous().reshape(-1)
-    raw = flat.view(torch.uint8).numpy()
-    codec_dtype = _torch_names(torch).get(t.dtype)
-    if codec_dtype is None:
-        return (name, "U8", [raw.size], raw), _commit.dtype_name(t.dtype)
-    return (name, codec_dtype, list(t.shape), raw), _commit.dtype_name(t.dtype)
+    torch_dtype = _commit.dtype_name(tensor.dtype)
+    if tensor.dtype in _torch_names(torch):
+        return to_raw(name, tensor), torch_dtype
+    if tensor.layout != torch.strided:
+        raise ConfigError(f"{name}: only dense (strided) tensors can be saved, got {tensor.layout}")
+    raw = tensor.detach().cpu().contiguous().reshape(-1).view(torch.uint8).numpy()
+    return (name, "U8", [raw.size], raw), torch_dtype
 
 
 def _storage_key(tensor: torch.Tensor) -> Hashable:
@@ -197,7 +193,11 @@ class MithrilWriter(StorageWriter, BlockingAsyncStager):
                         "content_id": item.file_id,
                         "size": size,
                     }
-        base = None if self.base is None else _relative(self.base, self.path)
+        base = (
+            None
+            if self.base is None
+            else _relative_path(os.fspath(self.base.resolve()), os.fspath(self.path.resolve()))
+        )
         text = _commit.encode(metadata, storage, files, self.save_id, base)
         _commit.write(self.path, text)
         self._remove_replaced_files(set(files))
@@ -330,10 +330,3 @@ def _unique(name: str, names: set[str]) -> str:
         raise ConfigError(f"two items of one rank map to the stored name {name!r}")
     names.add(name)
     return name
-
-
-def _relative(path: Path, start: Path) -> str:
-    try:
-        return os.path.relpath(path.resolve(), start.resolve())
-    except ValueError:  # another drive on Windows
-        return os.fspath(path.resolve())
