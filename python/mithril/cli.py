@@ -238,6 +238,101 @@ def _verify(args: argparse.Namespace) -> int:
     return 0
 
 
+def _dedup_run(args: argparse.Namespace) -> int:
+    from mithril.dedup import dedup_parquet
+
+    bands = None
+    if args.bands is not None or args.rows is not None:
+        if args.bands is None or args.rows is None:
+            raise MithrilError("--bands and --rows go together")
+        bands = (args.bands, args.rows)
+    bar = ProgressBar("dedup", unit="k rows", scale=1e3)
+    try:
+        report = dedup_parquet(
+            args.inputs,
+            args.output,
+            column=args.column,
+            threshold=args.threshold,
+            num_perm=args.num_perm,
+            ngram=args.ngram,
+            seed=args.seed,
+            tokens=args.tokens,
+            lowercase=not args.no_lowercase,
+            nfc=not args.no_nfc,
+            bands=bands,
+            verify=not args.no_verify,
+            bloom=args.bloom,
+            bloom_fp_rate=args.bloom_fp_rate,
+            bloom_votes=args.bloom_votes,
+            keep=args.keep,
+            emit_clusters=args.emit_clusters,
+            batch_rows=args.batch_rows,
+            threads=args.threads,
+            overwrite=args.force,
+            progress=None if args.quiet else bar,
+        )
+    finally:
+        bar.close()
+    if args.json:
+        print(json.dumps(report.to_dict(), indent=2))
+    else:
+        print(report.format_table())
+    return 0
+
+
+def _positive_int(text: str) -> int:
+    try:
+        n = int(text)
+    except ValueError:
+        n = 0
+    if n < 1:
+        raise argparse.ArgumentTypeError(f"expected a positive integer, got {text!r}")
+    return n
+
+
+def _add_dedup(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
+    dd = sub.add_parser("dedup", help="near-duplicate removal for parquet text corpora")
+    ds = dd.add_subparsers(dest="command", required=True)
+    r = ds.add_parser(
+        "run",
+        help="remove near-duplicate rows: write the kept rows (all columns) and a report",
+    )
+    r.add_argument("inputs", nargs="+", help="parquet files")
+    r.add_argument("-o", "--output", required=True, help="output directory")
+    r.add_argument("--column", default="text", help="the text column (default: text)")
+    r.add_argument("--threshold", type=float, default=0.8, help="Jaccard threshold (0.8)")
+    r.add_argument("--num-perm", type=_positive_int, default=128, help="permutations (128)")
+    r.add_argument("--ngram", type=_positive_int, default=5, help="tokens per shingle (5)")
+    r.add_argument("--tokens", choices=["word", "char"], default="word")
+    r.add_argument("--no-lowercase", action="store_true", help="keep case")
+    r.add_argument("--no-nfc", action="store_true", help="skip Unicode NFC composition")
+    r.add_argument("--seed", type=int, default=1)
+    r.add_argument("--bands", type=_positive_int, help="LSH bands (default: from the threshold)")
+    r.add_argument("--rows", type=_positive_int, help="rows per band (with --bands)")
+    r.add_argument(
+        "--no-verify", action="store_true", help="trust band collisions (no exact Jaccard check)"
+    )
+    r.add_argument("--bloom", action="store_true", help="one-pass LSHBloom, fixed memory")
+    r.add_argument(
+        "--bloom-fp-rate", type=float, default=1e-3, help="LSHBloom false positives per document"
+    )
+    r.add_argument(
+        "--bloom-votes",
+        type=_positive_int,
+        help="LSHBloom: band hits that flag a document (default: from the threshold)",
+    )
+    r.add_argument("--keep", choices=["lowest", "longest"], default="lowest")
+    r.add_argument(
+        "--emit-clusters", action="store_true", help="also write clusters.parquet (id, cluster)"
+    )
+    r.add_argument("--batch-rows", type=_positive_int, default=4096)
+    r.add_argument("-t", "--threads", type=_threads, default=None, help="worker threads (all)")
+    r.add_argument("-f", "--force", action="store_true", help="overwrite existing outputs")
+    r.add_argument("--json", action="store_true", help="print the report as JSON")
+    r.add_argument("-q", "--quiet", action="store_true", help="no progress bar")
+    r.set_defaults(func=_dedup_run)
+
+
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="mithril", description=__doc__.splitlines()[0])
     p.add_argument("--version", action="store_true", help="print the version and exit")
@@ -312,6 +407,7 @@ def build_parser() -> argparse.ArgumentParser:
         r.add_argument("-t", "--threads", type=_threads, default=None)
         r.add_argument("-q", "--quiet", action="store_true")
         r.set_defaults(func=_rewrite)
+    _add_dedup(sub)
     return p
 
 

@@ -53,3 +53,25 @@ impl<T> IntoPyResult<T> for Result<T, Error> {
         self.map_err(to_py)
     }
 }
+
+/// A `mithril.ConfigError` with `msg`.
+pub fn config_error(msg: String) -> PyErr {
+    Python::attach(|py| raise(py, &CONFIG, "ConfigError", msg))
+}
+
+pub fn dedup_to_py(err: mithril_dedup::Error) -> PyErr {
+    Python::attach(|py| {
+        let msg = err.to_string();
+        match err {
+            mithril_dedup::Error::Invalid(_) => raise(py, &CONFIG, "ConfigError", msg),
+            mithril_dedup::Error::Format(_) => raise(py, &FORMAT, "FormatError", msg),
+            mithril_dedup::Error::OutOfMemory(_) => PyMemoryError::new_err(msg),
+        }
+    })
+}
+
+impl<T> IntoPyResult<T> for Result<T, mithril_dedup::Error> {
+    fn py(self) -> PyResult<T> {
+        self.map_err(dedup_to_py)
+    }
+}

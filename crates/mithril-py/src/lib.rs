@@ -1,7 +1,9 @@
 //! Python bindings: extract arguments, release the GIL, call the core crates, convert back.
 //! No algorithm lives here.
 
+mod arrow;
 mod checkpoint;
+mod dedup;
 mod errors;
 mod threads;
 
@@ -11,5 +13,6 @@ use pyo3::prelude::*;
 fn _native(m: &Bound<'_, PyModule>) -> PyResult<()> {
     m.add("__version__", env!("CARGO_PKG_VERSION"))?;
     checkpoint::register(m)?;
+    dedup::register(m)?;
     Ok(())
 }
