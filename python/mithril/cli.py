@@ -325,7 +325,7 @@ def _add_dedup(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-ar
     r.add_argument(
         "--emit-clusters", action="store_true", help="also write clusters.parquet (id, cluster)"
     )
-    r.add_argument("--batch-rows", type=_positive_int, default=4096)
+    r.add_argument("--batch-rows", type=_positive_int, default=256)
     r.add_argument("-t", "--threads", type=_threads, default=None, help="worker threads (all)")
     r.add_argument("-f", "--force", action="store_true", help="overwrite existing outputs")
     r.add_argument("--json", action="store_true", help="print the report as JSON")

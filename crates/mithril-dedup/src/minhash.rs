@@ -10,7 +10,7 @@
 //! The kernel keeps 32 running minima in registers while it streams a block of shingles, which
 //! the compiler turns into 8-lane multiply/add/min (AVX2 chosen at run time where present).
 
-use crate::shingle::{ShingleConfig, Shingler};
+use crate::shingle::{fold32 as fold, ShingleConfig, Shingler};
 use crate::{Error, Result};
 
 /// Signature value of a text without shingles (never equal to a real minimum's band).
@@ -97,11 +97,6 @@ impl MinHash {
         self.update(&mut acc, hashes);
         out.copy_from_slice(&acc[..self.num_perm]);
     }
-}
-
-#[inline(always)]
-fn fold(x: u64) -> u32 {
-    (x ^ (x >> 32)) as u32
 }
 
 #[inline(always)]

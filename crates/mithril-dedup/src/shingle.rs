@@ -75,6 +75,12 @@ impl ShingleConfig {
 /// Tokens between two emissions of shingle hashes.
 const BLOCK: usize = 4096;
 
+/// A 64-bit shingle hash folded to 32 bits (the same folding MinHash uses).
+#[inline(always)]
+pub fn fold32(x: u64) -> u32 {
+    (x ^ (x >> 32)) as u32
+}
+
 /// Multipliers of the shingle hash, derived from the seed.
 fn window_keys(seed: u64) -> Vec<u64> {
     let mut state = seed ^ 0x5348_494E_474C_4521;
@@ -212,6 +218,16 @@ impl Shingler {
     pub fn set(&mut self, text: &[u8]) -> Vec<u64> {
         let mut out = Vec::new();
         self.run(text, &mut |h| out.extend_from_slice(h));
+        out.sort_unstable();
+        out.dedup();
+        out
+    }
+
+    /// The sorted, distinct 32-bit fingerprints (folded shingle hashes) of `text`: the compact
+    /// set that batch verification keeps for candidate documents.
+    pub fn fingerprints(&mut self, text: &[u8]) -> Vec<u32> {
+        let mut out = Vec::new();
+        self.run(text, &mut |h| out.extend(h.iter().map(|&x| fold32(x))));
         out.sort_unstable();
         out.dedup();
         out

@@ -2,7 +2,7 @@
 
 /// `|A ∩ B| / |A ∪ B|` of two sorted, distinct slices; two empty sets give 0 (texts without
 /// shingles are never near-duplicates).
-pub fn jaccard(a: &[u64], b: &[u64]) -> f64 {
+pub fn jaccard<T: Ord>(a: &[T], b: &[T]) -> f64 {
     let union_max = a.len() + b.len();
     if union_max == 0 {
         return 0.0;
@@ -11,10 +11,10 @@ pub fn jaccard(a: &[u64], b: &[u64]) -> f64 {
     inter as f64 / (union_max - inter) as f64
 }
 
-fn intersection(a: &[u64], b: &[u64]) -> usize {
+fn intersection<T: Ord>(a: &[T], b: &[T]) -> usize {
     let (mut i, mut j, mut n) = (0, 0, 0);
     while i < a.len() && j < b.len() {
-        let (x, y) = (a[i], b[j]);
+        let (x, y) = (&a[i], &b[j]);
         n += usize::from(x == y);
         i += usize::from(x <= y);
         j += usize::from(y <= x);
@@ -24,7 +24,7 @@ fn intersection(a: &[u64], b: &[u64]) -> usize {
 
 /// Whether `jaccard(a, b) >= threshold`, skipping the merge when the sizes alone rule it out
 /// (`J ≤ min/max`).
-pub fn at_least(a: &[u64], b: &[u64], threshold: f64) -> bool {
+pub fn at_least<T: Ord>(a: &[T], b: &[T], threshold: f64) -> bool {
     let (small, large) = if a.len() <= b.len() { (a, b) } else { (b, a) };
     if small.is_empty() || (small.len() as f64) < threshold * large.len() as f64 {
         return false;
@@ -41,10 +41,10 @@ mod tests {
     fn known_values() {
         assert_eq!(jaccard(&[1, 2, 3, 4], &[3, 4, 5, 6]), 2.0 / 6.0);
         assert_eq!(jaccard(&[1, 2], &[1, 2]), 1.0);
-        assert_eq!(jaccard(&[], &[]), 0.0);
+        assert_eq!(jaccard::<u64>(&[], &[]), 0.0);
         assert!(at_least(&[1, 2, 3, 4, 5], &[1, 2, 3, 4, 5, 6], 0.8));
         assert!(!at_least(&[1], &[1, 2, 3, 4, 5, 6], 0.8));
-        assert!(!at_least(&[], &[], 0.5));
+        assert!(!at_least::<u32>(&[], &[], 0.5));
     }
 
     proptest! {

@@ -128,7 +128,8 @@ def _open_inputs(inputs: Sequence[PathLike], column: str) -> list[Any]:
                 f"{path} is a directory; pass its parquet files (e.g. {path}/*.parquet)"
             )
         try:
-            f = pq.ParquetFile(path)
+            # Streamed reads (no pre-buffering of whole row groups) keep memory near one batch.
+            f = pq.ParquetFile(path, pre_buffer=False, buffer_size=1 << 20)
         except FileNotFoundError:
             raise
         except (pa.ArrowException, OSError) as e:
@@ -231,7 +232,7 @@ def dedup_parquet(
     bloom_votes: int | None = None,
     keep: Literal["lowest", "longest"] = "lowest",
     emit_clusters: bool = False,
-    batch_rows: int = 4096,
+    batch_rows: int = 256,
     threads: int | None = None,
     overwrite: bool = False,
     progress: Progress | None = None,
