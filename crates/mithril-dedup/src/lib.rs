@@ -6,6 +6,7 @@
 //! streaming LSHBloom alternative to band tables. [`texts`] adapts Arrow string columns and
 //! plain string lists to one read-only view.
 
+mod ascii;
 pub mod bloom;
 pub mod cluster;
 pub mod error;

@@ -1,7 +1,7 @@
 //! Normalisation, tokenisation and shingle hashing.
 //!
 //! Word mode follows the usual corpus-dedup definition: words are the (lowercased) maximal runs
-//! of Unicode alphanumerics and `_` (Python's `re` `\w+`), a shingle is `ngram` consecutive
+//! of Unicode letters, numbers and `_` (Python's `re` `\w+`), a shingle is `ngram` consecutive
 //! words, and a text with fewer words than `ngram` has its whole word sequence as its single
 //! shingle. Character mode takes `ngram` consecutive characters after folding every run of
 //! whitespace to one space. A text with no tokens has no shingles.
@@ -11,6 +11,7 @@
 //! mode) or as U+FFFD (character mode). Shingles are produced in bounded blocks, so a text of
 //! any length is processed in bounded memory.
 
+use crate::ascii;
 use crate::{Error, Result};
 use unicode_normalization::{is_nfc_quick, IsNormalized, UnicodeNormalization};
 use xxhash_rust::xxh3::xxh3_64_with_seed;
@@ -75,6 +76,16 @@ impl ShingleConfig {
 /// Tokens between two emissions of shingle hashes.
 const BLOCK: usize = 4096;
 
+/// A mask of the `k` lowest bits (`k ≤ 64`).
+#[inline(always)]
+fn low_bits(k: usize) -> u64 {
+    if k >= 64 {
+        u64::MAX
+    } else {
+        (1u64 << k) - 1
+    }
+}
+
 /// A 64-bit shingle hash folded to 32 bits (the same folding MinHash uses).
 #[inline(always)]
 pub fn fold32(x: u64) -> u32 {
@@ -120,6 +131,7 @@ pub struct Shingler {
     keys: Vec<u64>,
     seen_tokens: u64,
     windows_done: bool,
+    avx2: bool,
 }
 
 const SEP: u8 = 0;
@@ -145,6 +157,25 @@ static CLASS: [u8; 256] = {
     }
     t
 };
+
+/// Python's `\w` outside ASCII: letters (`L*`) and numbers (`N*`). Rust's `is_alphanumeric`
+/// would also take the combining marks and symbols that Unicode lists as Other_Alphabetic
+/// (vowel signs, circled letters), which would split words differently from the usual
+/// definition.
+fn is_word_char(c: char) -> bool {
+    use unicode_general_category::{get_general_category, GeneralCategory as G};
+    matches!(
+        get_general_category(c),
+        G::UppercaseLetter
+            | G::LowercaseLetter
+            | G::TitlecaseLetter
+            | G::ModifierLetter
+            | G::OtherLetter
+            | G::DecimalNumber
+            | G::LetterNumber
+            | G::OtherNumber
+    )
+}
 
 /// Decode one UTF-8 scalar at the start of `s`: `(Some(char), len)`, or `(None, 1)` for an
 /// invalid or truncated sequence.
@@ -179,6 +210,7 @@ impl Shingler {
             keys,
             seen_tokens: 0,
             windows_done: false,
+            avx2: ascii::has_avx2(),
         }
     }
 
@@ -234,10 +266,87 @@ impl Shingler {
     }
 
     fn words(&mut self, text: &[u8], sink: &mut dyn FnMut(&[u64]), count: &mut u64) {
-        let lower = self.cfg.lowercase;
         let n = text.len();
         let mut i = 0;
-        while i < n {
+        'blocks: while i < n {
+            let end = (i + ascii::BLOCK).min(n);
+            let m = ascii::classify(&text[i..end], self.avx2);
+            if m.high != 0 || !self.word.is_empty() {
+                // Non-ASCII bytes, or a word carried over from them: byte by byte.
+                i = self.words_bytewise(text, i, end, sink, count);
+                continue;
+            }
+            let len = end - i;
+            let mut word = m.word;
+            while word != 0 {
+                let s = word.trailing_zeros() as usize;
+                let e = s + (!(word >> s)).trailing_zeros() as usize;
+                let (start, mut stop) = (i + s, i + e);
+                let mut upper = m.upper >> s & low_bits(e - s) != 0;
+                if e == len {
+                    // The run reaches the block's end: follow it past.
+                    while stop < n && matches!(CLASS[text[stop] as usize], WORD | UPPER) {
+                        upper |= CLASS[text[stop] as usize] == UPPER;
+                        stop += 1;
+                    }
+                    if stop < n && CLASS[text[stop] as usize] == NON_ASCII {
+                        // It goes on with non-ASCII characters: finish it byte by byte.
+                        self.append_ascii(&text[start..stop], upper);
+                        i = stop;
+                        continue 'blocks;
+                    }
+                }
+                self.ascii_word(&text[start..stop], upper, sink, count);
+                if stop >= end {
+                    i = stop;
+                    continue 'blocks;
+                }
+                word &= !low_bits(e);
+            }
+            i = end;
+        }
+        self.end_word(sink, count);
+    }
+
+    /// A whole ASCII word: hashed from the text, or from a lowercased copy.
+    fn ascii_word(
+        &mut self,
+        run: &[u8],
+        upper: bool,
+        sink: &mut dyn FnMut(&[u64]),
+        count: &mut u64,
+    ) {
+        if upper && self.cfg.lowercase {
+            self.append_ascii(run, true);
+            self.end_word(sink, count);
+        } else {
+            let h = xxh3_64_with_seed(run, self.cfg.seed);
+            self.push_token(h, sink, count);
+        }
+    }
+
+    fn append_ascii(&mut self, run: &[u8], upper: bool) {
+        if upper && self.cfg.lowercase {
+            self.word.extend(run.iter().map(|b| b.to_ascii_lowercase()));
+        } else {
+            self.word.extend_from_slice(run);
+        }
+    }
+
+    /// The byte-at-a-time tokenizer from `i` until at least `stop` (a character or ASCII run
+    /// that starts before `stop` is finished); returns where it stopped. A word may be left in
+    /// progress in `self.word`.
+    fn words_bytewise(
+        &mut self,
+        text: &[u8],
+        mut i: usize,
+        stop: usize,
+        sink: &mut dyn FnMut(&[u64]),
+        count: &mut u64,
+    ) -> usize {
+        let lower = self.cfg.lowercase;
+        let n = text.len();
+        while i < stop {
             let class = CLASS[text[i] as usize];
             if class == SEP {
                 self.end_word(sink, count);
@@ -277,7 +386,7 @@ impl Shingler {
             }
             let (c, len) = decode_char(&text[i..]);
             match c {
-                Some(c) if c.is_alphanumeric() => {
+                Some(c) if is_word_char(c) => {
                     let mut buf = [0u8; 4];
                     if lower {
                         for l in c.to_lowercase() {
@@ -293,7 +402,7 @@ impl Shingler {
             }
             i += len;
         }
-        self.end_word(sink, count);
+        i
     }
 
     fn end_word(&mut self, sink: &mut dyn FnMut(&[u64]), count: &mut u64) {
@@ -417,6 +526,16 @@ mod tests {
         let mut s = Shingler::new(cfg(1)).unwrap();
         let with_bad = s.set(b"abc\xffdef");
         assert_eq!(with_bad, s.set(b"abc def"));
+        // Combining marks and circled letters separate words, as in Python's `\w`.
+        assert_eq!(s.set("cafe\u{301}s".as_bytes()).len(), 1); // NFC composes it first
+        let plain = ShingleConfig {
+            nfc: false,
+            ..cfg(1)
+        };
+        let mut p = Shingler::new(plain).unwrap();
+        assert_eq!(p.set("cafe\u{301}s".as_bytes()), p.set(b"cafe s"));
+        assert_eq!(p.set("a\u{24B6}b".as_bytes()), p.set(b"a b"));
+        assert_eq!(p.set("x\u{00B2}".as_bytes()).len(), 1); // superscript two is No
     }
 
     #[test]
@@ -444,6 +563,51 @@ mod tests {
         assert_eq!(set(c.clone(), "  Ab \n\t cd  "), set(c.clone(), "ab cd"));
         assert_eq!(set(c.clone(), "ab cd").len(), 3);
         assert_eq!(set(c, "ab").len(), 1);
+    }
+
+    /// The whole text through the byte-at-a-time path only.
+    fn bytewise_tokens(c: ShingleConfig, text: &[u8]) -> Vec<u64> {
+        let mut s = Shingler::new(c).unwrap();
+        let mut out = Vec::new();
+        let mut count = 0;
+        let mut sink = |h: &[u64]| out.extend_from_slice(h);
+        s.words_bytewise(text, 0, text.len(), &mut sink, &mut count);
+        s.end_word(&mut sink, &mut count);
+        s.finish(&mut sink, &mut count);
+        out
+    }
+
+    fn fast_tokens(c: ShingleConfig, text: &[u8]) -> Vec<u64> {
+        let mut s = Shingler::new(c).unwrap();
+        let mut out = Vec::new();
+        s.run(text, &mut |h| out.extend_from_slice(h));
+        out
+    }
+
+    proptest::proptest! {
+        #[test]
+        fn block_tokenizer_matches_bytewise(
+            parts in proptest::collection::vec(
+                proptest::sample::select(vec![
+                    "a", "Z", "q", "_", "7", " ", ", ", "\n", "-", "é", "É", "\u{301}",
+                    "\u{24B6}", "語", "\u{FFFD}", "abcdefghijklmnopqrstuvwxyz0123456789",
+                    "ABCDEFGHIJKLMNOPQRSTUVWXYZ_ABCDEFGHIJKLMNOPQRSTUVWXYZ_ABCDEFGHIJ",
+                ]),
+                0..120,
+            ),
+            bad in proptest::collection::vec(0usize..4000, 0..3),
+            lowercase in proptest::bool::ANY,
+        ) {
+            let mut text: Vec<u8> = parts.concat().into_bytes();
+            for b in bad {
+                if !text.is_empty() {
+                    let at = b % text.len();
+                    text[at] = 0xFF;
+                }
+            }
+            let c = ShingleConfig { ngram: 1, lowercase, nfc: false, ..Default::default() };
+            proptest::prop_assert_eq!(fast_tokens(c.clone(), &text), bytewise_tokens(c, &text));
+        }
     }
 
     #[test]
