@@ -292,7 +292,8 @@ def dedup_parquet(
         weights = VERIFIED_WEIGHTS if verify else UNVERIFIED_WEIGHTS
         b, r = bands if bands is not None else optimal_params(threshold, num_perm, weights)
     total_rows = sum(i.rows for i in plan)
-    use_threads = threads is None or threads > 1
+    # Parallel column decoding buys nothing for one text column and raises peak memory.
+    use_threads = False
     clock = _Clock()
     clock.seconds["read"] = 0.0
     passes = 1 if bloom else 3 if verify else 2
