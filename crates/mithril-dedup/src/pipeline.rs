@@ -72,6 +72,58 @@ pub fn signatures(
     Ok((sigs, counts))
 }
 
+/// Band keys of a batch, row-major `len × bands`, and the shingle count of each text.
+pub fn band_keys(texts: &dyn Texts, signer: &Signer, bands: Bands) -> (Vec<u64>, Vec<u64>) {
+    let nb = bands.bands;
+    let num_perm = signer.minhash.num_perm();
+    let mut keys = vec![0u64; texts.len() * nb];
+    let mut counts = vec![0u64; texts.len()];
+    keys.par_chunks_mut(nb)
+        .zip(counts.par_iter_mut())
+        .enumerate()
+        .for_each_init(
+            || (signer.fresh(), vec![0u32; num_perm]),
+            |(signer, sig), (i, (row, count))| {
+                *count = signer.sign(texts.get(i).unwrap_or_default(), sig);
+                for (b, k) in row.iter_mut().enumerate() {
+                    *k = bands.key(sig, b);
+                }
+            },
+        );
+    (keys, counts)
+}
+
+/// The fingerprint sets of texts `rows` of a batch, concatenated, with `rows.len() + 1`
+/// offsets into the flat array.
+pub fn fingerprint_sets(
+    texts: &dyn Texts,
+    rows: &[usize],
+    signer: &Signer,
+) -> Result<(Vec<u32>, Vec<u64>)> {
+    if let Some(&bad) = rows.iter().find(|&&r| r >= texts.len()) {
+        return Err(Error::Invalid(format!(
+            "row {bad} is past the batch's {} texts",
+            texts.len()
+        )));
+    }
+    let sets: Vec<Vec<u32>> = rows
+        .par_iter()
+        .map_init(
+            || signer.fresh(),
+            |s, &i| s.shingler.fingerprints(texts.get(i).unwrap_or_default()),
+        )
+        .collect();
+    let mut offsets = Vec::with_capacity(sets.len() + 1);
+    offsets.push(0u64);
+    let total: usize = sets.iter().map(Vec::len).sum();
+    let mut flat = Vec::with_capacity(total);
+    for s in sets {
+        flat.extend_from_slice(&s);
+        offsets.push(flat.len() as u64);
+    }
+    Ok((flat, offsets))
+}
+
 /// What a pass over the corpus found, for the report.
 #[derive(Clone, Debug, Default)]
 pub struct Stats {
@@ -162,24 +214,7 @@ impl Deduper {
                 u32::MAX
             )));
         }
-        let nb = self.cfg.bands.bands;
-        let bands = self.cfg.bands;
-        let num_perm = self.cfg.num_perm;
-        let mut keys = vec![0u64; texts.len() * nb];
-        let mut counts = vec![0u64; texts.len()];
-        let proto = &self.signer;
-        keys.par_chunks_mut(nb)
-            .zip(counts.par_iter_mut())
-            .enumerate()
-            .for_each_init(
-                || (proto.fresh(), vec![0u32; num_perm]),
-                |(signer, sig), (i, (row, count))| {
-                    *count = signer.sign(texts.get(i).unwrap_or_default(), sig);
-                    for (b, k) in row.iter_mut().enumerate() {
-                        *k = bands.key(sig, b);
-                    }
-                },
-            );
+        let (keys, counts) = band_keys(texts, &self.signer, self.cfg.bands);
         for (i, &count) in counts.iter().enumerate() {
             let text = texts.get(i);
             self.stats.nulls += u64::from(text.is_none());

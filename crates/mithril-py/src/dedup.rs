@@ -6,6 +6,7 @@ use crate::errors::{config_error, IntoPyResult};
 use crate::threads;
 use mithril_dedup::bloom::BandBloom;
 use mithril_dedup::cluster::Keep;
+use mithril_dedup::graph;
 use mithril_dedup::lsh::{optimal_params as optimal, Bands, LshTables};
 use mithril_dedup::minhash::Signer;
 use mithril_dedup::pipeline::{self, BloomDeduper, DedupConfig, Deduper, Stats};
@@ -36,6 +37,14 @@ fn shingle_config(
 
 /// Signatures (`n × num_perm`) and shingle counts.
 type SigsAndCounts<'py> = (Bound<'py, PyArray2<u64>>, Bound<'py, PyArray1<u64>>);
+/// Concatenated fingerprint sets and their offsets.
+type FlatSets<'py> = (Bound<'py, PyArray1<u32>>, Bound<'py, PyArray1<u64>>);
+/// A spanning forest and the (candidate, verified, similar) pair counts.
+type ForestAndCounts<'py> = (
+    Bound<'py, PyArray1<u64>>,
+    Bound<'py, PyArray1<u64>>,
+    (u64, u64, u64),
+);
 /// Cluster label and kept document, per document.
 type LabelsAndKept<'py> = (Bound<'py, PyArray1<i64>>, Bound<'py, PyArray1<i64>>);
 
@@ -108,6 +117,48 @@ impl PyMinHasher {
         let wide: Vec<u64> = sigs.into_iter().map(u64::from).collect();
         let arr = PyArray1::from_vec(py, wide).reshape([n, num_perm])?;
         Ok((arr, PyArray1::from_vec(py, counts)))
+    }
+
+    /// (band keys `(n, bands)`, shingle count per text): the map side of a distributed run.
+    #[pyo3(signature = (texts, bands, rows, threads=None))]
+    fn band_keys<'py>(
+        &self,
+        py: Python<'py>,
+        texts: &Bound<'py, PyAny>,
+        bands: usize,
+        rows: usize,
+        threads: Option<usize>,
+    ) -> PyResult<SigsAndCounts<'py>> {
+        let b = Bands::new(bands, rows, self.signer.minhash.num_perm()).py()?;
+        let (keys, counts) = with_texts(texts, |t| {
+            py.detach(|| threads::run(threads, || pipeline::band_keys(t, &self.signer, b)))
+        })?;
+        let n = counts.len();
+        let arr = PyArray1::from_vec(py, keys).reshape([n, bands])?;
+        Ok((arr, PyArray1::from_vec(py, counts)))
+    }
+
+    /// (concatenated fingerprint sets of texts `rows`, offsets): for verification tasks.
+    #[pyo3(signature = (texts, rows, threads=None))]
+    fn fingerprint_sets<'py>(
+        &self,
+        py: Python<'py>,
+        texts: &Bound<'py, PyAny>,
+        rows: Vec<usize>,
+        threads: Option<usize>,
+    ) -> PyResult<FlatSets<'py>> {
+        let (flat, offsets) = with_texts(texts, |t| {
+            py.detach(|| {
+                threads::run(threads, || {
+                    pipeline::fingerprint_sets(t, &rows, &self.signer)
+                })
+            })?
+            .py()
+        })?;
+        Ok((
+            PyArray1::from_vec(py, flat),
+            PyArray1::from_vec(py, offsets),
+        ))
     }
 
     /// Sorted distinct shingle hashes of one text.
@@ -420,6 +471,89 @@ impl PyBandBloom {
     }
 }
 
+fn u64s<'a>(a: &'a PyReadonlyArray1<'_, u64>, what: &str) -> PyResult<&'a [u64]> {
+    a.as_slice()
+        .map_err(|_| config_error(format!("{what} must be a contiguous 1-d uint64 array")))
+}
+
+type Edges<'py> = (Bound<'py, PyArray1<u64>>, Bound<'py, PyArray1<u64>>);
+
+fn edge_arrays<'py>(py: Python<'py>, edges: &[(u64, u64)]) -> Edges<'py> {
+    let a: Vec<u64> = edges.iter().map(|e| e.0).collect();
+    let b: Vec<u64> = edges.iter().map(|e| e.1).collect();
+    (PyArray1::from_vec(py, a), PyArray1::from_vec(py, b))
+}
+
+fn edge_pairs(a: &[u64], b: &[u64]) -> PyResult<Vec<(u64, u64)>> {
+    if a.len() != b.len() {
+        return Err(config_error(format!(
+            "edge arrays differ in length ({} and {})",
+            a.len(),
+            b.len()
+        )));
+    }
+    Ok(a.iter().copied().zip(b.iter().copied()).collect())
+}
+
+/// Verify buckets of global ids; returns (forest a, forest b, (candidate, verified, similar)).
+#[pyfunction]
+#[allow(clippy::too_many_arguments)]
+fn verify_buckets<'py>(
+    py: Python<'py>,
+    members: PyReadonlyArray1<'_, u64>,
+    bucket_offsets: PyReadonlyArray1<'_, u64>,
+    set_ids: PyReadonlyArray1<'_, u64>,
+    set_flat: PyReadonlyArray1<'_, u32>,
+    set_offsets: PyReadonlyArray1<'_, u64>,
+    threshold: f64,
+    verify: bool,
+) -> PyResult<ForestAndCounts<'py>> {
+    let flat = set_flat
+        .as_slice()
+        .map_err(|_| config_error("set_flat must be a contiguous uint32 array".into()))?;
+    let (m, bo, ids, so) = (
+        u64s(&members, "members")?,
+        u64s(&bucket_offsets, "bucket_offsets")?,
+        u64s(&set_ids, "set_ids")?,
+        u64s(&set_offsets, "set_offsets")?,
+    );
+    let (forest, c) = py
+        .detach(|| graph::verify_buckets(m, bo, ids, flat, so, threshold, verify))
+        .py()?;
+    let (a, b) = edge_arrays(py, &forest);
+    Ok((a, b, (c.candidate_pairs, c.verified_pairs, c.similar_pairs)))
+}
+
+/// A spanning forest of the edges `(a[i], b[i])`.
+#[pyfunction]
+fn spanning_forest<'py>(
+    py: Python<'py>,
+    a: PyReadonlyArray1<'_, u64>,
+    b: PyReadonlyArray1<'_, u64>,
+) -> PyResult<Edges<'py>> {
+    let edges = edge_pairs(u64s(&a, "a")?, u64s(&b, "b")?)?;
+    let forest = py.detach(|| graph::spanning_forest(&edges));
+    Ok(edge_arrays(py, &forest))
+}
+
+/// (ids, lowest id of each one's component) over the edges, ascending by id.
+#[pyfunction]
+fn component_labels<'py>(
+    py: Python<'py>,
+    a: PyReadonlyArray1<'_, u64>,
+    b: PyReadonlyArray1<'_, u64>,
+) -> PyResult<Edges<'py>> {
+    let edges = edge_pairs(u64s(&a, "a")?, u64s(&b, "b")?)?;
+    let labels = py.detach(|| {
+        let mut uf = graph::SparseUnionFind::default();
+        for (x, y) in edges {
+            uf.union(x, y);
+        }
+        uf.labels()
+    });
+    Ok(edge_arrays(py, &labels))
+}
+
 /// `(bands, rows)` minimising weighted false positives and negatives for `threshold`.
 #[pyfunction]
 fn optimal_params(
@@ -439,5 +573,8 @@ pub fn register(m: &Bound<'_, PyModule>) -> PyResult<()> {
     m.add_class::<PyLshTables>()?;
     m.add_class::<PyBandBloom>()?;
     m.add_function(wrap_pyfunction!(optimal_params, m)?)?;
+    m.add_function(wrap_pyfunction!(verify_buckets, m)?)?;
+    m.add_function(wrap_pyfunction!(spanning_forest, m)?)?;
+    m.add_function(wrap_pyfunction!(component_labels, m)?)?;
     Ok(())
 }

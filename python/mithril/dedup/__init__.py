@@ -10,12 +10,16 @@ one-pass, fixed-memory run.
     >>> report = dedup_parquet(["corpus.parquet"], "deduped/", column="text", threshold=0.8)
     >>> print(report.format_table())
 
+:func:`dedup_parquet_dask` runs the same kernels as tasks of a Dask cluster (one task per
+parquet row group, band keys shuffled between workers), with identical results.
+
 The parts are usable on their own: :class:`MinHasher` computes signatures and
 :class:`LSHIndex` is an insert/query index in the style of datasketch's ``MinHashLSH``.
 """
 
 from __future__ import annotations
 
+from mithril.dedup._dask import dedup_parquet_dask
 from mithril.dedup._lsh import LSHIndex, bloom_params, optimal_params
 from mithril.dedup._minhash import MinHasher
 from mithril.dedup._parquet import DedupReport, dedup_parquet
@@ -24,6 +28,7 @@ __all__ = [
     "MinHasher",
     "LSHIndex",
     "dedup_parquet",
+    "dedup_parquet_dask",
     "DedupReport",
     "optimal_params",
     "bloom_params",
