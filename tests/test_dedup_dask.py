@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -89,3 +90,16 @@ def test_refusals_happen_before_any_task(
     dedup_parquet_dask(inputs, tmp_path / "o", client=client)
     with pytest.raises(ConfigError, match="exists"):
         dedup_parquet_dask(inputs, tmp_path / "o", client=client)
+
+
+def test_cli_on_a_local_cluster(tmp_path: Path, inputs: list[Path], run_cli) -> None:  # type: ignore[no-untyped-def]
+    code, stdout, stderr = run_cli(
+        "dedup", "run", *inputs, "-o", tmp_path / "out", "--dask", "local", "--json"
+    )
+    assert code == 0, stderr
+    one = dedup_parquet(inputs, tmp_path / "one")
+    assert json.loads(stdout)["removed"] == one.removed
+    code, _, stderr = run_cli(
+        "dedup", "run", *inputs, "-o", tmp_path / "x", "--dask", "local", "--bloom"
+    )
+    assert code == 1 and "cannot run on --dask" in stderr

@@ -13,6 +13,7 @@ import sys
 import time
 from collections.abc import Callable, Sequence
 from pathlib import Path
+from typing import Any
 
 from mithril._progress import ProgressBar
 from mithril.errors import MithrilError
@@ -246,78 +247,50 @@ def _dedup_run(args: argparse.Namespace) -> int:
         if args.bands is None or args.rows is None:
             raise MithrilError("--bands and --rows go together")
         bands = (args.bands, args.rows)
+    # The options both engines share; each adds its own below.
+    options = {
+        "column": args.column,
+        "threshold": args.threshold,
+        "num_perm": args.num_perm,
+        "ngram": args.ngram,
+        "seed": args.seed,
+        "tokens": args.tokens,
+        "lowercase": not args.no_lowercase,
+        "nfc": not args.no_nfc,
+        "bands": bands,
+        "verify": not args.no_verify,
+        "keep": args.keep,
+        "emit_clusters": args.emit_clusters,
+        "overwrite": args.force,
+    }
+    client = None
     if args.dask is not None:
-        return _dedup_dask(args, bands, dedup_parquet_dask)
-    bar = ProgressBar("dedup", unit="k rows", scale=1e3)
-    try:
-        report = dedup_parquet(
-            args.inputs,
-            args.output,
-            column=args.column,
-            threshold=args.threshold,
-            num_perm=args.num_perm,
-            ngram=args.ngram,
-            seed=args.seed,
-            tokens=args.tokens,
-            lowercase=not args.no_lowercase,
-            nfc=not args.no_nfc,
-            bands=bands,
-            verify=not args.no_verify,
+        if args.bloom:
+            raise MithrilError("--bloom is a single-pass mode and cannot run on --dask")
+        if args.dask != "local":
+            from dask.distributed import Client
+
+            client = Client(args.dask)
+        bar = ProgressBar("dedup", unit="tasks", scale=1)
+        run: Callable[..., Any] = dedup_parquet_dask
+        options["client"] = client
+    else:
+        bar = ProgressBar("dedup", unit="k rows", scale=1e3)
+        run = dedup_parquet
+        options.update(
             bloom=args.bloom,
             bloom_fp_rate=args.bloom_fp_rate,
             bloom_votes=args.bloom_votes,
-            keep=args.keep,
-            emit_clusters=args.emit_clusters,
             batch_rows=args.batch_rows,
             threads=args.threads,
-            overwrite=args.force,
-            progress=None if args.quiet else bar,
         )
-    finally:
-        bar.close()
-    if args.json:
-        print(json.dumps(report.to_dict(), indent=2))
-    else:
-        print(report.format_table())
-    return 0
-
-
-def _dedup_dask(
-    args: argparse.Namespace, bands: tuple[int, int] | None, run: Callable[..., object]
-) -> int:
-    if args.bloom:
-        raise MithrilError("--bloom is a single-pass mode and cannot run on --dask")
-    client = None
-    if args.dask != "local":
-        from dask.distributed import Client
-
-        client = Client(args.dask)
-    bar = ProgressBar("dedup", unit="tasks", scale=1)
     try:
-        report = run(
-            args.inputs,
-            args.output,
-            client=client,
-            column=args.column,
-            threshold=args.threshold,
-            num_perm=args.num_perm,
-            ngram=args.ngram,
-            seed=args.seed,
-            tokens=args.tokens,
-            lowercase=not args.no_lowercase,
-            nfc=not args.no_nfc,
-            bands=bands,
-            verify=not args.no_verify,
-            keep=args.keep,
-            emit_clusters=args.emit_clusters,
-            overwrite=args.force,
-            progress=None if args.quiet else bar,
-        )
+        report = run(args.inputs, args.output, progress=None if args.quiet else bar, **options)
     finally:
         bar.close()
         if client is not None:
             client.close()
-    print(json.dumps(report.to_dict(), indent=2) if args.json else report.format_table())  # type: ignore[attr-defined]
+    print(json.dumps(report.to_dict(), indent=2) if args.json else report.format_table())
     return 0
 
 

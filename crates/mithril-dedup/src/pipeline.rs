@@ -57,19 +57,24 @@ pub fn signatures(
     shingle: &ShingleConfig,
     num_perm: usize,
 ) -> Result<(Vec<u32>, Vec<u64>)> {
-    let proto = Signer::new(shingle.clone(), num_perm)?;
+    Ok(sign_batch(texts, &Signer::new(shingle.clone(), num_perm)?))
+}
+
+/// Signatures (`len × num_perm`) and shingle counts of a batch, in parallel.
+fn sign_batch(texts: &dyn Texts, signer: &Signer) -> (Vec<u32>, Vec<u64>) {
+    let num_perm = signer.minhash.num_perm();
     let mut sigs = vec![0u32; texts.len() * num_perm];
     let mut counts = vec![0u64; texts.len()];
     sigs.par_chunks_mut(num_perm)
         .zip(counts.par_iter_mut())
         .enumerate()
         .for_each_init(
-            || proto.fresh(),
+            || signer.fresh(),
             |signer, (i, (row, count))| {
                 *count = signer.sign(texts.get(i).unwrap_or_default(), row);
             },
         );
-    Ok((sigs, counts))
+    (sigs, counts)
 }
 
 /// Band keys of a batch, row-major `len × bands`, and the shingle count of each text.
@@ -406,18 +411,7 @@ impl BloomDeduper {
     /// batch). Texts without shingles are never duplicates.
     pub fn process(&mut self, texts: &dyn Texts) -> Vec<bool> {
         let num_perm = self.signer.minhash.num_perm();
-        let proto = &self.signer;
-        let mut sigs = vec![0u32; texts.len() * num_perm];
-        let mut counts = vec![0u64; texts.len()];
-        sigs.par_chunks_mut(num_perm)
-            .zip(counts.par_iter_mut())
-            .enumerate()
-            .for_each_init(
-                || proto.fresh(),
-                |signer, (i, (row, count))| {
-                    *count = signer.sign(texts.get(i).unwrap_or_default(), row);
-                },
-            );
+        let (sigs, counts) = sign_batch(texts, &self.signer);
         let mut dup = vec![false; texts.len()];
         for i in 0..texts.len() {
             let text = texts.get(i);
