@@ -3,6 +3,8 @@
 Submodules load on first use, so ``import mithril`` stays cheap:
 
 - :mod:`mithril.checkpoint` -- lossless checkpoint compression (safetensors-compatible API).
+- :mod:`mithril.dedup` -- near-duplicate removal for text corpora (MinHash, LSH, LSHBloom).
+- :mod:`mithril.cache` -- a content-addressed artifact store (the compile cache's foundation).
 """
 
 from __future__ import annotations
@@ -26,6 +28,8 @@ __version__ = "0.1.0"
 __all__ = [
     "__version__",
     "checkpoint",
+    "dedup",
+    "cache",
     "MithrilError",
     "CorruptDataError",
     "FormatError",
@@ -36,10 +40,10 @@ __all__ = [
     "IncompleteCheckpointError",
 ]
 
-_SUBMODULES = {"checkpoint"}
+_SUBMODULES = {"checkpoint", "dedup", "cache"}
 
 if TYPE_CHECKING:
-    from mithril import checkpoint
+    from mithril import cache, checkpoint, dedup
 
 
 def __getattr__(name: str) -> Any:

@@ -294,6 +294,82 @@ def _dedup_run(args: argparse.Namespace) -> int:
     return 0
 
 
+def _size(text: str) -> int:
+    """Bytes from ``123``, ``10K``, ``512M``, ``20G`` (powers of 1024)."""
+    units = {"": 1, "K": 1 << 10, "M": 1 << 20, "G": 1 << 30, "T": 1 << 40}
+    t = text.strip().upper().removesuffix("B").removesuffix("I")
+    unit = t[-1:] if t[-1:] in units and t[-1:] else ""
+    try:
+        n = float(t[: len(t) - len(unit)]) * units[unit]
+    except ValueError:
+        n = 0
+    if n < 1:
+        raise argparse.ArgumentTypeError(f"expected a size like 500M or 20G, got {text!r}")
+    return int(n)
+
+
+def _cache_store(args: argparse.Namespace) -> object:
+    from mithril.cache import Store
+
+    return Store(args.dir, max_bytes=getattr(args, "max_bytes", None))
+
+
+def _cache_stats(args: argparse.Namespace) -> int:
+    store: Any = _cache_store(args)
+    s = store.stats()
+    if args.json:
+        print(json.dumps({"root": str(store.root), **s}, indent=2))
+        return 0
+    cap = "none" if s["max_bytes"] is None else _human(s["max_bytes"])
+    print(f"store        {store.root}")
+    print(f"blobs        {s['blobs']:,} ({_human(s['blob_bytes'])}, cap {cap})")
+    print(f"actions      {s['actions']:,}")
+    print(f"quarantined  {s['quarantined']:,}")
+    return 0
+
+
+def _cache_gc(args: argparse.Namespace) -> int:
+    store: Any = _cache_store(args)
+    r = store.gc(args.max_bytes)
+    if args.json:
+        print(json.dumps(r, indent=2))
+    else:
+        print(
+            f"evicted {r['evicted_blobs']:,} blobs ({_human(r['evicted_bytes'])}), "
+            f"dropped {r['removed_actions']:,} actions and {r['removed_tmp']:,} stale "
+            f"temporary files; {_human(r['remaining_bytes'])} remain"
+        )
+    return 0
+
+
+def _cache_verify(args: argparse.Namespace) -> int:
+    store: Any = _cache_store(args)
+    r = store.verify()
+    if args.json:
+        print(json.dumps(r, indent=2))
+    else:
+        print(f"checked {r['blobs']:,} blobs and {r['actions']:,} actions")
+        for name in r["corrupt"]:
+            print(f"corrupt, quarantined: {name}")
+    return 1 if r["corrupt"] else 0
+
+
+def _add_cache(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
+    cc = sub.add_parser("cache", help="the content-addressed artifact store")
+    cs = cc.add_subparsers(dest="command", required=True)
+    for name, func, text in (
+        ("stats", _cache_stats, "blob and action counts and sizes"),
+        ("gc", _cache_gc, "evict least-recently-used blobs down to a size, drop dangling actions"),
+        ("verify", _cache_verify, "re-hash every blob; quarantine damaged ones (exit 1 if any)"),
+    ):
+        c = cs.add_parser(name, help=text)
+        c.add_argument("--dir", help="the store (default: $MITHRIL_CACHE_DIR or ~/.cache/mithril)")
+        if name == "gc":
+            c.add_argument("--max-bytes", type=_size, help="target size, e.g. 20G")
+        c.add_argument("--json", action="store_true", help="machine-readable output")
+        c.set_defaults(func=func)
+
+
 def _positive_int(text: str) -> int:
     try:
         n = int(text)
@@ -428,6 +504,7 @@ def build_parser() -> argparse.ArgumentParser:
         r.add_argument("-q", "--quiet", action="store_true")
         r.set_defaults(func=_rewrite)
     _add_dedup(sub)
+    _add_cache(sub)
     return p
 
 

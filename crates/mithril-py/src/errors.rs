@@ -75,3 +75,27 @@ impl<T> IntoPyResult<T> for Result<T, mithril_dedup::Error> {
         self.map_err(dedup_to_py)
     }
 }
+
+pub fn cache_to_py(err: mithril_cache::Error) -> PyErr {
+    Python::attach(|py| {
+        let msg = err.to_string();
+        match err {
+            mithril_cache::Error::Invalid(_) => raise(py, &CONFIG, "ConfigError", msg),
+            mithril_cache::Error::Format(_) => raise(py, &FORMAT, "FormatError", msg),
+            mithril_cache::Error::Io { path, source } => {
+                let text = format!("{}: {source}", path.display());
+                match source.kind() {
+                    ErrorKind::NotFound => PyFileNotFoundError::new_err(text),
+                    ErrorKind::PermissionDenied => PyPermissionError::new_err(text),
+                    _ => PyOSError::new_err(text),
+                }
+            }
+        }
+    })
+}
+
+impl<T> IntoPyResult<T> for Result<T, mithril_cache::Error> {
+    fn py(self) -> PyResult<T> {
+        self.map_err(cache_to_py)
+    }
+}

@@ -2,6 +2,7 @@
 //! No algorithm lives here.
 
 mod arrow;
+mod cache;
 mod checkpoint;
 mod dedup;
 mod errors;
@@ -14,5 +15,6 @@ fn _native(m: &Bound<'_, PyModule>) -> PyResult<()> {
     m.add("__version__", env!("CARGO_PKG_VERSION"))?;
     checkpoint::register(m)?;
     dedup::register(m)?;
+    cache::register(m)?;
     Ok(())
 }

@@ -1,0 +1,96 @@
+"""A content-addressed artifact store, the foundation of Mithril's compile cache.
+
+Blobs are named by the blake3 hash of their content and checked against that name on every
+read: a damaged blob is quarantined and reads as a miss, never as wrong bytes. An *action*
+maps a cache key to named output blobs (a compiled kernel, its source, its metadata). Writes
+are atomic; a size cap evicts the least recently used blobs. The store lives under
+``$MITHRIL_CACHE_DIR``, else ``$XDG_CACHE_HOME/mithril``, else ``~/.cache/mithril``.
+
+    >>> from mithril.cache import Store
+    >>> store = Store()                      # the default location
+    >>> name = store.put(b"compiled kernel")
+    >>> store.put_action("graph-key", {"kernel.so": name})
+    >>> store.get(store.get_action("graph-key")["outputs"]["kernel.so"])
+    b'compiled kernel'
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any
+
+from mithril import _native
+
+__all__ = ["Store", "default_dir"]
+
+
+def default_dir() -> Path:
+    """Where the store lives unless told otherwise: ``$MITHRIL_CACHE_DIR``, else
+    ``$XDG_CACHE_HOME/mithril``, else ``~/.cache/mithril``."""
+    explicit = os.environ.get("MITHRIL_CACHE_DIR")
+    if explicit:
+        return Path(explicit)
+    xdg = os.environ.get("XDG_CACHE_HOME")
+    base = Path(xdg) if xdg else Path.home() / ".cache"
+    return base / "mithril"
+
+
+class Store:
+    """A store at ``root`` (default :func:`default_dir`), optionally capped at ``max_bytes``
+    of blobs. Safe to share between threads and between processes on one file system."""
+
+    def __init__(self, root: str | os.PathLike[str] | None = None, max_bytes: int | None = None):
+        self._native = _native.CacheStore(
+            Path(root) if root is not None else default_dir(), max_bytes
+        )
+
+    def __repr__(self) -> str:
+        return f"Store({str(self.root)!r}, max_bytes={self.max_bytes})"
+
+    @property
+    def root(self) -> Path:
+        return Path(self._native.root)
+
+    @property
+    def max_bytes(self) -> int | None:
+        return self._native.max_bytes
+
+    def put(self, data: bytes | bytearray | memoryview) -> str:
+        """Store ``data``; returns its name (blake3 hex). Idempotent."""
+        return self._native.put(data)
+
+    def get(self, name: str) -> bytes | None:
+        """The blob ``name``, verified against its name; ``None`` when absent or damaged."""
+        return self._native.get(name)
+
+    def __contains__(self, name: object) -> bool:
+        return isinstance(name, str) and name in self._native
+
+    def put_action(
+        self, key: str, outputs: Mapping[str, str], meta: Mapping[str, str] | None = None
+    ) -> None:
+        """Record that ``key`` produced ``outputs`` (output name -> blob name, every blob
+        already stored), with optional string ``meta``."""
+        self._native.put_action(key, dict(outputs), dict(meta) if meta is not None else None)
+
+    def get_action(self, key: str) -> dict[str, Any] | None:
+        """``{"key", "outputs", "meta"}`` for ``key`` when it is intact and all its blobs are
+        present; ``None`` otherwise."""
+        return self._native.get_action(key)
+
+    def stats(self) -> dict[str, Any]:
+        """Blob and action counts, bytes, quarantined entries, and this process's hits,
+        misses, corrupt reads and evictions."""
+        return self._native.stats()
+
+    def gc(self, max_bytes: int | None = None) -> dict[str, int]:
+        """Evict least-recently-used blobs down to ``max_bytes`` (default: the cap), drop
+        actions whose blobs are gone, and remove temporary files of dead writers."""
+        return self._native.gc(max_bytes)
+
+    def verify(self) -> dict[str, Any]:
+        """Re-hash every blob and re-check every action; damaged ones are quarantined and
+        listed under ``corrupt``."""
+        return self._native.verify()
