@@ -438,3 +438,16 @@ def test_cli_run(tmp_path: Path, run_cli) -> None:  # type: ignore[no-untyped-de
     assert code == 1 and "no column 'body'" in stderr
     code, stdout, _ = run_cli("dedup", "run", SLICE, "-o", out, "-f", "--bloom")
     assert code == 0 and "LSHBloom" in stdout
+
+
+def test_output_keeps_the_input_codecs_and_sensible_row_groups(tmp_path: Path) -> None:
+    table = pq.read_table(SLICE)
+    src = tmp_path / "in.parquet"
+    pq.write_table(table, src, compression={"id": "gzip", "text": "snappy"}, row_group_size=50)
+    dedup_parquet(src, tmp_path / "out", batch_rows=16)
+    meta = pq.ParquetFile(tmp_path / "out" / "in.parquet").metadata
+    rg = meta.row_group(0)
+    codecs = {rg.column(i).path_in_schema: rg.column(i).compression for i in range(2)}
+    assert codecs == {"id": "GZIP", "text": "SNAPPY"}
+    # Batches of 16 rows are regrouped: far fewer row groups than batches.
+    assert meta.num_row_groups < table.num_rows / 16 / 4

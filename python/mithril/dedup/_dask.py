@@ -256,7 +256,7 @@ def _write(part: _Part, cfg: _Config, chosen: tuple[np.ndarray, ...]) -> int:
     import pyarrow as pa
     import pyarrow.parquet as pq
 
-    from mithril.dedup._parquet import _write_atomic_parquet
+    from mithril.dedup._parquet import _write_atomic_parquet, input_compression
 
     ids, labels, removed = chosen
     lo, hi = part.start, part.start + part.rows
@@ -274,7 +274,7 @@ def _write(part: _Part, cfg: _Config, chosen: tuple[np.ndarray, ...]) -> int:
             offset += batch.num_rows
 
     Path(part.output).parent.mkdir(parents=True, exist_ok=True)
-    _write_atomic_parquet(Path(part.output), f.schema_arrow, kept())
+    _write_atomic_parquet(Path(part.output), f.schema_arrow, kept(), input_compression(f))
     fsync_dir(Path(part.output).parent)
     if cfg.emit_clusters:
         label = np.arange(lo, hi, dtype=np.int64)

@@ -195,15 +195,63 @@ def _batches(
         yield batch
 
 
-def _write_atomic_parquet(dst: Path, schema: Any, batches: Iterator[Any]) -> None:
+#: Kept rows are gathered into row groups of about this much data before writing.
+ROW_GROUP_BYTES = 4 << 20
+
+_CODECS = {
+    "SNAPPY": "snappy",
+    "GZIP": "gzip",
+    "BROTLI": "brotli",
+    "LZ4": "lz4",
+    "LZ4_RAW": "lz4",
+    "ZSTD": "zstd",
+    "UNCOMPRESSED": "none",
+}
+
+
+def input_compression(file: Any) -> dict[str, str] | str:
+    """The input's codec per column (from its first row group), so the output keeps it;
+    zstd when the input has no row groups or an unknown codec."""
+    md = file.metadata
+    if md.num_row_groups == 0:
+        return "zstd"
+    rg = md.row_group(0)
+    codecs = {}
+    for i in range(rg.num_columns):
+        col = rg.column(i)
+        codecs[col.path_in_schema] = _CODECS.get(str(col.compression).upper(), "zstd")
+    return codecs
+
+
+def _regrouped(batches: Iterator[Any], limit: int) -> Iterator[Any]:
+    """Consecutive non-empty batches joined into tables of about ``limit`` bytes, so the
+    output's row groups are not as small as the read batches."""
+    import pyarrow as pa
+
+    pending: list[Any] = []
+    size = 0
+    for b in batches:
+        if not b.num_rows:
+            continue
+        pending.append(b)
+        size += b.nbytes
+        if size >= limit:
+            yield pa.Table.from_batches(pending)
+            pending, size = [], 0
+    if pending:
+        yield pa.Table.from_batches(pending)
+
+
+def _write_atomic_parquet(
+    dst: Path, schema: Any, batches: Iterator[Any], compression: dict[str, str] | str = "zstd"
+) -> None:
     import pyarrow.parquet as pq
 
     tmp = dst.with_name(f".{dst.name}.{os.getpid()}.tmp")
     try:
-        with pq.ParquetWriter(tmp, schema, compression="zstd") as writer:
-            for b in batches:
-                if b.num_rows:
-                    writer.write_batch(b)
+        with pq.ParquetWriter(tmp, schema, compression=compression) as writer:
+            for table in _regrouped(batches, ROW_GROUP_BYTES):
+                writer.write_table(table, row_group_size=table.num_rows)
         with open(tmp, "rb+") as f:
             os.fsync(f.fileno())
         os.replace(tmp, dst)
@@ -330,7 +378,7 @@ def dedup_parquet(
                     tick(batch.num_rows)
                     yield kept
 
-            _write_timed(inp.output, inp.file.schema_arrow, kept_batches(), clock)
+            _write_timed(inp, kept_batches(), clock)
         stats = engine.stats()
         removed_ids = np.concatenate(removed_parts) if removed_parts else np.zeros(0, np.int64)
         n_clusters = 0
@@ -378,7 +426,7 @@ def dedup_parquet(
                     tick(batch.num_rows)
                     yield kept
 
-            _write_timed(inp.output, inp.file.schema_arrow, kept_batches(), clock)
+            _write_timed(inp, kept_batches(), clock)
         if emit_clusters:
             t = time.perf_counter()
             table = pa.table({"id": pa.array(ids), "cluster": pa.array(label)})
@@ -418,12 +466,14 @@ def dedup_parquet(
     return report
 
 
-def _write_timed(dst: Path, schema: Any, batches: Iterator[Any], clock: _Clock) -> None:
-    """Write ``batches`` to ``dst`` atomically. Encoding and writing count as "write"; the
-    time spent producing the batches (reading, filtering) is counted by their producer."""
+def _write_timed(inp: _Input, batches: Iterator[Any], clock: _Clock) -> None:
+    """Write ``batches`` to ``inp.output`` atomically, with the input's schema and codecs.
+    Encoding and writing count as "write"; the time spent producing the batches (reading,
+    filtering) is counted by their producer."""
     t = time.perf_counter()
     produced = _Counting(batches)
-    _write_atomic_parquet(dst, schema, produced)
+    schema = inp.file.schema_arrow
+    _write_atomic_parquet(inp.output, schema, produced, input_compression(inp.file))
     elapsed = time.perf_counter() - t
     clock.seconds["write"] = clock.seconds.get("write", 0.0) + max(elapsed - produced.seconds, 0.0)
 
