@@ -9,7 +9,7 @@ export PATH := $(abspath $(VENV))/bin:$(PATH)
 
 RUST_SOURCES := Cargo.toml $(shell find crates -name '*.rs' -o -name 'Cargo.toml')
 
-.PHONY: demo test test-rust test-python lint fmt bench bench-checkpoint bench-delta bench-dcp bench-dedup install clean
+.PHONY: demo test test-rust test-python lint fmt bench bench-checkpoint bench-delta bench-dcp bench-dedup bench-cache install clean
 
 ## install: the virtualenv, every Python dependency (torch included) and a release build
 install: $(VENV)/.built
@@ -34,6 +34,7 @@ demo: install
 	$(PY) benches/demo_delta.py
 	$(PY) benches/demo_dcp.py
 	$(PY) benches/demo_dedup.py
+	$(PY) benches/demo_cache.py
 
 ## test: the whole suite, Rust and Python
 test: test-rust test-python
@@ -55,7 +56,7 @@ fmt:
 	cargo fmt --all
 	$(VENV)/bin/ruff format python tests benches
 
-bench: bench-checkpoint bench-delta bench-dcp bench-dedup
+bench: bench-checkpoint bench-delta bench-dcp bench-dedup bench-cache
 
 ## bench-checkpoint: sizes and single-thread speeds beside zstd, zipnn and openzl
 bench-checkpoint: install
@@ -72,6 +73,10 @@ bench-dcp: install
 ## bench-dedup: near-duplicate removal of the shared corpus beside datasketch and rensa (~3 min)
 bench-dedup: install
 	$(PY) benches/bench_dedup.py --markdown
+
+## bench-cache: torch.compile warm starts through Mithril beside torch's caches (~5 min)
+bench-cache: install
+	$(PY) benches/bench_cache.py --markdown
 
 clean:
 	rm -rf $(VENV) target

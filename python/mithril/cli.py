@@ -354,9 +354,63 @@ def _cache_verify(args: argparse.Namespace) -> int:
     return 1 if r["corrupt"] else 0
 
 
+def _cache_env(args: argparse.Namespace) -> int:
+    import shlex
+
+    from mithril.cache import env, restore
+
+    store: Any = _cache_store(args)
+    restore(store)  # a snapshot in the store (a moved store, an import) is put in place first
+    for k, v in env(store).items():
+        print(f"export {k}={shlex.quote(v)}")
+    return 0
+
+
+def _cache_export(args: argparse.Namespace) -> int:
+    from mithril.cache import export_bundle
+
+    dst = Path(args.bundle)
+    _refuse_overwrite(dst, args.force)
+    r = export_bundle(dst, _cache_store(args))  # type: ignore[arg-type]
+    if not r["environments"]:
+        print("nothing to export: no compiled artifacts for this environment", file=sys.stderr)
+        dst.unlink(missing_ok=True)
+        return 1
+    print(
+        f"wrote {dst}: {r['blobs']:,} blobs, {_human(r['bytes'])}, environment(s) "
+        + ", ".join(r["environments"])
+    )
+    return 0
+
+
+def _cache_import(args: argparse.Namespace) -> int:
+    from mithril.cache import import_bundle
+
+    r = import_bundle(args.bundle, _cache_store(args))  # type: ignore[arg-type]
+    print(f"imported {r['blobs']:,} blobs for environment(s) {', '.join(r['environments'])}")
+    for name in r["refused"]:
+        print(f"refused (content does not match its name): {name}", file=sys.stderr)
+    return 1 if r["refused"] else 0
+
+
 def _add_cache(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
-    cc = sub.add_parser("cache", help="the content-addressed artifact store")
+    cc = sub.add_parser("cache", help="the compile-artifact store")
     cs = cc.add_subparsers(dest="command", required=True)
+    store_help = "the store (default: $MITHRIL_CACHE_DIR or ~/.cache/mithril)"
+    e = cs.add_parser(
+        "env", help='print the exports for torch.compile: eval "$(mithril cache env)"'
+    )
+    e.add_argument("--dir", help=store_help)
+    e.set_defaults(func=_cache_env)
+    x = cs.add_parser("export", help="write this environment's compiled artifacts as a bundle")
+    x.add_argument("bundle")
+    x.add_argument("--dir", help=store_help)
+    x.add_argument("-f", "--force", action="store_true", help="overwrite an existing bundle")
+    x.set_defaults(func=_cache_export)
+    i = cs.add_parser("import", help="load a bundle (verified) and restore its directories")
+    i.add_argument("bundle")
+    i.add_argument("--dir", help=store_help)
+    i.set_defaults(func=_cache_import)
     for name, func, text in (
         ("stats", _cache_stats, "blob and action counts and sizes"),
         ("gc", _cache_gc, "evict least-recently-used blobs down to a size, drop dangling actions"),

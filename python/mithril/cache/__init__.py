@@ -12,6 +12,12 @@ are atomic; a size cap evicts the least recently used blobs. The store lives und
     >>> store.put_action("graph-key", {"kernel.so": name})
     >>> store.get(store.get_action("graph-key")["outputs"]["kernel.so"])
     b'compiled kernel'
+
+For ``torch.compile``, :func:`enable` (or ``eval "$(mithril cache env)"`` in a shell) points
+Inductor and Triton at a directory of the store chosen by the build environment (torch,
+compiler, CPU vector ISA, GPU), so compiled kernels are reused across paths and users, and
+:func:`export_bundle` / :func:`import_bundle` carry them, ``.so`` files included, to a new
+machine. Torch's remote-cache backends and a shared server store are not built yet.
 """
 
 from __future__ import annotations
@@ -23,7 +29,18 @@ from typing import Any
 
 from mithril import _native
 
-__all__ = ["Store", "default_dir"]
+__all__ = [
+    "Store",
+    "default_dir",
+    "enable",
+    "env",
+    "fingerprint",
+    "environment_id",
+    "snapshot",
+    "restore",
+    "export_bundle",
+    "import_bundle",
+]
 
 
 def default_dir() -> Path:
@@ -94,3 +111,72 @@ class Store:
         """Re-hash every blob and re-check every action; damaged ones are quarantined and
         listed under ``corrupt``."""
         return self._native.verify()
+
+
+def _store(store: Store | None) -> Store:
+    return store if store is not None else Store()
+
+
+def fingerprint() -> dict[str, str]:
+    """What compiled artifacts depend on here: torch, Triton, Python, the C++ compiler, the
+    CPU vector ISA Inductor uses, the GPU's compute capability."""
+    from mithril.cache import _torch
+
+    return _torch.fingerprint()
+
+
+def environment_id() -> str:
+    """The short name of this environment; it names the managed cache directories."""
+    from mithril.cache import _torch
+
+    return _torch.environment_id()
+
+
+def env(store: Store | None = None) -> dict[str, str]:
+    """The environment variables that point torch at the store's directories for this
+    environment (``TORCHINDUCTOR_CACHE_DIR``, ``TRITON_CACHE_DIR``, the cache switches)."""
+    from mithril.cache import _torch
+
+    return _torch.environment(_store(store).root)
+
+
+def enable(store: Store | None = None) -> dict[str, str]:
+    """Restore this environment's snapshot (if the store has one) and set :func:`env` in
+    ``os.environ``; call it before the first ``torch.compile``. Returns the variables."""
+    from mithril.cache import _torch
+
+    return _torch.enable(_store(store))
+
+
+def snapshot(store: Store | None = None, environment: str | None = None) -> dict[str, Any]:
+    """Record the managed directories of an environment (default: this one) as blobs and
+    an action in the store."""
+    from mithril.cache import _torch
+
+    return _torch.snapshot(_store(store), environment)
+
+
+def restore(store: Store | None = None, environment: str | None = None) -> dict[str, Any]:
+    """Write the recorded files of an environment back into its managed directories;
+    damaged or missing blobs are skipped (torch recompiles those pieces)."""
+    from mithril.cache import _torch
+
+    return _torch.restore(_store(store), environment)
+
+
+def export_bundle(
+    path: str | os.PathLike[str], store: Store | None = None, environments: list[str] | None = None
+) -> dict[str, Any]:
+    """Snapshot and write a portable bundle (tar of a manifest and blobs) for CI artifacts and
+    air-gapped machines."""
+    from mithril.cache import _torch
+
+    return _torch.export_bundle(_store(store), Path(path), environments)
+
+
+def import_bundle(path: str | os.PathLike[str], store: Store | None = None) -> dict[str, Any]:
+    """Load a bundle (every blob re-hashed; mismatches refused) and restore its
+    environments' directories. A bundle holds compiled code: import only bundles you trust."""
+    from mithril.cache import _torch
+
+    return _torch.import_bundle(_store(store), Path(path))
