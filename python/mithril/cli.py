@@ -31,14 +31,18 @@ def _same_file(a: Path, b: Path) -> bool:
         return False
 
 
-def _threads(text: str) -> int:
+def _positive(text: str, what: str) -> int:
     try:
         n = int(text)
     except ValueError:
         n = 0
     if n < 1:
-        raise argparse.ArgumentTypeError(f"expected a positive number of threads, got {text!r}")
+        raise argparse.ArgumentTypeError(f"expected a positive {what}, got {text!r}")
     return n
+
+
+def _threads(text: str) -> int:
+    return _positive(text, "number of threads")
 
 
 def _human(n: float) -> str:
@@ -425,13 +429,7 @@ def _add_cache(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-ar
 
 
 def _positive_int(text: str) -> int:
-    try:
-        n = int(text)
-    except ValueError:
-        n = 0
-    if n < 1:
-        raise argparse.ArgumentTypeError(f"expected a positive integer, got {text!r}")
-    return n
+    return _positive(text, "integer")
 
 
 def _add_dedup(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]

@@ -240,17 +240,24 @@ impl Store {
         Ok(name)
     }
 
+    /// The bytes at `path`, or `None` (counted as a miss) when there is no such file.
+    fn read_or_miss(&self, path: &Path) -> Result<Option<Vec<u8>>> {
+        match fs::read(path) {
+            Ok(d) => Ok(Some(d)),
+            Err(e) if e.kind() == ErrorKind::NotFound => {
+                self.counters.misses.fetch_add(1, Ordering::Relaxed);
+                Ok(None)
+            }
+            Err(e) => Err(io(path)(e)),
+        }
+    }
+
     /// The blob `name`, verified; `None` when absent or corrupt (then quarantined).
     pub fn get(&self, name: &str) -> Result<Option<Vec<u8>>> {
         Self::check_name(name)?;
         let path = self.blob_path(name);
-        let data = match fs::read(&path) {
-            Ok(d) => d,
-            Err(e) if e.kind() == ErrorKind::NotFound => {
-                self.counters.misses.fetch_add(1, Ordering::Relaxed);
-                return Ok(None);
-            }
-            Err(e) => return Err(io(&path)(e)),
+        let Some(data) = self.read_or_miss(&path)? else {
+            return Ok(None);
         };
         if blake3::hash(&data).to_hex().as_str() != name {
             self.quarantine(&path, name);
@@ -316,13 +323,8 @@ impl Store {
     /// The action recorded for `key`, when it is intact and all its blobs are present.
     pub fn get_action(&self, key: &str) -> Result<Option<Action>> {
         let path = self.action_path(key);
-        let data = match fs::read(&path) {
-            Ok(d) => d,
-            Err(e) if e.kind() == ErrorKind::NotFound => {
-                self.counters.misses.fetch_add(1, Ordering::Relaxed);
-                return Ok(None);
-            }
-            Err(e) => return Err(io(&path)(e)),
+        let Some(data) = self.read_or_miss(&path)? else {
+            return Ok(None);
         };
         let Some(action) = Self::parse_action(&data).filter(|a| a.key == key) else {
             let name = path
