@@ -182,3 +182,50 @@ def test_bad_bundles(tmp_path: Path) -> None:
     done = cli_on(e, "cache", "export", tmp_path / "out.tar", "--dir", e["store"])
     assert done.returncode == 1 and "nothing to export" in done.stderr
     assert not (tmp_path / "out.tar").exists()
+
+
+def test_another_torch_version_is_a_clean_miss(
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+    first_machine: tuple[dict[str, Path], dict, Path],
+) -> None:
+    """A bundle made under another torch lands in that torch's directory: this torch starts
+    cold there and compiles correctly."""
+    _, cold, bundle = first_machine
+    here = _torch.fingerprint()
+    monkeypatch.setattr(_torch, "fingerprint", lambda: {**here, "torch": "0.0.0-other"})
+    f = machine(tmp_path, "frank")
+    report = import_bundle(bundle, Store(f["store"]))
+    assert report["environments"] == [_torch.environment_id(here)]
+    mine = _torch.managed_dirs(f["store"], _torch.environment_id())
+    assert not any(p.exists() for p in mine.values())
+    monkeypatch.undo()
+    # The real torch, with an empty directory of its own, compiles from scratch and agrees.
+    g = machine(tmp_path, "grace")
+    result = compile_on(g)
+    assert result["counters"].get("fxgraph_cache_miss") == 1 and result["y"] == cold["y"]
+
+
+def test_two_processes_compiling_into_one_store_at_once(tmp_path: Path) -> None:
+    h = machine(tmp_path, "heidi")
+    variables = machine_env(h)
+    variables.update(env(Store(h["store"])))
+    procs = [
+        subprocess.Popen(
+            [sys.executable, "-c", COMPILE],
+            cwd=h["work"],
+            env=variables,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            text=True,
+        )
+        for _ in range(2)
+    ]
+    outs = [p.communicate(timeout=600) for p in procs]
+    assert all(p.returncode == 0 for p in procs), [o[1][-2000:] for o in outs]
+    results = [json.loads(o[0].strip().splitlines()[-1]) for o in outs]
+    assert results[0]["y"] == results[1]["y"]
+    # Whatever both wrote is whole: a third process hits and agrees.
+    third = compile_on(h)
+    assert third["counters"].get("fxgraph_cache_hit") == 1 and third["y"] == results[0]["y"]
+    assert Store(h["store"]).verify()["corrupt"] == []
