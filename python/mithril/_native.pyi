@@ -26,6 +26,7 @@ __all__ = [
     "spanning_forest",
     "component_labels",
     "CacheStore",
+    "blob_name",
 ]
 __version__: str
 
@@ -231,3 +232,5 @@ class CacheStore:
     def stats(self) -> dict[str, Any]: ...
     def gc(self, max_bytes: int | None = None) -> dict[str, int]: ...
     def verify(self) -> dict[str, Any]: ...
+
+def blob_name(data: Buffer) -> str: ...

@@ -361,9 +361,12 @@ def _cache_verify(args: argparse.Namespace) -> int:
 def _cache_env(args: argparse.Namespace) -> int:
     import shlex
 
-    from mithril.cache import env, restore
+    from mithril.cache import env, pull, remote_from_env, restore
 
     store: Any = _cache_store(args)
+    remote = remote_from_env()
+    if remote is not None:
+        pull(store, remote)  # the fleet's snapshot first, when a shared store is configured
     restore(store)  # a snapshot in the store (a moved store, an import) is put in place first
     for k, v in env(store).items():
         print(f"export {k}={shlex.quote(v)}")
@@ -397,6 +400,25 @@ def _cache_import(args: argparse.Namespace) -> int:
     return 1 if r["refused"] else 0
 
 
+def _cache_push(args: argparse.Namespace) -> int:
+    from mithril.cache import push
+
+    r = push(_cache_store(args))  # type: ignore[arg-type]
+    print(f"uploaded {r['uploaded']:,} blobs ({r['present']:,} already shared)")
+    return 0
+
+
+def _cache_pull(args: argparse.Namespace) -> int:
+    from mithril.cache import pull
+
+    r = pull(_cache_store(args))  # type: ignore[arg-type]
+    print(
+        f"fetched {r['fetched']:,} blobs ({r['present']:,} already here, "
+        f"{r['missing']:,} refused or missing)"
+    )
+    return 0
+
+
 def _add_cache(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
     cc = sub.add_parser("cache", help="the compile-artifact store")
     cs = cc.add_subparsers(dest="command", required=True)
@@ -415,6 +437,17 @@ def _add_cache(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-ar
     i.add_argument("bundle")
     i.add_argument("--dir", help=store_help)
     i.set_defaults(func=_cache_import)
+    for name, func, text in (
+        (
+            "push",
+            _cache_push,
+            "upload this environment's compiled artifacts to $MITHRIL_CACHE_REMOTE",
+        ),
+        ("pull", _cache_pull, "fetch them from $MITHRIL_CACHE_REMOTE (signatures checked)"),
+    ):
+        c = cs.add_parser(name, help=text)
+        c.add_argument("--dir", help=store_help)
+        c.set_defaults(func=func)
     for name, func, text in (
         ("stats", _cache_stats, "blob and action counts and sizes"),
         ("gc", _cache_gc, "evict least-recently-used blobs down to a size, drop dangling actions"),

@@ -96,6 +96,11 @@ pub struct Store {
     counters: Counters,
 }
 
+/// The name a blob with content `data` has: the blake3 hex of it.
+pub fn blob_name(data: &[u8]) -> String {
+    blake3::hash(data).to_hex().to_string()
+}
+
 /// Whether `s` is a blob name: 64 lowercase hex digits.
 pub fn is_blob_name(s: &str) -> bool {
     s.len() == 64
@@ -220,7 +225,7 @@ impl Store {
 
     /// Store `data`; returns its name. Storing what is already there only refreshes its age.
     pub fn put(&self, data: &[u8]) -> Result<String> {
-        let name = blake3::hash(data).to_hex().to_string();
+        let name = blob_name(data);
         let path = self.blob_path(&name);
         match fs::metadata(&path) {
             Ok(m) if m.len() == data.len() as u64 => touch(&path),

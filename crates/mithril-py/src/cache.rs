@@ -118,7 +118,20 @@ impl PyCacheStore {
     }
 }
 
+/// The blob name of `data` (blake3 hex), without storing it.
+#[pyfunction]
+fn blob_name(py: Python<'_>, data: PyBuffer<u8>) -> PyResult<String> {
+    if !data.is_c_contiguous() {
+        return Err(config_error("data must be a contiguous buffer".into()));
+    }
+    // SAFETY: the PyBuffer keeps the exporter's memory alive and pinned during the call.
+    let bytes =
+        unsafe { std::slice::from_raw_parts(data.buf_ptr() as *const u8, data.len_bytes()) };
+    Ok(py.detach(|| mithril_cache::store::blob_name(bytes)))
+}
+
 pub fn register(m: &Bound<'_, PyModule>) -> PyResult<()> {
     m.add_class::<PyCacheStore>()?;
+    m.add_function(wrap_pyfunction!(blob_name, m)?)?;
     Ok(())
 }

@@ -40,6 +40,9 @@ __all__ = [
     "restore",
     "export_bundle",
     "import_bundle",
+    "remote_from_env",
+    "push",
+    "pull",
 ]
 
 
@@ -141,11 +144,69 @@ def env(store: Store | None = None) -> dict[str, str]:
 
 
 def enable(store: Store | None = None) -> dict[str, str]:
-    """Restore this environment's snapshot (if the store has one) and set :func:`env` in
-    ``os.environ``; call it before the first ``torch.compile``. Returns the variables."""
+    """Fetch this environment's snapshot from the shared store (when
+    ``MITHRIL_CACHE_REMOTE`` is set), restore it, and set :func:`env` in ``os.environ``;
+    call it before the first ``torch.compile``. Returns the variables."""
     from mithril.cache import _torch
 
-    return _torch.enable(_store(store))
+    store = _store(store)
+    remote = remote_from_env()
+    if remote is not None:
+        pull(store, remote)
+    return _torch.enable(store)
+
+
+def remote_from_env() -> Any:
+    """The shared store named by ``MITHRIL_CACHE_REMOTE`` (``redis://host:port/db``), signed
+    with ``MITHRIL_CACHE_SECRET`` or the contents of ``MITHRIL_CACHE_SECRET_FILE``; ``None``
+    when no remote is configured."""
+    url = os.environ.get("MITHRIL_CACHE_REMOTE")
+    if not url:
+        return None
+    from mithril.cache._remote import RedisStore
+    from mithril.errors import ConfigError
+
+    secret = os.environ.get("MITHRIL_CACHE_SECRET", "").encode()
+    path = os.environ.get("MITHRIL_CACHE_SECRET_FILE")
+    if not secret and path:
+        secret = Path(path).read_bytes().strip()
+    if not secret:
+        raise ConfigError(
+            "MITHRIL_CACHE_REMOTE is set but no secret: set MITHRIL_CACHE_SECRET or "
+            "MITHRIL_CACHE_SECRET_FILE (entries of a shared cache are signed)"
+        )
+    timeout = float(os.environ.get("MITHRIL_CACHE_REMOTE_TIMEOUT", "2"))
+    return RedisStore(url, secret, timeout=timeout)
+
+
+def push(store: Store | None = None, remote: Any = None) -> dict[str, int]:
+    """Snapshot this environment's compiled artifacts and upload what the shared store lacks."""
+    from mithril.cache import _remote, _torch
+
+    store = _store(store)
+    remote = remote if remote is not None else remote_from_env()
+    if remote is None:
+        from mithril.errors import ConfigError
+
+        raise ConfigError("no shared store: set MITHRIL_CACHE_REMOTE")
+    _torch.snapshot(store)
+    return _remote.push(store, remote, _torch.ACTION_PREFIX + _torch.environment_id())
+
+
+def pull(store: Store | None = None, remote: Any = None) -> dict[str, int]:
+    """Fetch this environment's snapshot from the shared store (signatures and content
+    checked) into the local store and restore it."""
+    from mithril.cache import _remote, _torch
+
+    store = _store(store)
+    remote = remote if remote is not None else remote_from_env()
+    if remote is None:
+        from mithril.errors import ConfigError
+
+        raise ConfigError("no shared store: set MITHRIL_CACHE_REMOTE")
+    report = _remote.pull(store, remote, _torch.ACTION_PREFIX + _torch.environment_id())
+    _torch.restore(store)
+    return report
 
 
 def snapshot(store: Store | None = None, environment: str | None = None) -> dict[str, Any]:
