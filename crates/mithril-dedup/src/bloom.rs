@@ -10,6 +10,7 @@
 //! probes (double hashing from the 64-bit band key).
 
 use crate::lsh::Bands;
+use crate::shingle::fmix64 as mix;
 use crate::{Error, Result};
 
 pub struct BandBloom {
@@ -20,13 +21,6 @@ pub struct BandBloom {
     words: Vec<u64>,
     capacity: u64,
     fp_rate: f64,
-}
-
-#[inline]
-fn mix(mut z: u64) -> u64 {
-    z = (z ^ (z >> 33)).wrapping_mul(0xFF51_AFD7_ED55_8CCD);
-    z = (z ^ (z >> 33)).wrapping_mul(0xC4CE_B9FE_1A85_EC53);
-    z ^ (z >> 33)
 }
 
 #[inline]

@@ -2,9 +2,92 @@
 //! a distributed engine can run as separate tasks: each task verifies some buckets and
 //! returns a spanning forest of what it joined; forests merge pairwise into the components.
 
+use crate::cluster::UnionFind;
 use crate::verify;
 use crate::{Error, Result};
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
+use std::fmt::Display;
+use std::hash::Hash;
+
+/// The union-find operations the bucket walk needs, over whichever ids a caller numbers
+/// documents with (dense `u32` in one process, global `u64` across a cluster).
+pub trait Joiner<Id> {
+    fn connected(&mut self, a: Id, b: Id) -> bool;
+    fn join(&mut self, a: Id, b: Id);
+}
+
+impl Joiner<u32> for UnionFind {
+    fn connected(&mut self, a: u32, b: u32) -> bool {
+        self.find(a) == self.find(b)
+    }
+    fn join(&mut self, a: u32, b: u32) {
+        self.union(a, b);
+    }
+}
+
+impl Joiner<u64> for SparseUnionFind {
+    fn connected(&mut self, a: u64, b: u64) -> bool {
+        SparseUnionFind::connected(self, a, b)
+    }
+    fn join(&mut self, a: u64, b: u64) {
+        self.union(a, b);
+    }
+}
+
+/// Join the near-duplicates within each bucket (ascending ids). With `sets` (a lookup of
+/// fingerprint sets and the threshold), every pair not yet connected, and not already found
+/// dissimilar, is checked by exact Jaccard; without, each bucket joins whole. `joined` sees
+/// every pair that joined two components (a spanning forest of the result).
+pub fn join_buckets<'s, Id, B, S>(
+    buckets: impl IntoIterator<Item = B>,
+    sets: Option<(S, f64)>,
+    uf: &mut impl Joiner<Id>,
+    counts: &mut VerifyCounts,
+    mut joined: impl FnMut(Id, Id),
+) -> Result<()>
+where
+    Id: Copy + Eq + Hash + Display,
+    B: AsRef<[Id]>,
+    S: Fn(Id) -> Option<&'s [u32]>,
+{
+    let mut dissimilar: HashSet<(Id, Id)> = HashSet::new();
+    for bucket in buckets {
+        let bucket = bucket.as_ref();
+        let m = bucket.len() as u64;
+        counts.candidate_pairs += m * m.saturating_sub(1) / 2;
+        let Some((set_of, threshold)) = &sets else {
+            for &d in bucket.iter().skip(1) {
+                if !uf.connected(bucket[0], d) {
+                    uf.join(bucket[0], d);
+                    joined(bucket[0], d);
+                }
+            }
+            continue;
+        };
+        for i in 1..bucket.len() {
+            for j in 0..i {
+                let (a, b) = (bucket[j], bucket[i]);
+                if uf.connected(a, b) || dissimilar.contains(&(a, b)) {
+                    continue;
+                }
+                let (Some(sa), Some(sb)) = (set_of(a), set_of(b)) else {
+                    return Err(Error::Invalid(format!(
+                        "shingle sets of documents {a} and {b} were not collected"
+                    )));
+                };
+                counts.verified_pairs += 1;
+                if verify::at_least(sa, sb, *threshold) {
+                    counts.similar_pairs += 1;
+                    uf.join(a, b);
+                    joined(a, b);
+                } else {
+                    dissimilar.insert((a, b));
+                }
+            }
+        }
+    }
+    Ok(())
+}
 
 /// Union-find over sparse 64-bit ids.
 #[derive(Default)]
@@ -116,41 +199,25 @@ pub fn verify_buckets(
             .ok_or_else(|| bad("set offsets out of range"))?;
         sets.insert(id, set);
     }
+    let buckets = bucket_offsets
+        .windows(2)
+        .map(|w| {
+            members
+                .get(w[0] as usize..w[1] as usize)
+                .ok_or_else(|| bad("bucket offsets out of range"))
+        })
+        .collect::<Result<Vec<&[u64]>>>()?;
+    let set_of = |id: u64| sets.get(&id).copied();
     let mut uf = SparseUnionFind::default();
     let mut forest = Vec::new();
     let mut counts = VerifyCounts::default();
-    for w in bucket_offsets.windows(2) {
-        let bucket = members
-            .get(w[0] as usize..w[1] as usize)
-            .ok_or_else(|| bad("bucket offsets out of range"))?;
-        let m = bucket.len() as u64;
-        counts.candidate_pairs += m * m.saturating_sub(1) / 2;
-        for i in 1..bucket.len() {
-            for j in 0..i {
-                let (a, b) = (bucket[j], bucket[i]);
-                if uf.connected(a, b) {
-                    continue;
-                }
-                let similar = if verify {
-                    let (Some(sa), Some(sb)) = (sets.get(&a), sets.get(&b)) else {
-                        return Err(bad(&format!("no shingle set for document {a} or {b}")));
-                    };
-                    counts.verified_pairs += 1;
-                    verify::at_least(sa, sb, threshold)
-                } else {
-                    true
-                };
-                if similar {
-                    counts.similar_pairs += 1;
-                    uf.union(a, b);
-                    forest.push((a, b));
-                }
-                if !verify {
-                    break;
-                }
-            }
-        }
-    }
+    join_buckets(
+        buckets,
+        verify.then_some((set_of, threshold)),
+        &mut uf,
+        &mut counts,
+        |a, b| forest.push((a, b)),
+    )?;
     Ok((forest, counts))
 }
 

@@ -26,6 +26,18 @@ impl Bands {
         Ok(Self { bands, rows })
     }
 
+    /// Refuse a signature too short for these bands (every key reads `bands × rows` values).
+    pub fn check_signature(&self, sig: &[u32]) -> Result<()> {
+        let need = self.bands * self.rows;
+        if sig.len() < need {
+            return Err(Error::Invalid(format!(
+                "signature has {} values; this index needs at least {need}",
+                sig.len()
+            )));
+        }
+        Ok(())
+    }
+
     /// Probability that a pair at Jaccard `s` shares at least one band.
     pub fn collision_probability(&self, s: f64) -> f64 {
         1.0 - (1.0 - s.powi(self.rows as i32)).powi(self.bands as i32)
@@ -130,20 +142,9 @@ impl LshTables {
         self.keys_of.contains_key(&id)
     }
 
-    fn check(&self, sig: &[u32]) -> Result<()> {
-        let need = self.bands.bands * self.bands.rows;
-        if sig.len() < need {
-            return Err(Error::Invalid(format!(
-                "signature has {} values; this index needs at least {need}",
-                sig.len()
-            )));
-        }
-        Ok(())
-    }
-
     /// Insert `id` (which must be new) with its signature.
     pub fn insert(&mut self, id: u64, sig: &[u32]) -> Result<()> {
-        self.check(sig)?;
+        self.bands.check_signature(sig)?;
         if self.keys_of.contains_key(&id) {
             return Err(Error::Invalid(format!("key {id} is already in the index")));
         }
@@ -159,7 +160,7 @@ impl LshTables {
 
     /// Ids sharing at least one band with `sig`, each once, in insertion order per band.
     pub fn query(&self, sig: &[u32]) -> Result<Vec<u64>> {
-        self.check(sig)?;
+        self.bands.check_signature(sig)?;
         let mut out = Vec::new();
         let mut seen = std::collections::HashSet::new();
         for (b, table) in self.tables.iter().enumerate() {

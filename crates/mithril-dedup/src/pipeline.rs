@@ -16,11 +16,11 @@
 
 use crate::bloom::BandBloom;
 use crate::cluster::{Clusters, Keep, UnionFind};
+use crate::graph::{join_buckets, VerifyCounts};
 use crate::lsh::Bands;
 use crate::minhash::{MinHash, Signer};
 use crate::shingle::ShingleConfig;
 use crate::texts::Texts;
-use crate::verify;
 use crate::{Error, Result};
 use rayon::prelude::*;
 use std::collections::HashSet;
@@ -331,43 +331,24 @@ impl Deduper {
         if !self.planned {
             self.plan();
         }
-        let n = self.lengths.len();
-        let mut uf = UnionFind::new(n);
-        if !self.cfg.verify {
-            for bucket in &self.buckets {
-                for &d in &bucket[1..] {
-                    uf.union(bucket[0], d);
-                }
-            }
-        } else {
-            let threshold = self.cfg.threshold;
-            let mut failed: HashSet<(u32, u32)> = HashSet::new();
-            for bucket in &self.buckets {
-                for i in 1..bucket.len() {
-                    for j in 0..i {
-                        let (a, b) = (bucket[j], bucket[i]);
-                        if uf.find(a) == uf.find(b) || failed.contains(&(a, b)) {
-                            continue;
-                        }
-                        let (Slot::Have(sa), Slot::Have(sb)) =
-                            (&self.sets[a as usize], &self.sets[b as usize])
-                        else {
-                            return Err(Error::Invalid(format!(
-                                "shingle sets of documents {a} and {b} were not collected \
-                                 (every batch must be passed to add_sets)"
-                            )));
-                        };
-                        self.stats.verified_pairs += 1;
-                        if verify::at_least(sa, sb, threshold) {
-                            self.stats.similar_pairs += 1;
-                            uf.union(a, b);
-                        } else {
-                            failed.insert((a, b));
-                        }
-                    }
-                }
-            }
-        }
+        let mut uf = UnionFind::new(self.lengths.len());
+        let sets = &self.sets;
+        let set_of = |id: u32| match &sets[id as usize] {
+            Slot::Have(s) => Some(&s[..]),
+            _ => None,
+        };
+        let mut counts = VerifyCounts::default();
+        join_buckets(
+            &self.buckets,
+            self.cfg.verify.then_some((set_of, self.cfg.threshold)),
+            &mut uf,
+            &mut counts,
+            |_, _| {},
+        )
+        .map_err(|e| Error::Invalid(format!("{e} (every batch must be passed to add_sets)")))?;
+        // Candidate pairs were counted when the buckets were formed.
+        self.stats.verified_pairs += counts.verified_pairs;
+        self.stats.similar_pairs += counts.similar_pairs;
         Ok(Clusters::from_union_find(
             &mut uf,
             &self.lengths,

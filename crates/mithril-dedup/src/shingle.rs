@@ -103,8 +103,9 @@ fn window_keys(seed: u64) -> Vec<u64> {
         .collect()
 }
 
+/// MurmurHash3's 64-bit finaliser.
 #[inline(always)]
-fn fmix64(mut z: u64) -> u64 {
+pub(crate) fn fmix64(mut z: u64) -> u64 {
     z = (z ^ (z >> 33)).wrapping_mul(0xFF51_AFD7_ED55_8CCD);
     z = (z ^ (z >> 33)).wrapping_mul(0xC4CE_B9FE_1A85_EC53);
     z ^ (z >> 33)

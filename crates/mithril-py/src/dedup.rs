@@ -435,14 +435,14 @@ impl PyBandBloom {
     }
 
     fn insert(&mut self, sig: PyReadonlyArray1<'_, u32>) -> PyResult<()> {
-        let s = self.checked(&sig)?.to_vec();
-        self.inner.insert(&s);
+        let s = self.checked(&sig)?;
+        self.inner.insert(s);
         Ok(())
     }
 
     fn check_and_insert(&mut self, sig: PyReadonlyArray1<'_, u32>) -> PyResult<bool> {
-        let s = self.checked(&sig)?.to_vec();
-        Ok(self.inner.check_and_insert(&s))
+        let s = self.checked(&sig)?;
+        Ok(self.inner.check_and_insert(s))
     }
 
     #[getter]
@@ -459,14 +459,7 @@ impl PyBandBloom {
 impl PyBandBloom {
     fn checked<'a>(&self, sig: &'a PyReadonlyArray1<'_, u32>) -> PyResult<&'a [u32]> {
         let s = sig_slice(sig)?;
-        let b = self.inner.bands();
-        if s.len() < b.bands * b.rows {
-            return Err(config_error(format!(
-                "signature has {} values; this index needs at least {}",
-                s.len(),
-                b.bands * b.rows
-            )));
-        }
+        self.inner.bands().check_signature(s).py()?;
         Ok(s)
     }
 }
