@@ -6,7 +6,7 @@ from __future__ import annotations
 
 import contextlib
 import os
-from collections.abc import Iterable
+from collections.abc import Iterable, Iterator
 from pathlib import Path
 
 from typing_extensions import Buffer
@@ -28,15 +28,15 @@ def write_atomic(path: Path, text: str) -> None:
     write_atomic_chunks(path, [text.encode("utf-8")])
 
 
-def write_atomic_chunks(path: Path, chunks: Iterable[Buffer]) -> None:
-    """Replace ``path`` with the concatenation of ``chunks`` atomically and durably; the
-    chunks are written one by one, so a large file need not be joined in memory first."""
+@contextlib.contextmanager
+def atomic_path(path: Path) -> Iterator[Path]:
+    """A temporary name beside ``path`` for a writer that wants a file name (a parquet or tar
+    writer): once the block ends, the file is fsynced and renamed over ``path`` and the
+    directory fsynced; if it raises, the temporary file is removed and ``path`` is untouched."""
     tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
     try:
-        with open(tmp, "wb") as f:
-            for chunk in chunks:
-                f.write(chunk)
-            f.flush()
+        yield tmp
+        with open(tmp, "rb+") as f:
             os.fsync(f.fileno())
         os.replace(tmp, path)
     except BaseException:
@@ -44,3 +44,11 @@ def write_atomic_chunks(path: Path, chunks: Iterable[Buffer]) -> None:
             tmp.unlink()
         raise
     fsync_dir(path.parent)
+
+
+def write_atomic_chunks(path: Path, chunks: Iterable[Buffer]) -> None:
+    """Replace ``path`` with the concatenation of ``chunks`` atomically and durably; the
+    chunks are written one by one, so a large file need not be joined in memory first."""
+    with atomic_path(path) as tmp, open(tmp, "wb") as f:
+        for chunk in chunks:
+            f.write(chunk)

@@ -30,6 +30,7 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
+from mithril._fsutil import atomic_path, write_atomic_chunks
 from mithril.errors import FormatError
 
 #: Action keys of directory snapshots: ``torch-dirs/<environment id>``.
@@ -216,16 +217,6 @@ def snapshot(store: Any, env: str | None = None) -> dict[str, Any]:
     return {"environment": env, "files": len(outputs), "changed": added}
 
 
-def _write_file(path: Path, data: bytes) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    with open(tmp, "wb") as f:
-        f.write(data)
-        f.flush()
-        os.fsync(f.fileno())
-    os.replace(tmp, path)
-
-
 def _place(blob: Path, target: Path, data: bytes) -> None:
     """Put a verified blob at ``target``: a hard link to the blob when both are on one file
     system (no copy; torch replaces cache files by rename, never writes them in place), else
@@ -235,7 +226,7 @@ def _place(blob: Path, target: Path, data: bytes) -> None:
     try:
         os.link(blob, tmp)
     except OSError:
-        _write_file(target, data)
+        write_atomic_chunks(target, [data])
         return
     os.replace(tmp, target)
 
@@ -290,23 +281,15 @@ def export_bundle(store: Any, path: Path, envs: list[str] | None = None) -> dict
             actions.append(action)
     blobs = sorted({b for a in actions for b in a["outputs"].values()})
     manifest = {"format": BUNDLE_FORMAT, "version": 1, "actions": actions}
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
     size = 0
-    try:
-        with tarfile.open(tmp, "w") as tar:
-            _add(tar, "manifest.json", json.dumps(manifest, indent=1).encode())
-            for b in blobs:
-                data = store.get(b)
-                if data is None:
-                    continue
-                size += len(data)
-                _add(tar, f"blobs/{b}", data)
-        with open(tmp, "rb+") as f:
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        tmp.unlink(missing_ok=True)
-        raise
+    with atomic_path(path) as tmp, tarfile.open(tmp, "w") as tar:
+        _add(tar, "manifest.json", json.dumps(manifest, indent=1).encode())
+        for b in blobs:
+            data = store.get(b)
+            if data is None:
+                continue
+            size += len(data)
+            _add(tar, f"blobs/{b}", data)
     return {
         "environments": [a["key"][len(ACTION_PREFIX) :] for a in actions],
         "blobs": len(blobs),

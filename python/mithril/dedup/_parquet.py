@@ -20,7 +20,7 @@ from typing import Any, Literal
 import numpy as np
 
 from mithril import _native
-from mithril._fsutil import fsync_dir, write_atomic
+from mithril._fsutil import atomic_path, fsync_dir, write_atomic
 from mithril.dedup._lsh import UNVERIFIED_WEIGHTS, VERIFIED_WEIGHTS, bloom_params, optimal_params
 from mithril.errors import ConfigError, FormatError
 
@@ -177,11 +177,12 @@ class _Clock:
 
 
 def _batches(
-    inp: _Input, columns: list[str] | None, batch_rows: int, use_threads: bool, clock: _Clock
+    inp: _Input, columns: list[str] | None, batch_rows: int, clock: _Clock
 ) -> Iterator[Any]:
     import pyarrow as pa
 
-    it = inp.file.iter_batches(batch_size=batch_rows, columns=columns, use_threads=use_threads)
+    # Parallel column decoding buys nothing for one text column and raises peak memory.
+    it = inp.file.iter_batches(batch_size=batch_rows, columns=columns, use_threads=False)
     while True:
         t = time.perf_counter()
         try:
@@ -193,6 +194,34 @@ def _batches(
             raise FormatError(f"{inp.path}: cannot read ({e})") from e
         clock.add("read", t)
         yield batch
+
+
+def _copy_kept(
+    plan: list[_Input],
+    keep: Callable[[Any, int], np.ndarray],
+    batch_rows: int,
+    clock: _Clock,
+    tick: Callable[[int], None],
+) -> None:
+    """Read every input again, all columns, and write the rows ``keep(batch, first_row)``
+    marks True (a boolean mask) to its output."""
+    import pyarrow as pa
+
+    offset = 0
+    for inp in plan:
+
+        def kept(inp: _Input = inp) -> Iterator[Any]:
+            nonlocal offset
+            for batch in _batches(inp, None, batch_rows, clock):
+                mask = keep(batch, offset)
+                offset += batch.num_rows
+                t = time.perf_counter()
+                rows = batch.filter(pa.array(mask))
+                clock.add("write", t)
+                tick(batch.num_rows)
+                yield rows
+
+        _write_timed(inp, kept(), clock)
 
 
 #: Kept rows are gathered into row groups of about this much data before writing.
@@ -247,17 +276,9 @@ def _write_atomic_parquet(
 ) -> None:
     import pyarrow.parquet as pq
 
-    tmp = dst.with_name(f".{dst.name}.{os.getpid()}.tmp")
-    try:
-        with pq.ParquetWriter(tmp, schema, compression=compression) as writer:
-            for table in _regrouped(batches, ROW_GROUP_BYTES):
-                writer.write_table(table, row_group_size=table.num_rows)
-        with open(tmp, "rb+") as f:
-            os.fsync(f.fileno())
-        os.replace(tmp, dst)
-    except BaseException:
-        tmp.unlink(missing_ok=True)
-        raise
+    with atomic_path(dst) as tmp, pq.ParquetWriter(tmp, schema, compression=compression) as w:
+        for table in _regrouped(batches, ROW_GROUP_BYTES):
+            w.write_table(table, row_group_size=table.num_rows)
 
 
 def dedup_parquet(
@@ -340,8 +361,6 @@ def dedup_parquet(
         weights = VERIFIED_WEIGHTS if verify else UNVERIFIED_WEIGHTS
         b, r = bands if bands is not None else optimal_params(threshold, num_perm, weights)
     total_rows = sum(i.rows for i in plan)
-    # Parallel column decoding buys nothing for one text column and raises peak memory.
-    use_threads = False
     clock = _Clock()
     clock.seconds["read"] = 0.0
     passes = 1 if bloom else 3 if verify else 2
@@ -361,24 +380,15 @@ def dedup_parquet(
         capacity = bloom_capacity if bloom_capacity is not None else max(total_rows, 1)
         engine = _native.BloomDeduper(*shingle_args, b, r, capacity, bloom_fp_rate, votes)
         removed_parts = []
-        offset = 0
-        for inp in plan:
 
-            def kept_batches(inp: _Input = inp) -> Iterator[Any]:
-                nonlocal offset
-                for batch in _batches(inp, None, batch_rows, use_threads, clock):
-                    t = time.perf_counter()
-                    dup = engine.process(_text_array(batch, column), threads)
-                    clock.add("signatures+bloom", t)
-                    removed_parts.append(np.flatnonzero(dup) + offset)
-                    offset += batch.num_rows
-                    t = time.perf_counter()
-                    kept = batch.filter(pa.array(~dup))
-                    clock.add("write", t)
-                    tick(batch.num_rows)
-                    yield kept
+        def unseen(batch: Any, first: int) -> np.ndarray:
+            t = time.perf_counter()
+            dup = engine.process(_text_array(batch, column), threads)
+            clock.add("signatures+bloom", t)
+            removed_parts.append(np.flatnonzero(dup) + first)
+            return ~dup
 
-            _write_timed(inp, kept_batches(), clock)
+        _copy_kept(plan, unseen, batch_rows, clock, tick)
         stats = engine.stats()
         removed_ids = np.concatenate(removed_parts) if removed_parts else np.zeros(0, np.int64)
         n_clusters = 0
@@ -386,7 +396,7 @@ def dedup_parquet(
     else:
         engine = _native.Deduper(*shingle_args, b, r, threshold, verify, keep)
         for inp in plan:
-            for batch in _batches(inp, [column], batch_rows, use_threads, clock):
+            for batch in _batches(inp, [column], batch_rows, clock):
                 t = time.perf_counter()
                 engine.add_batch(_text_array(batch, column), threads)
                 clock.add("signatures", t)
@@ -397,7 +407,7 @@ def dedup_parquet(
         if verify:
             offset = 0
             for inp in plan:
-                for batch in _batches(inp, [column], batch_rows, use_threads, clock):
+                for batch in _batches(inp, [column], batch_rows, clock):
                     if engine.needs_sets(offset, batch.num_rows):
                         t = time.perf_counter()
                         engine.add_sets(offset, _text_array(batch, column), threads)
@@ -412,21 +422,13 @@ def dedup_parquet(
         removed_ids = np.flatnonzero(~keep_mask).astype(np.int64)
         sizes = np.bincount(label, minlength=len(label)) if len(label) else np.zeros(0, np.int64)
         n_clusters = int(np.count_nonzero(sizes >= 2))
-        offset = 0
-        for inp in plan:
-
-            def kept_batches(inp: _Input = inp) -> Iterator[Any]:
-                nonlocal offset
-                for batch in _batches(inp, None, batch_rows, use_threads, clock):
-                    t = time.perf_counter()
-                    mask = keep_mask[offset : offset + batch.num_rows]
-                    offset += batch.num_rows
-                    kept = batch.filter(pa.array(mask))
-                    clock.add("write", t)
-                    tick(batch.num_rows)
-                    yield kept
-
-            _write_timed(inp, kept_batches(), clock)
+        _copy_kept(
+            plan,
+            lambda batch, first: keep_mask[first : first + batch.num_rows],
+            batch_rows,
+            clock,
+            tick,
+        )
         if emit_clusters:
             t = time.perf_counter()
             table = pa.table({"id": pa.array(ids), "cluster": pa.array(label)})
