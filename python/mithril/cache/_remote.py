@@ -47,9 +47,12 @@ class RedisStore:
         self.refused = 0
         self.failures = 0
 
+    def _mac(self, kind: str, name: str, payload: bytes) -> bytes:
+        msg = f"{kind}|{name}|".encode() + payload
+        return hmac.new(self._secret, msg, hashlib.sha256).digest()
+
     def _sign(self, kind: str, name: str, payload: bytes) -> bytes:
-        mac = hmac.new(self._secret, f"{kind}|{name}|".encode() + payload, hashlib.sha256)
-        return MAGIC + mac.digest() + payload
+        return MAGIC + self._mac(kind, name, payload) + payload
 
     def _open(self, kind: str, name: str, value: Any) -> bytes | None:
         if not isinstance(value, bytes) or len(value) < len(MAGIC) + _SIG:
@@ -59,8 +62,7 @@ class RedisStore:
             self.refused += 1
             return None
         sig, payload = value[len(MAGIC) : len(MAGIC) + _SIG], value[len(MAGIC) + _SIG :]
-        want = hmac.new(self._secret, f"{kind}|{name}|".encode() + payload, hashlib.sha256)
-        if not hmac.compare_digest(sig, want.digest()):
+        if not hmac.compare_digest(sig, self._mac(kind, name, payload)):
             self.refused += 1
             return None
         return payload
