@@ -592,9 +592,21 @@ RANS_DAMAGE = {
 }
 
 
+@pytest.fixture(scope="module")
+def rans_blob(tmp_path_factory) -> bytes:
+    """A bf16 tensor whose heads are so skewed (95 % exactly 1.0) that Huffman's whole-bit
+    codes lose to rANS, so the writer codes them with rANS."""
+    rng = np.random.default_rng(5)
+    values = np.where(rng.random(65536) < 0.95, 1.0, rng.normal(0, 0.05, 65536))
+    path = tmp_path_factory.mktemp("rans") / "skewed.mithril"
+    mc.save_file({"skewed": torch.from_numpy(values).to(torch.bfloat16)}, path)
+    return path.read_bytes()
+
+
 @pytest.mark.parametrize("how", list(RANS_DAMAGE))
-def test_invalid_rans_stream_with_valid_checksum(container: Container, tmp_path: Path, how: str):
+def test_invalid_rans_stream_with_valid_checksum(rans_blob: bytes, tmp_path: Path, how: str):
     """The stored checksum is recomputed after the damage, so the decoder itself must refuse."""
+    container = parse(rans_blob)
     name, i, entry = _float_chunk_with_rans_head(container)
     bad = _rans_damage(chunk_payload(container, entry), how)
     blob = replace_chunk(container, entry, bad)
@@ -603,6 +615,83 @@ def test_invalid_rans_stream_with_valid_checksum(container: Container, tmp_path:
         blob,
         tmp_path,
         f'tensor "{name}" chunk {i}: .*({RANS_DAMAGE[how]})',
+        on_open=False,
+    )
+
+
+def _float_chunk_with_huffman_head(c: Container) -> tuple[str, int, dict]:
+    for name, i, entry in c.chunks():
+        if entry["encoding"] == "float" and chunk_payload(c, entry)[1] == 4:
+            return name, i, entry
+    raise AssertionError("no float chunk with a Huffman head")
+
+
+def _huffman_damage(payload: bytes, how: str) -> bytes:
+    """Damage the Huffman head stream of a float chunk payload:
+    u8 k | u8 method | u32 len | u8 set form | set | 4-bit lengths | u8 segments | bits."""
+    p = bytearray(payload)
+    t = 6  # start of the Huffman stream
+    if p[t] == 0:  # bitmap form: u16 first, u16 last, bitmap
+        first, last = struct.unpack_from("<HH", p, t + 1)
+        nsym = sum(bin(b).count("1") for b in p[t + 5 : t + 5 + (last - first) // 8 + 1])
+        lengths = t + 5 + (last - first) // 8 + 1
+    else:  # list form: u16 count, count x u16
+        (nsym,) = struct.unpack_from("<H", p, t + 1)
+        lengths = t + 3 + 2 * nsym
+    nibbles = [(p[lengths + j // 2] >> (4 * (j % 2))) & 15 for j in range(nsym)]
+
+    def set_nibble(j: int, v: int) -> None:
+        shift = 4 * (j % 2)
+        p[lengths + j // 2] = (p[lengths + j // 2] & ~(15 << shift) & 0xFF) | (v << shift)
+
+    if how == "set_form":
+        p[t] = 9
+    elif how == "symbol_range":
+        assert p[t] == 0
+        struct.pack_into("<H", p, t + 3, 0xFFFF)
+    elif how == "length_zero":
+        set_nibble(0, 0)
+    elif how == "length_12":
+        set_nibble(0, 12)
+    elif how == "incomplete_code":
+        j = next(j for j, n in enumerate(nibbles) if n < 11)
+        set_nibble(j, nibbles[j] + 1)
+    elif how == "segments":
+        p[lengths + (nsym + 1) // 2] = 3
+    elif how == "stream_length":
+        (n,) = struct.unpack_from("<I", p, 2)
+        struct.pack_into("<I", p, 2, n + 1)
+    elif how == "bits":
+        (n,) = struct.unpack_from("<I", p, 2)
+        p[t + n - 2] ^= 0x5A
+    else:
+        raise AssertionError(how)
+    return bytes(p)
+
+
+HUFFMAN_DAMAGE = {
+    "set_form": "unknown Huffman symbol set form 9",
+    "symbol_range": "Huffman symbol range",
+    "length_zero": "Huffman code length 0 invalid",
+    "length_12": "Huffman code length 12 invalid",
+    "incomplete_code": "do not form a complete code",
+    "segments": "Huffman stream has 3 segments",
+    "stream_length": "runs past|trailing|truncated|Huffman",
+    "bits": "Huffman|checksum",
+}
+
+
+@pytest.mark.parametrize("how", list(HUFFMAN_DAMAGE))
+def test_invalid_huffman_stream_with_valid_checksum(container: Container, tmp_path: Path, how: str):
+    """As for rANS: the checksum is recomputed, so the Huffman decoder itself must refuse."""
+    name, i, entry = _float_chunk_with_huffman_head(container)
+    bad = _huffman_damage(chunk_payload(container, entry), how)
+    blob = replace_chunk(container, entry, bad)
+    expect(
+        CorruptDataError,
+        blob,
+        tmp_path,
+        f'tensor "{name}" chunk {i}: .*({HUFFMAN_DAMAGE[how]})',
         on_open=False,
     )
 

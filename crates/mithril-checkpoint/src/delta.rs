@@ -19,6 +19,7 @@ use crate::dtype::DType;
 use crate::error::{corrupt, Result};
 use crate::float::{
     decode_plane, encode_plane_counts, push_stream, push_symbols, read_symbols, StreamReader,
+    HUFFMAN_SLACK,
 };
 use crate::rans;
 
@@ -367,7 +368,7 @@ fn joint_symbols<T: Word>(span: &[T]) -> Option<(usize, Vec<u32>)> {
 }
 
 fn push_plane(out: &mut Vec<u8>, plane: &[u8], counts: &[u32; 256]) {
-    let (method, data) = encode_plane_counts(plane, 8, counts, false);
+    let (method, data) = encode_plane_counts(plane, 8, counts, false, HUFFMAN_SLACK);
     push_stream(out, method, &data);
 }
 
@@ -403,7 +404,7 @@ fn emit<T: Word>(plan: DeltaPlan<T>) -> (DeltaOp, Vec<u8>) {
                             .iter()
                             .map(|w| (w.to_u64() >> (8 * k)) as u16)
                             .collect();
-                        push_symbols(&mut out, &high, counts);
+                        push_symbols(&mut out, &high, counts, HUFFMAN_SLACK);
                         *k
                     }
                 };

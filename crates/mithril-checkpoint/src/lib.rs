@@ -11,7 +11,10 @@ pub mod delta;
 pub mod dtype;
 pub mod error;
 pub mod float;
+#[cfg(target_arch = "x86_64")]
+mod float_avx2;
 pub mod format;
+pub mod huffman;
 pub mod rans;
 #[cfg(target_arch = "x86_64")]
 mod rans_avx2;

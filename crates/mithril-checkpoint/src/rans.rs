@@ -32,6 +32,19 @@ pub trait Symbol: Copy + Default + Send + Sync + 'static {
     const CARDINALITY: usize;
     fn index(self) -> usize;
     fn from_index(v: u16) -> Self;
+
+    /// Store the two symbols `pair & 0xffff` and `pair >> 16` at `at[0]` and `at[1]`.
+    ///
+    /// # Safety
+    /// `at` must be valid for writes of two elements.
+    #[inline(always)]
+    unsafe fn write_pair(at: *mut Self, pair: u32) {
+        // SAFETY: the caller guarantees two writable elements.
+        unsafe {
+            at.write(Self::from_index(pair as u16));
+            at.add(1).write(Self::from_index((pair >> 16) as u16));
+        }
+    }
 }
 
 impl Symbol for u8 {
@@ -44,6 +57,13 @@ impl Symbol for u8 {
     fn from_index(v: u16) -> Self {
         v as u8
     }
+    #[cfg(target_endian = "little")]
+    #[inline(always)]
+    unsafe fn write_pair(at: *mut Self, pair: u32) {
+        let bytes = (pair & 0xff) as u16 | ((pair >> 8) & 0xff00) as u16;
+        // SAFETY: the caller guarantees two writable bytes; one unaligned 16-bit store.
+        unsafe { at.cast::<u16>().write_unaligned(bytes) }
+    }
 }
 
 impl Symbol for u16 {
@@ -55,6 +75,12 @@ impl Symbol for u16 {
     #[inline(always)]
     fn from_index(v: u16) -> Self {
         v
+    }
+    #[cfg(target_endian = "little")]
+    #[inline(always)]
+    unsafe fn write_pair(at: *mut Self, pair: u32) {
+        // SAFETY: the caller guarantees two writable elements; one unaligned 32-bit store.
+        unsafe { at.cast::<u32>().write_unaligned(pair) }
     }
 }
 

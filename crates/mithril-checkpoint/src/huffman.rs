@@ -1,0 +1,803 @@
+//! Static order-0 canonical Huffman coder, code lengths limited to 11 bits.
+//!
+//! rANS codes within 0.2 % of the entropy but costs a multiply, a data-dependent
+//! renormalisation and (to encode) a division per symbol. A Huffman code costs one table
+//! lookup and a shift per symbol on both sides, at a price of a few hundredths of a bit per
+//! symbol on the skewed alphabets of float heads. The float codec takes Huffman when that
+//! price is small (see `float::push_symbols`) and rANS otherwise.
+//!
+//! Long streams are cut into four contiguous segments, each with its own bitstream, so the
+//! decoder runs four independent dependency chains. Bits are written LSB first; a code is
+//! stored bit-reversed so that the decoder can index its table with the low bits of a
+//! 64-bit window. Eleven-bit codes let one window feed five symbols.
+//!
+//! Stream layout (little-endian):
+//! ```text
+//! u8 set form | symbol set | 4-bit code lengths, two per byte, low nibble first
+//! u8 segments (1 or 4) | (segments - 1) x u32 segment byte lengths | segment bitstreams
+//! set form 0: u16 first, u16 last, bitmap of last - first + 1 bits (LSB first)
+//! set form 1: u16 count, count x u16 symbols, increasing
+//! ```
+//! A reader refuses incomplete or over-full codes, unused bits that are not zero and
+//! segments that do not end exactly at their last symbol.
+
+use crate::error::{corrupt, Result};
+use crate::rans::Symbol;
+
+/// Longest code, in bits.
+pub const MAX_CODE_BITS: u32 = 11;
+const TABLE_SIZE: usize = 1 << MAX_CODE_BITS;
+const WINDOW_MASK: u64 = TABLE_SIZE as u64 - 1;
+/// Most distinct symbols a code may hold (at most `2^MAX_CODE_BITS`).
+pub const MAX_ALPHABET: usize = 1024;
+/// Streams with at least this many symbols are cut into `SEGMENTS` bitstreams.
+const SEGMENTED_FROM: usize = 4096;
+const SEGMENTS: usize = 4;
+/// Symbols decoded from one 64-bit window: 5 x 11 bits plus up to 7 bits of offset fit.
+const PER_WINDOW: usize = 5;
+
+const SET_BITMAP: u8 = 0;
+const SET_LIST: u8 = 1;
+
+/// A canonical code: the present symbols (increasing) and their code lengths.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Code {
+    pub symbols: Vec<u16>,
+    pub lengths: Vec<u8>,
+}
+
+impl Code {
+    /// The optimal code with lengths of at most [`MAX_CODE_BITS`] for `counts` (indexed by
+    /// symbol value), built by package-merge. `None` when fewer than 2 or more than
+    /// [`MAX_ALPHABET`] symbols are present.
+    pub fn from_counts(counts: &[u32]) -> Option<Code> {
+        let mut present: Vec<(u32, u16)> = counts
+            .iter()
+            .enumerate()
+            .filter(|(_, &c)| c > 0)
+            .map(|(s, &c)| (c, s as u16))
+            .collect();
+        if present.len() < 2 || present.len() > MAX_ALPHABET || counts.len() > 65536 {
+            return None;
+        }
+        present.sort_unstable();
+        let weights: Vec<u64> = present.iter().map(|p| p.0 as u64).collect();
+        let depth = package_merge(&weights, MAX_CODE_BITS as usize);
+        let mut pairs: Vec<(u16, u8)> = present
+            .iter()
+            .zip(&depth)
+            .map(|(&(_, s), &d)| (s, d))
+            .collect();
+        pairs.sort_unstable();
+        Some(Code {
+            symbols: pairs.iter().map(|p| p.0).collect(),
+            lengths: pairs.iter().map(|p| p.1).collect(),
+        })
+    }
+
+    /// Bits of the coded symbols for `counts` (which must only hold symbols of this code).
+    pub fn payload_bits(&self, counts: &[u32]) -> u64 {
+        self.symbols
+            .iter()
+            .zip(&self.lengths)
+            .map(|(&s, &l)| counts.get(s as usize).copied().unwrap_or(0) as u64 * l as u64)
+            .sum()
+    }
+
+    /// Exact size in bytes of [`encode`]'s output for `n` symbols with `counts`, give or
+    /// take the rounding of each segment to whole bytes.
+    pub fn encoded_size(&self, counts: &[u32], n: usize) -> usize {
+        let segments = segments_for(n);
+        self.header_len()
+            + 1
+            + 4 * (segments - 1)
+            + self.payload_bits(counts).div_ceil(8) as usize
+            + segments
+    }
+
+    fn header_len(&self) -> usize {
+        let lengths = self.symbols.len().div_ceil(2);
+        1 + set_len(&self.symbols) + lengths
+    }
+
+    fn write_header(&self, out: &mut Vec<u8>) {
+        let first = self.symbols.first().copied().unwrap_or(0);
+        let last = self.symbols.last().copied().unwrap_or(0);
+        if bitmap_len(first, last) <= list_len(self.symbols.len()) {
+            out.push(SET_BITMAP);
+            out.extend_from_slice(&first.to_le_bytes());
+            out.extend_from_slice(&last.to_le_bytes());
+            let mut bitmap = vec![0u8; (last - first) as usize / 8 + 1];
+            for &s in &self.symbols {
+                let at = (s - first) as usize;
+                bitmap[at / 8] |= 1 << (at % 8);
+            }
+            out.extend_from_slice(&bitmap);
+        } else {
+            out.push(SET_LIST);
+            out.extend_from_slice(&(self.symbols.len() as u16).to_le_bytes());
+            for &s in &self.symbols {
+                out.extend_from_slice(&s.to_le_bytes());
+            }
+        }
+        for pair in self.lengths.chunks(2) {
+            out.push(pair[0] | pair.get(1).map_or(0, |&l| l << 4));
+        }
+    }
+
+    /// Parse and validate a code; returns it and the number of bytes read.
+    fn read(data: &[u8], cardinality: usize) -> Result<(Code, usize)> {
+        let truncated = || corrupt("Huffman table truncated");
+        let form = *data.first().ok_or_else(truncated)?;
+        let (symbols, mut at): (Vec<u16>, usize) = match form {
+            SET_BITMAP => {
+                let first = read_u16(data, 1).ok_or_else(truncated)?;
+                let last = read_u16(data, 3).ok_or_else(truncated)?;
+                if last < first || last as usize >= cardinality {
+                    return Err(corrupt(format!(
+                        "Huffman symbol range {first}..={last} invalid"
+                    )));
+                }
+                let len = bitmap_len(first, last) - 4;
+                let bitmap = data.get(5..5 + len).ok_or_else(truncated)?;
+                let symbols: Vec<u16> = (first..=last)
+                    .filter(|&s| {
+                        let i = (s - first) as usize;
+                        bitmap[i / 8] >> (i % 8) & 1 == 1
+                    })
+                    .collect();
+                let span = (last - first) as usize + 1;
+                if span % 8 != 0 && bitmap[len - 1] >> (span % 8) != 0 {
+                    return Err(corrupt("Huffman symbol bitmap has bits past its range"));
+                }
+                (symbols, 5 + len)
+            }
+            SET_LIST => {
+                let n = read_u16(data, 1).ok_or_else(truncated)? as usize;
+                if n > MAX_ALPHABET {
+                    return Err(corrupt(format!("Huffman table has {n} symbols")));
+                }
+                let list = data.get(3..3 + 2 * n).ok_or_else(truncated)?;
+                let symbols: Vec<u16> = list
+                    .chunks_exact(2)
+                    .map(|b| u16::from_le_bytes([b[0], b[1]]))
+                    .collect();
+                if symbols.windows(2).any(|w| w[1] <= w[0]) {
+                    return Err(corrupt("Huffman symbols not increasing"));
+                }
+                if symbols.last().is_some_and(|&s| s as usize >= cardinality) {
+                    return Err(corrupt("Huffman symbol out of range"));
+                }
+                (symbols, 3 + 2 * n)
+            }
+            f => return Err(corrupt(format!("unknown Huffman symbol set form {f}"))),
+        };
+        let n = symbols.len();
+        if !(2..=MAX_ALPHABET).contains(&n) {
+            return Err(corrupt(format!("Huffman table has {n} symbols")));
+        }
+        let packed = data.get(at..at + n.div_ceil(2)).ok_or_else(truncated)?;
+        at += packed.len();
+        let lengths: Vec<u8> = (0..n)
+            .map(|i| packed[i / 2] >> (4 * (i % 2)) & 15)
+            .collect();
+        if n % 2 == 1 && packed[n / 2] >> 4 != 0 {
+            return Err(corrupt("Huffman length padding is not zero"));
+        }
+        let mut kraft = 0usize;
+        for &l in &lengths {
+            if l == 0 || l as u32 > MAX_CODE_BITS {
+                return Err(corrupt(format!("Huffman code length {l} invalid")));
+            }
+            kraft += TABLE_SIZE >> l;
+        }
+        if kraft != TABLE_SIZE {
+            return Err(corrupt("Huffman code lengths do not form a complete code"));
+        }
+        Ok((Code { symbols, lengths }, at))
+    }
+
+    /// Bit-reversed canonical codewords, in the order of `symbols`.
+    fn codewords(&self) -> Vec<u32> {
+        let mut order: Vec<usize> = (0..self.symbols.len()).collect();
+        order.sort_unstable_by_key(|&i| (self.lengths[i], self.symbols[i]));
+        let mut words = vec![0u32; self.symbols.len()];
+        let mut next = 0u32;
+        let mut prev_len = 0u32;
+        for i in order {
+            let len = self.lengths[i] as u32;
+            next <<= len - prev_len;
+            prev_len = len;
+            words[i] = next.reverse_bits() >> (32 - len);
+            next += 1;
+        }
+        words
+    }
+
+    /// Decoding table: for every 11-bit window, `symbol | length << 16`.
+    fn decode_table(&self) -> Box<[u32; TABLE_SIZE]> {
+        let mut table = Box::new([0u32; TABLE_SIZE]);
+        for ((&s, &l), w) in self.symbols.iter().zip(&self.lengths).zip(self.codewords()) {
+            let entry = s as u32 | (l as u32) << 16;
+            for slot in (w as usize..TABLE_SIZE).step_by(1 << l) {
+                table[slot] = entry;
+            }
+        }
+        table
+    }
+
+    /// Two-symbol decoding table: for every 11-bit window, the first symbol and, when its
+    /// code fits in the bits left, the second: `s1 | s2 << 16 | bits << 32 | count << 40`.
+    fn pair_table(single: &[u32; TABLE_SIZE]) -> Box<[u64; TABLE_SIZE]> {
+        let mut table = Box::new([0u64; TABLE_SIZE]);
+        for (v, slot) in table.iter_mut().enumerate() {
+            let first = single[v];
+            let len1 = first >> 16;
+            let second = single[v >> len1];
+            let len2 = second >> 16;
+            *slot = if len1 + len2 <= MAX_CODE_BITS {
+                (first & 0xffff) as u64
+                    | ((second & 0xffff) as u64) << 16
+                    | ((len1 + len2) as u64) << 32
+                    | 2 << 40
+            } else {
+                (first & 0xffff) as u64 | (len1 as u64) << 32 | 1 << 40
+            };
+        }
+        table
+    }
+
+    /// Encoding table indexed by symbol value: `codeword | length << 16` (0 when absent).
+    fn encode_table(&self) -> Vec<u32> {
+        let top = self.symbols.last().map_or(0, |&s| s as usize + 1);
+        let mut table = vec![0u32; top];
+        for ((&s, &l), w) in self.symbols.iter().zip(&self.lengths).zip(self.codewords()) {
+            table[s as usize] = w | (l as u32) << 16;
+        }
+        table
+    }
+}
+
+/// Code lengths for `weights` (increasing), none longer than `max_len`, minimising the
+/// weighted length. Package-merge: at each of `max_len` levels the leaves are merged with
+/// the pairs of the level below; the 2n-2 cheapest items of the top level decide, level by
+/// level, how many of the lightest leaves gain one bit.
+fn package_merge(weights: &[u64], max_len: usize) -> Vec<u8> {
+    let n = weights.len();
+    let mut is_leaf_by_level: Vec<Vec<bool>> = Vec::with_capacity(max_len);
+    let mut below: Vec<u64> = Vec::new();
+    for _ in 0..max_len {
+        let packages: Vec<u64> = below.chunks_exact(2).map(|p| p[0] + p[1]).collect();
+        let mut merged = Vec::with_capacity(n + packages.len());
+        let mut is_leaf = Vec::with_capacity(n + packages.len());
+        let (mut i, mut j) = (0, 0);
+        while i < n || j < packages.len() {
+            if j == packages.len() || (i < n && weights[i] <= packages[j]) {
+                merged.push(weights[i]);
+                is_leaf.push(true);
+                i += 1;
+            } else {
+                merged.push(packages[j]);
+                is_leaf.push(false);
+                j += 1;
+            }
+        }
+        is_leaf_by_level.push(is_leaf);
+        below = merged;
+    }
+    let mut lengths = vec![0u8; n];
+    let mut take = 2 * n - 2;
+    for is_leaf in is_leaf_by_level.iter().rev() {
+        let taken = &is_leaf[..take.min(is_leaf.len())];
+        let leaves = taken.iter().filter(|&&l| l).count();
+        for l in &mut lengths[..leaves] {
+            *l += 1;
+        }
+        take = 2 * (taken.len() - leaves);
+    }
+    lengths
+}
+
+fn bitmap_len(first: u16, last: u16) -> usize {
+    4 + (last - first) as usize / 8 + 1
+}
+
+fn list_len(n: usize) -> usize {
+    2 + 2 * n
+}
+
+fn set_len(symbols: &[u16]) -> usize {
+    let first = symbols.first().copied().unwrap_or(0);
+    let last = symbols.last().copied().unwrap_or(0);
+    bitmap_len(first, last).min(list_len(symbols.len()))
+}
+
+fn segments_for(n: usize) -> usize {
+    if n >= SEGMENTED_FROM {
+        SEGMENTS
+    } else {
+        1
+    }
+}
+
+#[inline(always)]
+fn read_u16(data: &[u8], at: usize) -> Option<u16> {
+    let b = data.get(at..at + 2)?;
+    Some(u16::from_le_bytes([b[0], b[1]]))
+}
+
+/// LSB-first bit writer state; the bytes go to a slice the caller passes in, so that the
+/// state stays in registers.
+#[derive(Clone, Copy, Default)]
+struct BitWriter {
+    at: usize,
+    acc: u64,
+    bits: u32,
+}
+
+/// Bytes a segment of `n` symbols may need, plus the slack of the 8-byte stores.
+fn segment_capacity(n: usize) -> usize {
+    (n * MAX_CODE_BITS as usize).div_ceil(8) + 8
+}
+
+impl BitWriter {
+    /// Append one `codeword | length << 16`; at most `PER_WINDOW` between flushes.
+    #[inline(always)]
+    fn put(&mut self, code: u32) {
+        self.acc |= ((code & 0xffff) as u64) << self.bits;
+        self.bits += code >> 16;
+    }
+
+    /// Store the whole bytes of the accumulator (at most 62 bits are pending) into `out`,
+    /// which has `segment_capacity` bytes for the segment.
+    #[inline(always)]
+    fn flush(&mut self, out: &mut [u8]) {
+        if let Some(w) = out
+            .get_mut(self.at..)
+            .and_then(|w| w.first_chunk_mut::<8>())
+        {
+            *w = self.acc.to_le_bytes();
+        }
+        let bytes = self.bits >> 3;
+        self.at += bytes as usize;
+        self.acc >>= bytes * 8;
+        self.bits &= 7;
+    }
+
+    /// Bytes used once the last partial byte is stored.
+    fn finish(mut self, out: &mut [u8]) -> usize {
+        self.flush(out);
+        self.at + (self.bits > 0) as usize
+    }
+}
+
+/// Encode `syms`, every one of which must have a code in `code`.
+pub fn encode<T: Symbol>(syms: &[T], code: &Code) -> Vec<u8> {
+    let table = code.encode_table();
+    let segments = segments_for(syms.len());
+    let seg_len = syms.len().div_ceil(segments).max(1);
+    let segs: Vec<&[T]> = syms.chunks(seg_len).collect();
+    let head_len = code.header_len() + 1 + 4 * (segments - 1);
+    let capacity: usize = segs.iter().map(|s| segment_capacity(s.len())).sum();
+    let mut out = vec![0u8; head_len + capacity];
+    let (head, mut body) = out.split_at_mut(head_len);
+    let mut bufs: Vec<&mut [u8]> = Vec::with_capacity(segs.len());
+    for seg in &segs {
+        let (buf, rest) = body.split_at_mut(segment_capacity(seg.len()));
+        bufs.push(buf);
+        body = rest;
+    }
+    let mut used = vec![0usize; segs.len()];
+    for ((seg, buf), u) in segs.iter().zip(bufs.iter_mut()).zip(used.iter_mut()) {
+        *u = encode_segment(seg, &table, buf);
+    }
+    let mut header = Vec::with_capacity(head_len);
+    code.write_header(&mut header);
+    header.push(segments as u8);
+    for u in &used[..used.len().saturating_sub(1)] {
+        header.extend_from_slice(&(*u as u32).to_le_bytes());
+    }
+    head.copy_from_slice(&header);
+    // Close the gaps the worst-case segment slots left.
+    let mut end = head_len;
+    let mut from = head_len;
+    for (seg, &u) in segs.iter().zip(&used) {
+        out.copy_within(from..from + u, end);
+        end += u;
+        from += segment_capacity(seg.len());
+    }
+    out.truncate(end);
+    out
+}
+
+/// Write the codes of `syms` to `out` (`segment_capacity` bytes); returns the bytes used.
+/// One segment at a time: the accumulator chain is one shift-or per symbol, shorter than
+/// the loads that feed it, so interleaving segments would only add register pressure.
+fn encode_segment<T: Symbol>(syms: &[T], table: &[u32], out: &mut [u8]) -> usize {
+    #[cfg(target_arch = "x86_64")]
+    if std::arch::is_x86_feature_detected!("bmi2") {
+        // SAFETY: the CPU supports BMI2 (checked just above).
+        return unsafe { encode_segment_bmi2(syms, table, out) };
+    }
+    encode_segment_body(syms, table, out)
+}
+
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "bmi2")]
+unsafe fn encode_segment_bmi2<T: Symbol>(syms: &[T], table: &[u32], out: &mut [u8]) -> usize {
+    encode_segment_body(syms, table, out)
+}
+
+#[inline(always)]
+fn encode_segment_body<T: Symbol>(syms: &[T], table: &[u32], out: &mut [u8]) -> usize {
+    let mut w = BitWriter::default();
+    let mut groups = syms.chunks_exact(PER_WINDOW);
+    for group in &mut groups {
+        for s in group {
+            w.put(table[s.index()]);
+        }
+        w.flush(out);
+    }
+    for s in groups.remainder() {
+        w.put(table[s.index()]);
+    }
+    w.finish(out)
+}
+
+/// The next 64 bits of `data` from bit `pos` (zeros past the end).
+#[inline(always)]
+fn window(data: &[u8], pos: usize) -> u64 {
+    let byte = pos >> 3;
+    let word = match data.get(byte..).and_then(|s| s.first_chunk::<8>()) {
+        Some(w) => u64::from_le_bytes(*w),
+        None => {
+            let mut w = [0u8; 8];
+            let rest = data.get(byte..).unwrap_or(&[]);
+            w[..rest.len()].copy_from_slice(rest);
+            u64::from_le_bytes(w)
+        }
+    };
+    word >> (pos & 7)
+}
+
+/// Room a window round needs in every output segment: five lookups of two symbols.
+const ROUND_ROOM: usize = 2 * PER_WINDOW;
+
+/// The four-segment fast loop: every round refills each segment's 64-bit window and takes
+/// five lookups of one or two symbols from it, while every segment has room for a whole
+/// round and eight readable bytes at its bit position. Returns each segment's bit position
+/// and symbols written; the caller decodes the rest one symbol at a time.
+fn decode_pairs<T: Symbol>(
+    streams: [&[u8]; SEGMENTS],
+    outs: [&mut [T]; SEGMENTS],
+    pairs: &[u64; TABLE_SIZE],
+) -> ([usize; SEGMENTS], [usize; SEGMENTS]) {
+    #[cfg(target_arch = "x86_64")]
+    if std::arch::is_x86_feature_detected!("bmi2") {
+        // SAFETY: the CPU supports BMI2 (checked just above).
+        return unsafe { decode_pairs_bmi2(streams, outs, pairs) };
+    }
+    decode_pairs_body(streams, outs, pairs)
+}
+
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "bmi2")]
+unsafe fn decode_pairs_bmi2<T: Symbol>(
+    streams: [&[u8]; SEGMENTS],
+    outs: [&mut [T]; SEGMENTS],
+    pairs: &[u64; TABLE_SIZE],
+) -> ([usize; SEGMENTS], [usize; SEGMENTS]) {
+    decode_pairs_body(streams, outs, pairs)
+}
+
+#[inline(always)]
+fn decode_pairs_body<T: Symbol>(
+    streams: [&[u8]; SEGMENTS],
+    outs: [&mut [T]; SEGMENTS],
+    pairs: &[u64; TABLE_SIZE],
+) -> ([usize; SEGMENTS], [usize; SEGMENTS]) {
+    let mut pos = [0usize; SEGMENTS];
+    let mut done = [0usize; SEGMENTS];
+    let room = outs.iter().map(|o| o.len()).min().unwrap_or(0);
+    let Some(last_round_start) = room.checked_sub(ROUND_ROOM) else {
+        return (pos, done);
+    };
+    let out_ptrs = outs.map(|o| o.as_mut_ptr());
+    loop {
+        let mut windows = [0u64; SEGMENTS];
+        for s in 0..SEGMENTS {
+            let Some(bytes) = streams[s]
+                .get(pos[s] >> 3..)
+                .and_then(|b| b.first_chunk::<8>())
+            else {
+                return (pos, done);
+            };
+            if done[s] > last_round_start {
+                return (pos, done);
+            }
+            windows[s] = u64::from_le_bytes(*bytes) >> (pos[s] & 7);
+        }
+        for _ in 0..PER_WINDOW {
+            for s in 0..SEGMENTS {
+                let e = pairs[(windows[s] & WINDOW_MASK) as usize];
+                // SAFETY: `done[s]` was at most `room - ROUND_ROOM` when this round began
+                // and grows by at most 2 per lookup, so both elements lie inside `outs[s]`.
+                unsafe { T::write_pair(out_ptrs[s].add(done[s]), e as u32) };
+                let bits = (e >> 32) & 0xff;
+                windows[s] >>= bits;
+                pos[s] += bits as usize;
+                done[s] += (e >> 40) as usize;
+            }
+        }
+    }
+}
+
+/// Decode exactly `out.len()` symbols from `data`, each below `cardinality`, refusing
+/// anything that is not a stream `encode` could have produced for that many symbols.
+pub fn decode<T: Symbol>(data: &[u8], out: &mut [T], cardinality: usize) -> Result<()> {
+    let (code, mut at) = Code::read(data, cardinality)?;
+    let table = code.decode_table();
+    let segments = *data
+        .get(at)
+        .ok_or_else(|| corrupt("Huffman stream truncated"))? as usize;
+    at += 1;
+    if segments != segments_for(out.len()) {
+        return Err(corrupt(format!(
+            "Huffman stream has {segments} segments, expected {}",
+            segments_for(out.len())
+        )));
+    }
+    let mut bounds = Vec::with_capacity(segments + 1);
+    bounds.push(at + 4 * (segments - 1));
+    for i in 0..segments - 1 {
+        let b = data
+            .get(at + 4 * i..at + 4 * i + 4)
+            .ok_or_else(|| corrupt("Huffman segment table truncated"))?;
+        let len = u32::from_le_bytes([b[0], b[1], b[2], b[3]]) as usize;
+        let end = bounds[i] + len;
+        if end > data.len() {
+            return Err(corrupt("Huffman segment runs past the stream"));
+        }
+        bounds.push(end);
+    }
+    if bounds[segments - 1] > data.len() {
+        return Err(corrupt("Huffman segment table truncated"));
+    }
+    bounds.push(data.len());
+    let streams: Vec<&[u8]> = bounds.windows(2).map(|b| &data[b[0]..b[1]]).collect();
+
+    let seg_len = out.len().div_ceil(segments).max(1);
+    let mut pos = vec![0usize; segments];
+    let mut done = vec![0usize; segments];
+    if let ([s0, s1, s2, s3], [o0, o1, o2, o3]) = (
+        &streams[..],
+        &mut out.chunks_mut(seg_len).collect::<Vec<_>>()[..],
+    ) {
+        let pairs = Code::pair_table(&table);
+        let (p, d) = decode_pairs([s0, s1, s2, s3], [o0, o1, o2, o3], &pairs);
+        pos.copy_from_slice(&p);
+        done.copy_from_slice(&d);
+    }
+    for (((seg, stream), p), &from) in out
+        .chunks_mut(seg_len)
+        .zip(&streams)
+        .zip(pos.iter_mut())
+        .zip(&done)
+    {
+        for o in seg.get_mut(from..).unwrap_or(&mut []) {
+            let e = table[(window(stream, *p) & WINDOW_MASK) as usize];
+            *o = T::from_index(e as u16);
+            *p += (e >> 16) as usize;
+        }
+    }
+    for (i, (stream, &p)) in streams.iter().zip(&pos).enumerate() {
+        if p.div_ceil(8) != stream.len() {
+            return Err(corrupt(format!(
+                "Huffman segment {i} holds {} bytes, its symbols take {} bits",
+                stream.len(),
+                p
+            )));
+        }
+        if p % 8 != 0 && stream.last().is_some_and(|&b| b >> (p % 8) != 0) {
+            return Err(corrupt(format!(
+                "Huffman segment {i} has stray bits at its end"
+            )));
+        }
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::rans::{entropy_bits, histogram};
+    use proptest::prelude::*;
+
+    fn roundtrip<T: Symbol + PartialEq + std::fmt::Debug>(syms: &[T], card: usize) -> usize {
+        let counts = histogram(syms, card);
+        let code = Code::from_counts(&counts).unwrap();
+        let enc = encode(syms, &code);
+        let mut out = vec![T::default(); syms.len()];
+        decode(&enc, &mut out, card).unwrap();
+        assert_eq!(out, syms);
+        let estimate = code.encoded_size(&counts, syms.len());
+        assert!(
+            enc.len() <= estimate && enc.len() + 4 >= estimate,
+            "{} vs {estimate}",
+            enc.len()
+        );
+        enc.len()
+    }
+
+    /// Skewed u16 symbols (like float heads) from a fixed LCG, with a long tail.
+    fn skewed(n: usize, seed: u64) -> Vec<u16> {
+        let mut x = seed;
+        (0..n)
+            .map(|_| {
+                x = x
+                    .wrapping_mul(6364136223846793005)
+                    .wrapping_add(1442695040888963407);
+                let r = (x >> 33) as u32;
+                (120 + (r % 7) * ((r >> 8) % 3) + if r % 97 == 0 { r % 1000 } else { 0 }) as u16
+            })
+            .collect()
+    }
+
+    #[test]
+    fn lengths_are_limited_complete_and_near_entropy() {
+        // Fibonacci weights force an unlimited Huffman tree 30 levels deep.
+        let mut fib = vec![1u32, 1];
+        while fib.len() < 30 {
+            let n = fib.len();
+            fib.push(fib[n - 1] + fib[n - 2]);
+        }
+        let code = Code::from_counts(&fib).unwrap();
+        assert!(code.lengths.iter().all(|&l| (1..=11).contains(&l)));
+        let kraft: usize = code.lengths.iter().map(|&l| TABLE_SIZE >> l).sum();
+        assert_eq!(kraft, TABLE_SIZE);
+
+        // Against the unlimited Huffman code (package-merge with room for any depth):
+        // the limit costs little when the alphabet has a few hundred symbols, as float
+        // heads do. A thousand rare symbols would crowd an 11-bit code.
+        let syms: Vec<u16> = skewed(200_000, 3).iter().map(|&s| s % 150).collect();
+        let counts = histogram(&syms, 2048);
+        let code = Code::from_counts(&counts).unwrap();
+        let mut present: Vec<u64> = counts
+            .iter()
+            .filter(|&&c| c > 0)
+            .map(|&c| c as u64)
+            .collect();
+        present.sort_unstable();
+        let free = package_merge(&present, 40);
+        assert!(
+            free.iter().any(|&l| l > 11),
+            "the test data must need the limit"
+        );
+        let free_bits: u64 = present.iter().zip(&free).map(|(&c, &l)| c * l as u64).sum();
+        let bits = code.payload_bits(&counts);
+        assert!(
+            bits >= free_bits && bits <= free_bits + free_bits * 3 / 100,
+            "{bits} vs {free_bits}"
+        );
+        assert!(bits as f64 >= entropy_bits(&counts));
+    }
+
+    #[test]
+    fn two_symbols_take_one_bit_each() {
+        let syms: Vec<u8> = (0..8000).map(|i| (i % 3 == 0) as u8 * 200).collect();
+        let size = roundtrip(&syms, 256);
+        assert!(size < 8000 / 8 + 64, "{size}");
+    }
+
+    #[test]
+    fn long_and_short_streams_roundtrip() {
+        for n in [
+            2,
+            5,
+            17,
+            SEGMENTED_FROM - 1,
+            SEGMENTED_FROM,
+            SEGMENTED_FROM + 3,
+            262_147,
+        ] {
+            let syms = skewed(n, n as u64);
+            roundtrip(&syms, 2048);
+            let bytes: Vec<u8> = syms.iter().map(|&s| (s % 251) as u8).collect();
+            if bytes.iter().any(|&b| b != bytes[0]) {
+                roundtrip(&bytes, 256);
+            }
+        }
+    }
+
+    #[test]
+    fn sparse_symbols_use_the_list_form() {
+        let syms: Vec<u16> = (0..1000u16)
+            .map(|i| [3, 4000, 4095][i as usize % 3])
+            .collect();
+        let size = roundtrip(&syms, 4096);
+        assert!(size < 1000 * 2 / 8 + 32, "{size}");
+    }
+
+    #[test]
+    fn damaged_streams_fail_cleanly() {
+        let syms = skewed(100_000, 7);
+        let code = Code::from_counts(&histogram(&syms, 2048)).unwrap();
+        let enc = encode(&syms, &code);
+        let mut out = vec![0u16; syms.len()];
+        for cut in [1, 2, 64, enc.len() / 2, enc.len() - 1] {
+            assert!(
+                decode(&enc[..enc.len() - cut], &mut out, 2048).is_err(),
+                "cut {cut}"
+            );
+        }
+        let mut longer = enc.clone();
+        longer.push(0);
+        assert!(decode(&longer, &mut out, 2048).is_err());
+        let mut caught = 0;
+        let mut tried = 0;
+        for at in (0..enc.len()).step_by(97) {
+            let mut bad = enc.clone();
+            bad[at] ^= 0x24;
+            tried += 1;
+            if decode(&bad, &mut out, 2048).is_err() || out != syms {
+                caught += 1;
+            }
+        }
+        assert_eq!(
+            caught, tried,
+            "every flip is refused or changes the symbols"
+        );
+        // Fewer symbols expected than coded: the segments do not end where they should.
+        let mut short = vec![0u16; syms.len() - 1];
+        assert!(decode(&enc, &mut short, 2048).is_err());
+        // Symbols beyond the cardinality the caller allows.
+        assert!(decode(&enc, &mut out, 1000).is_err());
+    }
+
+    #[test]
+    fn invalid_tables_are_refused() {
+        let syms: Vec<u8> = (0..5000u32).map(|i| (i * i % 13) as u8).collect();
+        let code = Code::from_counts(&histogram(&syms, 256)).unwrap();
+        let enc = encode(&syms, &code);
+        let mut out = vec![0u8; syms.len()];
+        decode(&enc, &mut out, 256).unwrap();
+        let lengths_at = 1 + set_len(&code.symbols);
+        for bad_nibble in [0u8, 12, 15] {
+            let mut bad = enc.clone();
+            bad[lengths_at] = bad[lengths_at] & 0xf0 | bad_nibble;
+            assert!(decode(&bad, &mut out, 256).is_err());
+        }
+        // One code made one bit longer: no longer complete.
+        let mut bad = enc.clone();
+        bad[lengths_at] += 1;
+        assert!(decode(&bad, &mut out, 256).is_err());
+        let mut bad = enc.clone();
+        bad[0] = 7;
+        assert!(decode(&bad, &mut out, 256).is_err());
+        for cut in 0..lengths_at + 2 {
+            assert!(decode(&enc[..cut], &mut out, 256).is_err());
+        }
+    }
+
+    proptest! {
+        #[test]
+        fn any_u8_sequence_roundtrips(syms in proptest::collection::vec(0u8..=255, 2..6000)) {
+            if Code::from_counts(&histogram(&syms, 256)).is_some() {
+                roundtrip(&syms, 256);
+            }
+        }
+
+        #[test]
+        fn u16_symbols_roundtrip(syms in proptest::collection::vec(0u16..1024, 2..9000)) {
+            if Code::from_counts(&histogram(&syms, 1024)).is_some() {
+                roundtrip(&syms, 1024);
+            }
+        }
+
+        #[test]
+        fn garbage_never_panics(data in proptest::collection::vec(any::<u8>(), 0..600), n in 0usize..5000) {
+            let mut out = vec![0u16; n];
+            let _ = decode(&data, &mut out, 1024);
+        }
+    }
+}
