@@ -610,6 +610,7 @@ pub fn decode<T: Symbol>(data: &[u8], out: &mut [T], cardinality: usize) -> Resu
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::rans::tests::skewed_heads as skewed;
     use crate::rans::{entropy_bits, histogram};
     use proptest::prelude::*;
 
@@ -627,20 +628,6 @@ mod tests {
             enc.len()
         );
         enc.len()
-    }
-
-    /// Skewed u16 symbols (like float heads) from a fixed LCG, with a long tail.
-    fn skewed(n: usize, seed: u64) -> Vec<u16> {
-        let mut x = seed;
-        (0..n)
-            .map(|_| {
-                x = x
-                    .wrapping_mul(6364136223846793005)
-                    .wrapping_add(1442695040888963407);
-                let r = (x >> 33) as u32;
-                (120 + (r % 7) * ((r >> 8) % 3) + if r % 97 == 0 { r % 1000 } else { 0 }) as u16
-            })
-            .collect()
     }
 
     #[test]

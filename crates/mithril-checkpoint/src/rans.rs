@@ -484,7 +484,7 @@ fn decode_checked<T: Symbol>(
 }
 
 #[cfg(test)]
-mod tests {
+pub(crate) mod tests {
     use super::*;
 
     #[cfg(target_arch = "x86_64")]
@@ -503,7 +503,7 @@ mod tests {
     }
 
     /// Skewed u16 symbols (like float heads) from a fixed LCG.
-    fn skewed_heads(n: usize, seed: u64) -> Vec<u16> {
+    pub(crate) fn skewed_heads(n: usize, seed: u64) -> Vec<u16> {
         let mut x = seed;
         (0..n)
             .map(|_| {
