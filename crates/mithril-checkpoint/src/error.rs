@@ -80,7 +80,33 @@ pub fn zeroed_buffer(n: usize) -> Result<Vec<u8>> {
     if ptr.is_null() {
         return Err(Error::OutOfMemory(format!("cannot allocate {n} bytes")));
     }
+    advise_huge_pages(ptr, n);
     // SAFETY: `ptr` comes from the global allocator with the layout of `n` u8s, all of
     // which are initialised (zeroed); length and capacity are both `n`.
     Ok(unsafe { Vec::from_raw_parts(ptr, n, n) })
+}
+
+/// Buffers at least this large ask for transparent huge pages.
+const HUGE_PAGES_FROM: usize = 8 << 20;
+
+/// Ask the kernel to back the 2 MiB-aligned inside of a large, not yet touched buffer with
+/// huge pages. A fresh tensor buffer otherwise takes one page fault per 4 KiB while it is
+/// decoded into, which costs about a third of the decode time of a large fp32 tensor. Only
+/// advice: where transparent huge pages are off, nothing changes.
+fn advise_huge_pages(ptr: *mut u8, n: usize) {
+    #[cfg(target_os = "linux")]
+    if n >= HUGE_PAGES_FROM {
+        const HUGE: usize = 2 << 20;
+        let start = (ptr as usize).next_multiple_of(HUGE);
+        let end = (ptr as usize + n) / HUGE * HUGE;
+        if end > start {
+            // SAFETY: the range lies inside the allocation of `n` bytes at `ptr`;
+            // MADV_HUGEPAGE only changes how the kernel backs it, never its contents.
+            unsafe {
+                libc::madvise(start as *mut libc::c_void, end - start, libc::MADV_HUGEPAGE);
+            }
+        }
+    }
+    #[cfg(not(target_os = "linux"))]
+    let _ = (ptr, n, HUGE_PAGES_FROM);
 }

@@ -39,7 +39,7 @@ const PLANE_ZSTD_LEVEL: i32 = 1;
 /// Mantissa bits that may join the exponent in the head, per float layout.
 fn head_mantissa_choices(bits: FloatBits) -> &'static [u32] {
     match (bits.exponent, bits.mantissa) {
-        (8, 7) => &[0, 1, 2],
+        (8, 7) | (8, 23) => &[0, 1, 2],
         (5, 10) => &[3],
         _ => &[0],
     }
@@ -86,12 +86,18 @@ impl Split {
             | (rem & ((1 << self.low) - 1))
     }
 
-    /// Remainder byte planes (whole bytes) or one bit-packed stream.
+    /// Remainder planes, most significant first: the first holds what is left over the
+    /// whole low bytes (bit-packed when under 8 bits), the others one byte each.
     fn planes(&self) -> usize {
-        if self.rem_bits % 8 == 0 {
-            (self.rem_bits / 8) as usize
+        self.rem_bits.div_ceil(8) as usize
+    }
+
+    /// Bits per value of remainder plane `p`.
+    fn plane_width(&self, p: usize) -> u32 {
+        if p == 0 {
+            self.rem_bits - 8 * (self.planes() as u32 - 1)
         } else {
-            1
+            8
         }
     }
 }
@@ -243,7 +249,20 @@ fn encode_words<const W: usize>(raw: &[u8], bits: FloatBits) -> Vec<u8> {
         }
     } else if let [p0, p1, p2] = &mut rem[..] {
         // fp32 (sign + 23 mantissa bits): the only three-plane split; one pass, no indexing.
-        let words = raw.chunks_exact(W).zip(heads.iter_mut());
+        let mut done = 0usize;
+        #[cfg(target_arch = "x86_64")]
+        if W == 4 && crate::float_avx2::available() {
+            // SAFETY: AVX2 is present; heads and planes hold one value per word. The high
+            // half of an fp32 word splits with `low - 16` mantissa bits in its remainder.
+            done = unsafe {
+                let planes = [&mut p0[..], &mut p1[..], &mut p2[..]];
+                crate::float_avx2::split_f32(raw, split.low - 16, &mut heads, planes)
+            };
+        }
+        let words = raw[W * done..]
+            .chunks_exact(W)
+            .zip(heads[done..].iter_mut());
+        let (p0, p1, p2) = (&mut p0[done..], &mut p1[done..], &mut p2[done..]);
         for (((w, h), a), (b, c)) in words.zip(p0.iter_mut()).zip(p1.iter_mut().zip(p2)) {
             let w = load::<W>(w);
             *h = split.head(w);
@@ -271,9 +290,8 @@ fn encode_words<const W: usize>(raw: &[u8], bits: FloatBits) -> Vec<u8> {
         HUFFMAN_SLACK_F32
     };
     push_symbols(&mut out, &heads, &counts, slack);
-    let width = split.rem_bits.min(8);
-    for plane in &rem {
-        let (method, data) = encode_plane(plane, width, slack);
+    for (p, plane) in rem.iter().enumerate() {
+        let (method, data) = encode_plane(plane, split.plane_width(p), slack);
         push_stream(&mut out, method, &data);
     }
     out
@@ -694,7 +712,6 @@ fn decode_words<const W: usize>(payload: &[u8], bits: FloatBits, out: &mut [u8])
     read_symbols(rd.stream()?, &mut heads, cardinality, "head")?;
 
     let planes = split.planes();
-    let width = split.rem_bits.min(8);
     if W == 2 && planes == 1 {
         let mut peek = StreamReader {
             data: rd.data,
@@ -707,19 +724,39 @@ fn decode_words<const W: usize>(payload: &[u8], bits: FloatBits, out: &mut [u8])
             }
         }
     }
-    let mut rem: Vec<Vec<u8>> = vec![vec![0u8; n]; planes];
-    for plane in rem.iter_mut() {
+    // Raw byte planes are joined straight from the payload, without a copy.
+    let mut rem: Vec<Cow<'_, [u8]>> = Vec::with_capacity(planes);
+    for p in 0..planes {
         let (method, data) = rd.stream()?;
-        decode_plane(method, data, plane, width)?;
+        let width = split.plane_width(p);
+        if method == METHOD_RAW && width == 8 {
+            if data.len() != n {
+                return Err(corrupt("raw plane has the wrong length"));
+            }
+            rem.push(Cow::Borrowed(data));
+        } else {
+            let mut plane = vec![0u8; n];
+            decode_plane(method, data, &mut plane, width)?;
+            rem.push(Cow::Owned(plane));
+        }
     }
     rd.finish()?;
 
     if planes == 1 {
-        for ((o, &h), &r) in out.chunks_exact_mut(W).zip(&heads).zip(&rem[0]) {
+        for ((o, &h), &r) in out.chunks_exact_mut(W).zip(&heads).zip(rem[0].iter()) {
             store::<W>(o, split.join(h, r as u32));
         }
     } else if let [p0, p1, p2] = &rem[..] {
-        let words = out.chunks_exact_mut(W).zip(&heads);
+        let mut done = 0usize;
+        #[cfg(target_arch = "x86_64")]
+        if W == 4 && crate::float_avx2::available() {
+            // SAFETY: AVX2 is present; every plane holds one value per head and `out` four
+            // bytes per head.
+            done =
+                unsafe { crate::float_avx2::join_f32(&heads, split.low - 16, [p0, p1, p2], out) };
+        }
+        let words = out[W * done..].chunks_exact_mut(W).zip(&heads[done..]);
+        let (p0, p1, p2) = (&p0[done..], &p1[done..], &p2[done..]);
         for (((o, &h), &a), (&b, &c)) in words.zip(p0).zip(p1.iter().zip(p2)) {
             let r = (a as u32) << 16 | (b as u32) << 8 | c as u32;
             store::<W>(o, split.join(h, r));
@@ -824,6 +861,51 @@ mod tests {
                     assert!(join_packed(&heads, &packed[1..], split, &mut out).is_err());
                 }
             }
+        }
+    }
+
+    /// The AVX2 fp32 kernels give the planes of the scalar split (so that files do not
+    /// depend on the CPU that wrote them) and join them back.
+    #[cfg(target_arch = "x86_64")]
+    #[test]
+    fn fp32_kernels_match_the_scalar_split() {
+        if !crate::float_avx2::available() {
+            return;
+        }
+        let raw = uniform_f32(1003, false);
+        let n = raw.len() / 4;
+        let bits = DType::F32.float_bits().unwrap();
+        for k in [0u32, 1, 2] {
+            let split = Split::new(bits, k);
+            let (mut heads, mut p0, mut p1, mut p2) =
+                (vec![0u16; n], vec![0u8; n], vec![0u8; n], vec![0u8; n]);
+            let done = unsafe {
+                crate::float_avx2::split_f32(
+                    &raw,
+                    split.low - 16,
+                    &mut heads,
+                    [&mut p0[..], &mut p1[..], &mut p2[..]],
+                )
+            };
+            assert_eq!(done, n / 8 * 8);
+            for (i, w) in raw.chunks_exact(4).take(done).enumerate() {
+                let w = load::<4>(w);
+                let r = split.rem(w);
+                assert_eq!(heads[i], split.head(w), "k={k} i={i}");
+                assert_eq!(
+                    [p0[i], p1[i], p2[i]],
+                    [(r >> 16) as u8, (r >> 8) as u8, r as u8]
+                );
+            }
+            let mut out = vec![0u8; raw.len()];
+            let joined = unsafe {
+                crate::float_avx2::join_f32(&heads, split.low - 16, [&p0, &p1, &p2], &mut out)
+            };
+            assert_eq!(joined, done);
+            assert_eq!(out[..4 * done], raw[..4 * done]);
+        }
+        for len in [0usize, 4, 28, 32, 36, 4012] {
+            roundtrip(&raw[..len], DType::F32);
         }
     }
 

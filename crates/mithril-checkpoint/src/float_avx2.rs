@@ -156,3 +156,102 @@ pub(crate) unsafe fn split_packed<const WIDTH: usize>(
         done
     }
 }
+
+/// Byte order that gathers, within each 128-bit lane of four fp32 words, the four low
+/// bytes, then the four second bytes, then the four high halves.
+const F32_GATHER: [i8; 16] = [0, 4, 8, 12, 1, 5, 9, 13, 2, 3, 6, 7, 10, 11, 14, 15];
+
+/// Split fp32 words into heads and the three remainder planes, 8 words at a time; returns
+/// how many words were done. The high half of each word splits like a 16-bit float with a
+/// `low + 1`-bit remainder (`low` = 7 - k); the two low bytes are planes 2 and 1 as they are.
+///
+/// # Safety
+/// The CPU must support AVX2. `heads` and the three planes hold `raw.len() / 4` values.
+#[target_feature(enable = "avx2")]
+pub(crate) unsafe fn split_f32(
+    raw: &[u8],
+    low: u32,
+    heads: &mut [u16],
+    planes: [&mut [u8]; 3],
+) -> usize {
+    let n = raw.len() / 4;
+    let [p0, p1, p2] = planes;
+    // SAFETY (whole function): the loop condition keeps 32 raw bytes and 8 values of every
+    // output in bounds.
+    unsafe {
+        let gather = _mm256_broadcastsi128_si256(_mm_loadu_si128(F32_GATHER.as_ptr().cast()));
+        let order = _mm256_setr_epi32(0, 4, 1, 5, 2, 3, 6, 7);
+        let shift = _mm_cvtsi32_si128(low as i32);
+        let low_mask = _mm_set1_epi16(((1u32 << low) - 1) as i16);
+        let head_mask = _mm_set1_epi16(((1u32 << (15 - low)) - 1) as i16);
+        let mut done = 0usize;
+        while done + 8 <= n.min(heads.len()).min(p0.len()).min(p1.len()).min(p2.len()) {
+            let w = _mm256_loadu_si256(raw.as_ptr().add(4 * done).cast());
+            let sorted = _mm256_permutevar8x32_epi32(_mm256_shuffle_epi8(w, gather), order);
+            let bytes = _mm256_castsi256_si128(sorted);
+            let hi = _mm256_extracti128_si256::<1>(sorted);
+            _mm_storel_epi64(p2.as_mut_ptr().add(done).cast(), bytes);
+            _mm_storel_epi64(
+                p1.as_mut_ptr().add(done).cast(),
+                _mm_unpackhi_epi64(bytes, bytes),
+            );
+            let head = _mm_and_si128(_mm_srl_epi16(hi, shift), head_mask);
+            _mm_storeu_si128(heads.as_mut_ptr().add(done).cast(), head);
+            let rem = _mm_or_si128(
+                _mm_sll_epi16(_mm_srli_epi16::<15>(hi), shift),
+                _mm_and_si128(hi, low_mask),
+            );
+            _mm_storel_epi64(p0.as_mut_ptr().add(done).cast(), _mm_packus_epi16(rem, rem));
+            done += 8;
+        }
+        done
+    }
+}
+
+/// Inverse of [`split_f32`], 8 words at a time; returns how many words were written.
+///
+/// # Safety
+/// The CPU must support AVX2. `out` holds 4 bytes per head and each plane one byte per head.
+#[target_feature(enable = "avx2")]
+pub(crate) unsafe fn join_f32(
+    heads: &[u16],
+    low: u32,
+    planes: [&[u8]; 3],
+    out: &mut [u8],
+) -> usize {
+    let [p0, p1, p2] = planes;
+    let n = heads
+        .len()
+        .min(p0.len())
+        .min(p1.len())
+        .min(p2.len())
+        .min(out.len() / 4);
+    // SAFETY (whole function): the loop condition keeps 8 values of every input and 32
+    // output bytes in bounds.
+    unsafe {
+        let shift = _mm_cvtsi32_si128(low as i32);
+        let sign_shift = _mm_cvtsi32_si128(15 - low as i32);
+        let low_mask = _mm_set1_epi16(((1u32 << low) - 1) as i16);
+        let sign = _mm_set1_epi16(i16::MIN);
+        let mut done = 0usize;
+        while done + 8 <= n {
+            let head = _mm_loadu_si128(heads.as_ptr().add(done).cast());
+            let rem = _mm_cvtepu8_epi16(_mm_loadl_epi64(p0.as_ptr().add(done).cast()));
+            let hi = _mm_or_si128(
+                _mm_or_si128(
+                    _mm_and_si128(_mm_sll_epi16(rem, sign_shift), sign),
+                    _mm_sll_epi16(head, shift),
+                ),
+                _mm_and_si128(rem, low_mask),
+            );
+            let b1 = _mm_loadl_epi64(p1.as_ptr().add(done).cast());
+            let b0 = _mm_loadl_epi64(p2.as_ptr().add(done).cast());
+            let lo = _mm_unpacklo_epi8(b0, b1);
+            let dst = out.as_mut_ptr().add(4 * done);
+            _mm_storeu_si128(dst.cast(), _mm_unpacklo_epi16(lo, hi));
+            _mm_storeu_si128(dst.add(16).cast(), _mm_unpackhi_epi16(lo, hi));
+            done += 8;
+        }
+        done
+    }
+}

@@ -16,6 +16,8 @@ pub const MAX_CHAIN: usize = 1000;
 enum Backing {
     Map(Mmap),
     Bytes(Vec<u8>),
+    /// Bytes owned elsewhere (a Python `bytes` object), read in place.
+    Shared(Box<dyn AsRef<[u8]> + Send + Sync>),
 }
 
 impl Backing {
@@ -23,6 +25,7 @@ impl Backing {
         match self {
             Backing::Map(m) => m,
             Backing::Bytes(b) => b,
+            Backing::Shared(b) => (**b).as_ref(),
         }
     }
 }
@@ -57,6 +60,11 @@ impl Reader {
     /// Validate an in-memory container.
     pub fn from_bytes(bytes: Vec<u8>) -> Result<Reader> {
         Self::from_backing(Backing::Bytes(bytes), "<bytes>".into())
+    }
+
+    /// A reader over bytes that something else owns and keeps unchanged, without a copy.
+    pub fn from_shared(bytes: impl AsRef<[u8]> + Send + Sync + 'static) -> Result<Reader> {
+        Self::from_backing(Backing::Shared(Box::new(bytes)), "<bytes>".into())
     }
 
     fn from_backing(backing: Backing, origin: String) -> Result<Reader> {

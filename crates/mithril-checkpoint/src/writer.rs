@@ -287,7 +287,9 @@ pub fn write_bytes(
     opts: &EncodeOptions,
     base: Option<&DeltaBase>,
 ) -> Result<Vec<u8>> {
-    let mut cur = std::io::Cursor::new(Vec::new());
+    // Room for every tensor stored raw: the buffer never grows by copying itself.
+    let room: usize = tensors.iter().map(|t| t.data.len()).sum::<usize>() + (64 << 10);
+    let mut cur = std::io::Cursor::new(Vec::with_capacity(room));
     write_to(&mut cur, tensors, extras, opts, base, &mut |_, _| Ok(()))?;
     Ok(cur.into_inner())
 }

@@ -12,6 +12,7 @@ use numpy::PyArray1;
 use pyo3::buffer::PyBuffer;
 use pyo3::exceptions::PyValueError;
 use pyo3::prelude::*;
+use pyo3::pybacked::PyBackedBytes;
 use pyo3::types::{PyBytes, PyDict};
 use std::collections::BTreeMap;
 use std::path::PathBuf;
@@ -344,8 +345,9 @@ impl PyReader {
     }
 
     #[staticmethod]
-    fn from_bytes(py: Python<'_>, data: Vec<u8>) -> PyResult<Self> {
-        let inner = py.detach(|| Reader::from_bytes(data)).py()?;
+    fn from_bytes(py: Python<'_>, data: PyBackedBytes) -> PyResult<Self> {
+        // Read in place: the reader keeps the `bytes` object alive instead of copying it.
+        let inner = py.detach(|| Reader::from_shared(data)).py()?;
         Ok(PyReader { inner })
     }
 
