@@ -466,6 +466,21 @@ def test_compress_tensor_round_trip(small_state_dict):
     assert len(mc.compress_tensor(w)) < w.numel() * w.element_size()
 
 
+def test_blobs_decode_from_any_buffer(small_state_dict):
+    """bytes and bytearray are read in place; a memoryview or numpy array is copied once.
+    The reader keeps the caller's bytes alive: dropping them first changes nothing."""
+    t = small_state_dict["ffn.weight"]
+    blob = mc.compress_tensor(t)
+    views = [blob, bytearray(blob), memoryview(blob), np.frombuffer(blob, dtype=np.uint8)]
+    for data in views:
+        assert_same_tensor(mc.decompress_tensor(data, threads=1), t)
+    saved = mc.save({"w": t})
+    for data in [bytearray(saved), memoryview(saved)]:
+        assert_same_tensor(mc.load(data)["w"], t)
+    f = mc.safe_open._from_reader(mithril._native.Reader.from_bytes(bytes(saved)), "pt", "cpu")
+    assert_same_tensor(f.get_tensor("w"), t)
+
+
 def test_compress_tensor_is_deterministic(small_state_dict):
     for t in small_state_dict.values():
         assert mc.compress_tensor(t) == mc.compress_tensor(t, threads=1)

@@ -258,9 +258,15 @@ def load_file(
         return {name: f.get_tensor(name) for name in f.keys()}
 
 
+def _as_bytes(data: Any) -> bytes | bytearray:
+    """``bytes`` and ``bytearray`` are read in place; any other buffer (a memoryview, a numpy
+    array) is copied once into ``bytes``."""
+    return data if isinstance(data, (bytes, bytearray)) else bytes(data)
+
+
 def load(data: bytes, *, framework: str | None = None) -> dict[str, Any]:
     """Decode a container held in memory (as made by :func:`save`)."""
-    f = safe_open._from_reader(_native.Reader.from_bytes(data), framework, "cpu")
+    f = safe_open._from_reader(_native.Reader.from_bytes(_as_bytes(data)), framework, "cpu")
     return {name: f.get_tensor(name) for name in f.keys()}
 
 
@@ -282,7 +288,7 @@ def decompress_tensor(
     """Inverse of :func:`compress_tensor`, bit-exact. A delta blob needs the ``base`` it was
     made against (anything else raises :class:`mithril.BaseCheckpointError`)."""
     threads = _positive("threads", threads)
-    reader = _native.Reader.from_bytes(data)
+    reader = _native.Reader.from_bytes(_as_bytes(data))
     names = reader.names()
     if names != [""]:
         raise ConfigError(
