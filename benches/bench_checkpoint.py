@@ -43,7 +43,6 @@ import gc
 import json
 import math
 import os
-import platform
 import shlex
 import struct
 import sys
@@ -51,12 +50,12 @@ import time
 import warnings
 from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass
-from importlib.metadata import PackageNotFoundError, version
 from typing import Any
 
 import numpy as np
 import torch
 import zstandard
+from report import cpu_model, pkg_version, render_table
 from safetensors.torch import load_file
 
 DTYPES: dict[str, torch.dtype] = {"bf16": torch.bfloat16, "fp32": torch.float32}
@@ -465,26 +464,8 @@ def format_rows(rows: Sequence[Row]) -> list[list[str]]:
 
 
 def render(rows: Sequence[Row], markdown: bool) -> str:
-    body = format_rows(rows)
-    left = {0, 1}  # text columns; numbers are right-aligned
-    if markdown:
-        lines = ["| " + " | ".join(COLUMNS) + " |"]
-        lines.append(
-            "|" + "|".join(":---" if i in left else "---:" for i in range(len(COLUMNS))) + "|"
-        )
-        lines += ["| " + " | ".join(cells) + " |" for cells in body]
-        return "\n".join(lines)
-    widths = [max(len(c), *(len(cells[i]) for cells in body)) for i, c in enumerate(COLUMNS)]
-
-    def line(cells: Sequence[str]) -> str:
-        return "  ".join(
-            c.ljust(w) if i in left else c.rjust(w)
-            for i, (c, w) in enumerate(zip(cells, widths, strict=True))
-        )
-
-    out = [line(COLUMNS), "  ".join("-" * w for w in widths)]
-    out += [line(cells) for cells in body]
-    return "\n".join(out)
+    # The system and dtype/compressor columns hold text; the rest are numbers.
+    return render_table(COLUMNS, format_rows(rows), markdown, left={0, 1})
 
 
 def notes(rows: Sequence[Row]) -> list[str]:
@@ -496,24 +477,6 @@ def notes(rows: Sequence[Row]) -> list[str]:
             if r.compressor not in seen[r.status]:
                 seen[r.status].append(r.compressor)
     return [f"{', '.join(names)}: {status}" for status, names in seen.items()]
-
-
-def cpu_model() -> str:
-    try:
-        with open("/proc/cpuinfo", encoding="utf-8") as f:
-            for ln in f:
-                if ln.startswith("model name"):
-                    return ln.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or platform.machine()
-
-
-def pkg_version(name: str) -> str:
-    try:
-        return version(name)
-    except PackageNotFoundError:
-        return "absent"
 
 
 def mithril_version(mc: Any) -> str:

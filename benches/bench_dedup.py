@@ -71,7 +71,6 @@ import tempfile
 import time
 from collections.abc import Iterable, Sequence
 from dataclasses import asdict, dataclass, field
-from importlib.metadata import PackageNotFoundError, version
 from pathlib import Path
 from typing import Any
 
@@ -79,6 +78,7 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.parquet as pq
+from report import cpu_model, pkg_version, render_table
 
 NUM_PERM = 128
 THRESHOLD = 0.8
@@ -274,26 +274,8 @@ def render_bias(biases: Sequence[Bias], markdown: bool) -> str:
 
 
 def render(rows: Sequence[Row], markdown: bool) -> str:
-    body = format_rows(rows)
-    left = {0, 1}  # text columns; numbers are right-aligned
-    if markdown:
-        lines = ["| " + " | ".join(COLUMNS) + " |"]
-        lines.append(
-            "|" + "|".join(":---" if i in left else "---:" for i in range(len(COLUMNS))) + "|"
-        )
-        lines += ["| " + " | ".join(cells) + " |" for cells in body]
-        return "\n".join(lines)
-    widths = [max(len(c), *(len(cells[i]) for cells in body)) for i, c in enumerate(COLUMNS)]
-
-    def line(cells: Sequence[str]) -> str:
-        return "  ".join(
-            c.ljust(w) if i in left else c.rjust(w)
-            for i, (c, w) in enumerate(zip(cells, widths, strict=True))
-        )
-
-    out = [line(COLUMNS), "  ".join("-" * w for w in widths)]
-    out += [line(cells) for cells in body]
-    return "\n".join(out)
+    # The system and dtype/compressor columns hold text; the rest are numbers.
+    return render_table(COLUMNS, format_rows(rows), markdown, left={0, 1})
 
 
 # --------------------------------------------------------------------------- peers
@@ -689,24 +671,6 @@ def notes(rows: Sequence[Row], n_shingles: int | None, cores: int) -> list[str]:
 
 def _count(v: Any) -> str:
     return f"{v:,}" if isinstance(v, int) else (f"{len(v):,}" if isinstance(v, list) else str(v))
-
-
-def cpu_model() -> str:
-    try:
-        with open("/proc/cpuinfo", encoding="utf-8") as f:
-            for ln in f:
-                if ln.startswith("model name"):
-                    return ln.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or platform.machine()
-
-
-def pkg_version(name: str) -> str:
-    try:
-        return version(name)
-    except PackageNotFoundError:
-        return "absent"
 
 
 # --------------------------------------------------------------------------- main
