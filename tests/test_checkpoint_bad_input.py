@@ -511,14 +511,28 @@ def test_every_byte_of_a_chunk_is_checked(good_blob: bytes):
             mc.load(flip_bit(good_blob, offset, offset % 8))
 
 
-def _float_chunk_with_rans_head(c: Container) -> tuple[str, int, dict]:
-    for name, i, entry in c.chunks():
-        if entry["encoding"] != "float":
-            continue
-        payload = chunk_payload(c, entry)
-        if payload[1] == 2:  # head stream method: rANS
-            return name, i, entry
-    raise AssertionError("no float chunk with a rANS head")
+# Head stream method ids of a float chunk payload (`u8 k | u8 method | ...`).
+HEAD_METHODS = {"rANS": 2, "Huffman": 4}
+
+
+def _refuses_damaged_head(
+    container: Container, tmp_path: Path, coder: str, damage: Callable[[bytes], bytes], why: str
+) -> None:
+    """Damage the head stream of the first float chunk coded with ``coder`` and recompute the
+    stored checksum, so that the decoder itself must refuse, with ``why`` in its message."""
+    found = next(
+        (
+            (name, i, entry)
+            for name, i, entry in container.chunks()
+            if entry["encoding"] == "float"
+            and chunk_payload(container, entry)[1] == HEAD_METHODS[coder]
+        ),
+        None,
+    )
+    assert found is not None, f"no float chunk with a {coder} head"
+    name, i, entry = found
+    blob = replace_chunk(container, entry, damage(chunk_payload(container, entry)))
+    expect(CorruptDataError, blob, tmp_path, f'tensor "{name}" chunk {i}: .*({why})', on_open=False)
 
 
 def _rans_damage(payload: bytes, how: str) -> bytes:
@@ -605,25 +619,8 @@ def rans_blob(tmp_path_factory) -> bytes:
 
 @pytest.mark.parametrize("how", list(RANS_DAMAGE))
 def test_invalid_rans_stream_with_valid_checksum(rans_blob: bytes, tmp_path: Path, how: str):
-    """The stored checksum is recomputed after the damage, so the decoder itself must refuse."""
-    container = parse(rans_blob)
-    name, i, entry = _float_chunk_with_rans_head(container)
-    bad = _rans_damage(chunk_payload(container, entry), how)
-    blob = replace_chunk(container, entry, bad)
-    expect(
-        CorruptDataError,
-        blob,
-        tmp_path,
-        f'tensor "{name}" chunk {i}: .*({RANS_DAMAGE[how]})',
-        on_open=False,
-    )
-
-
-def _float_chunk_with_huffman_head(c: Container) -> tuple[str, int, dict]:
-    for name, i, entry in c.chunks():
-        if entry["encoding"] == "float" and chunk_payload(c, entry)[1] == 4:
-            return name, i, entry
-    raise AssertionError("no float chunk with a Huffman head")
+    damage = lambda p: _rans_damage(p, how)  # noqa: E731
+    _refuses_damaged_head(parse(rans_blob), tmp_path, "rANS", damage, RANS_DAMAGE[how])
 
 
 def _huffman_damage(payload: bytes, how: str) -> bytes:
@@ -683,17 +680,8 @@ HUFFMAN_DAMAGE = {
 
 @pytest.mark.parametrize("how", list(HUFFMAN_DAMAGE))
 def test_invalid_huffman_stream_with_valid_checksum(container: Container, tmp_path: Path, how: str):
-    """As for rANS: the checksum is recomputed, so the Huffman decoder itself must refuse."""
-    name, i, entry = _float_chunk_with_huffman_head(container)
-    bad = _huffman_damage(chunk_payload(container, entry), how)
-    blob = replace_chunk(container, entry, bad)
-    expect(
-        CorruptDataError,
-        blob,
-        tmp_path,
-        f'tensor "{name}" chunk {i}: .*({HUFFMAN_DAMAGE[how]})',
-        on_open=False,
-    )
+    damage = lambda p: _huffman_damage(p, how)  # noqa: E731
+    _refuses_damaged_head(container, tmp_path, "Huffman", damage, HUFFMAN_DAMAGE[how])
 
 
 def test_zstd_chunk_damage_with_valid_checksum(container: Container, tmp_path: Path):
