@@ -225,17 +225,26 @@ fn encode_words<const W: usize>(raw: &[u8], bits: FloatBits) -> Vec<u8> {
     };
 
     let planes = split.planes();
-    if W == 2 && planes == 1 && n >= SAMPLE_FROM_LEN {
+    let slack = if W == 2 {
+        HUFFMAN_SLACK
+    } else {
+        HUFFMAN_SLACK_F32
+    };
+    // A bit-packed bf16 remainder that a sample shows to be random is split and packed in
+    // one pass with the heads. A sample that is not random is not taken again below.
+    let mut sampled_not_random = false;
+    if W == 2 && matches!(split.rem_bits, 6 | 7) && n >= SAMPLE_FROM_LEN {
         let sampled = rans::histogram_by(
             raw.chunks_exact(W)
                 .step_by(SAMPLE_STRIDE)
                 .map(|w| split.rem(load::<W>(w)) as usize),
             1 << split.rem_bits,
         );
-        if looks_random(&sampled, n.div_ceil(SAMPLE_STRIDE), split.rem_bits) {
-            if let Some(packed) = split_packed(raw, split) {
-                return packed_payload(split, &packed.0, &counts, &packed.1);
-            }
+        if !looks_random(&sampled, n.div_ceil(SAMPLE_STRIDE), split.rem_bits) {
+            sampled_not_random = true;
+        } else if let Some((heads, packed)) = split_packed(raw, split) {
+            let plane = (METHOD_RAW, Cow::Borrowed(&packed[..]));
+            return payload(split, &heads, &counts, slack, [plane]);
         }
     }
     let mut heads = vec![0u16; n];
@@ -282,26 +291,31 @@ fn encode_words<const W: usize>(raw: &[u8], bits: FloatBits) -> Vec<u8> {
         }
     }
 
-    let mut out = Vec::with_capacity(raw.len() / 2 + 64);
-    out.push(split.k as u8);
-    let slack = if W == 2 {
-        HUFFMAN_SLACK
-    } else {
-        HUFFMAN_SLACK_F32
-    };
-    push_symbols(&mut out, &heads, &counts, slack);
-    for (p, plane) in rem.iter().enumerate() {
-        let (method, data) = encode_plane(plane, split.plane_width(p), slack);
-        push_stream(&mut out, method, &data);
-    }
-    out
+    let planes = rem.iter().enumerate().map(|(p, plane)| {
+        let width = split.plane_width(p);
+        if sampled_not_random {
+            encode_plane_counts(plane, width, &rans::histogram(plane, 256), true, slack)
+        } else {
+            encode_plane(plane, width, slack)
+        }
+    });
+    payload(split, &heads, &counts, slack, planes)
 }
 
-fn packed_payload(split: Split, heads: &[u16], counts: &[u32], packed: &[u8]) -> Vec<u8> {
-    let mut out = Vec::with_capacity(heads.len() + packed.len() + 64);
+/// The float payload: `k`, the head stream, then the remainder planes' streams.
+fn payload<'a>(
+    split: Split,
+    heads: &[u16],
+    counts: &[u32],
+    slack: f64,
+    planes: impl IntoIterator<Item = (u8, Cow<'a, [u8]>)>,
+) -> Vec<u8> {
+    let mut out = Vec::with_capacity(heads.len() + 64);
     out.push(split.k as u8);
-    push_symbols(&mut out, heads, counts, HUFFMAN_SLACK);
-    push_stream(&mut out, METHOD_RAW, packed);
+    push_symbols(&mut out, heads, counts, slack);
+    for (method, data) in planes {
+        push_stream(&mut out, method, &data);
+    }
     out
 }
 
@@ -607,7 +621,9 @@ fn unpack_groups_any(data: &[u8], w: usize, out: &mut [u8]) {
     }
 }
 
-/// Reads `u8 method | u32 length | bytes` streams off a payload.
+/// Reads `u8 method | u32 length | bytes` streams off a payload. A copy reads ahead
+/// without moving the original.
+#[derive(Clone, Copy)]
 pub(crate) struct StreamReader<'a> {
     data: &'a [u8],
     at: usize,
@@ -713,10 +729,7 @@ fn decode_words<const W: usize>(payload: &[u8], bits: FloatBits, out: &mut [u8])
 
     let planes = split.planes();
     if W == 2 && planes == 1 {
-        let mut peek = StreamReader {
-            data: rd.data,
-            at: rd.at,
-        };
+        let mut peek = rd;
         if let (METHOD_RAW, packed) = peek.stream()? {
             peek.finish()?;
             if join_packed(&heads, packed, split, out)? {
