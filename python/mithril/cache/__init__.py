@@ -17,7 +17,9 @@ For ``torch.compile``, :func:`enable` (or ``eval "$(mithril cache env)"`` in a s
 Inductor and Triton at a directory of the store chosen by the build environment (torch,
 compiler, CPU vector ISA, GPU), so compiled kernels are reused across paths and users, and
 :func:`export_bundle` / :func:`import_bundle` carry them, ``.so`` files included, to a new
-machine. Torch's remote-cache backends and a shared server store are not built yet.
+machine. :func:`enable` also makes Mithril the remote-cache backend of torch's FX graph,
+AOTAutograd and autotune caches, entry by entry, each FX graph stored with the kernels compiled
+for it; with ``MITHRIL_CACHE_REMOTE`` set, a signed shared store on Redis is the second level.
 """
 
 from __future__ import annotations
@@ -41,6 +43,7 @@ __all__ = [
     "export_bundle",
     "import_bundle",
     "remote_from_env",
+    "entry_stats",
     "push",
     "pull",
 ]
@@ -143,17 +146,40 @@ def env(store: Store | None = None) -> dict[str, str]:
     return _torch.environment(_store(store).root)
 
 
-def enable(store: Store | None = None) -> dict[str, str]:
-    """Fetch this environment's snapshot from the shared store (when
-    ``MITHRIL_CACHE_REMOTE`` is set), restore it, and set :func:`env` in ``os.environ``;
-    call it before the first ``torch.compile``. Returns the variables."""
+def enable(store: Store | None = None, torch_backends: bool = True) -> dict[str, str]:
+    """Switch this process's ``torch.compile`` onto the store; call it before the first
+    compile. It fetches this environment's snapshot from the shared store (when
+    ``MITHRIL_CACHE_REMOTE`` is set), restores it, sets :func:`env` in ``os.environ`` and,
+    with ``torch_backends``, serves torch's remote FX graph, AOTAutograd and autotune caches
+    from the store (and the shared store), so single entries compiled anywhere in the fleet
+    hit here with their kernels. Returns the variables set."""
     from mithril.cache import _torch
 
     store = _store(store)
     remote = remote_from_env()
     if remote is not None:
         pull(store, remote)
-    return _torch.enable(store)
+    variables = _torch.enable(store)
+    if torch_backends:
+        from mithril.cache import _entries
+
+        _entries.install(_entries.EntryCache(store, remote))
+    return variables
+
+
+def entry_stats() -> dict[str, int]:
+    """This process's use of torch's caches through :func:`enable`: hits, misses, puts,
+    kernel files restored, errors, and the shared store's refused entries and failures."""
+    from mithril.cache import _entries
+
+    cache = _entries.active()
+    if cache is None:
+        return {}
+    counts = dict(cache.counts)
+    if cache.remote is not None:
+        counts["remote_refused"] = cache.remote.refused
+        counts["remote_failures"] = cache.remote.failures
+    return counts
 
 
 def remote_from_env() -> Any:

@@ -194,6 +194,12 @@ def _files(dirs: dict[str, Path]) -> Iterator[tuple[str, Path]]:
             yield f"{label}/{rel.as_posix()}", p
 
 
+def managed_files(root: Path, env: str) -> Iterator[tuple[str, Path]]:
+    """``(label/relative path, path)`` of every file torch keeps for ``env`` under ``root``
+    (and the precompiled headers, for this process's own environment)."""
+    return _files(_dirs(root, env))
+
+
 def snapshot(store: Any, env: str | None = None) -> dict[str, Any]:
     """Record the managed directories of ``env`` (default: this environment) in ``store``:
     every file becomes a blob, and the action ``torch-dirs/<env>`` maps paths to blobs
@@ -206,7 +212,7 @@ def snapshot(store: Any, env: str | None = None) -> dict[str, Any]:
     if env == environment_id():
         meta.update(fingerprint())
     added = 0
-    for name, path in _files(_dirs(store.root, env)):
+    for name, path in managed_files(store.root, env):
         blob = store.put(path.read_bytes())
         added += outputs.get(name) != blob
         outputs[name] = blob
@@ -217,31 +223,42 @@ def snapshot(store: Any, env: str | None = None) -> dict[str, Any]:
     return {"environment": env, "files": len(outputs), "changed": added}
 
 
-def _place(blob: Path, target: Path, data: bytes) -> None:
-    """Put a verified blob at ``target``: a hard link to the blob when both are on one file
-    system (no copy; torch replaces cache files by rename, never writes them in place), else
-    a written copy."""
+def _place(store: Any, blob: str, target: Path, verified: bool) -> bool:
+    """Put blob ``blob`` at ``target``: a hard link to the stored blob when both are on one
+    file system (no copy; torch replaces cache files by rename, never writes them in place),
+    else a written copy. A blob not ``verified`` by the caller is read and verified first.
+    False when the blob is missing or damaged."""
+    if not verified and store.get(blob) is None:
+        return False
     target.parent.mkdir(parents=True, exist_ok=True)
     tmp = target.with_name(f".{target.name}.{os.getpid()}.tmp")
     try:
-        os.link(blob, tmp)
+        os.link(blob_path(store, blob), tmp)
     except OSError:
+        data = store.get(blob)
+        if data is None:
+            return False
         write_atomic_chunks(target, [data])
-        return
+        return True
     os.replace(tmp, target)
+    return True
 
 
-def restore(store: Any, env: str | None = None) -> dict[str, Any]:
-    """Materialise the snapshot of ``env`` into its managed directories: files already there
-    are left alone; a blob that is missing or fails verification is skipped (torch then
-    recompiles that piece: a miss, not a failure)."""
-    env = environment_id() if env is None else env
-    action = store.get_action(ACTION_PREFIX + env)
-    report = {"environment": env, "restored": 0, "present": 0, "skipped": 0}
-    if action is None:
-        return report
+def blob_path(store: Any, name: str) -> Path:
+    """Where the store keeps blob ``name`` (the layout of ``crates/mithril-cache``)."""
+    return Path(store.root) / "v1" / "blobs" / name[:2] / name[2:]
+
+
+def restore_outputs(
+    store: Any, env: str, outputs: dict[str, str], verified: frozenset[str] = frozenset()
+) -> dict[str, int]:
+    """Write recorded files (``label/relative path`` -> blob) into the directories of
+    ``env``: files already there are left alone; a blob that is missing or fails verification
+    is skipped (torch then recompiles that piece: a miss, not a failure). Blobs in
+    ``verified`` were hashed by this caller just now and are linked without a second read."""
+    report = {"restored": 0, "present": 0, "skipped": 0}
     dirs = _dirs(store.root, env)
-    for name, blob in action["outputs"].items():
+    for name, blob in outputs.items():
         label, _, rel = name.partition("/")
         base = dirs.get(label)
         target = (base / rel) if base is not None else None
@@ -251,12 +268,21 @@ def restore(store: Any, env: str | None = None) -> dict[str, Any]:
         if target.exists():
             report["present"] += 1
             continue
-        data = store.get(blob)  # verified against its name
-        if data is None:
-            report["skipped"] += 1
-            continue
-        _place(store.root / "v1" / "blobs" / blob[:2] / blob[2:], target, data)
-        report["restored"] += 1
+        placed = _place(store, blob, target, verified=blob in verified)
+        report["restored" if placed else "skipped"] += 1
+    return report
+
+
+def restore(
+    store: Any, env: str | None = None, verified: frozenset[str] = frozenset()
+) -> dict[str, Any]:
+    """Materialise the snapshot of ``env`` into its managed directories (see
+    :func:`restore_outputs`)."""
+    env = environment_id() if env is None else env
+    action = store.get_action(ACTION_PREFIX + env)
+    report: dict[str, Any] = {"environment": env, "restored": 0, "present": 0, "skipped": 0}
+    if action is not None:
+        report.update(restore_outputs(store, env, action["outputs"], verified))
     return report
 
 
@@ -310,6 +336,7 @@ def import_bundle(store: Any, path: Path, restore_dirs: bool = True) -> dict[str
     restore the managed directories of the bundle's environments."""
     report: dict[str, Any] = {"blobs": 0, "refused": [], "environments": []}
     manifest = None
+    verified: set[str] = set()
     try:
         with tarfile.open(path, "r") as tar:
             for member in tar:
@@ -321,8 +348,13 @@ def import_bundle(store: Any, path: Path, restore_dirs: bool = True) -> dict[str
                     manifest = json.loads(data)
                 elif member.name.startswith("blobs/"):
                     want = member.name[len("blobs/") :]
+                    # A blob already stored is not rewritten by put, so only new ones
+                    # count as verified here; restore re-reads the others.
+                    fresh = want not in store
                     if store.put(data) == want:
                         report["blobs"] += 1
+                        if fresh:
+                            verified.add(want)
                     else:
                         report["refused"].append(want)
     except (tarfile.TarError, json.JSONDecodeError, UnicodeDecodeError) as e:
@@ -341,5 +373,5 @@ def import_bundle(store: Any, path: Path, restore_dirs: bool = True) -> dict[str
             env = key[len(ACTION_PREFIX) :]
             report["environments"].append(env)
             if restore_dirs:
-                restore(store, env)
+                restore(store, env, frozenset(verified))
     return report

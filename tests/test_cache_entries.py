@@ -1,0 +1,221 @@
+"""Mithril as torch's own remote-cache backend, entry by entry: a real compile on one
+"machine" puts its FX graph and AOTAutograd entries, with their kernels, into a signed shared
+store on a real Redis server; a fresh machine that shares nothing else hits them and compiles
+nothing; a wrong secret or a server that is down is a clean miss and the compile still works."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+import tempfile
+from pathlib import Path
+
+import pytest
+from conftest import free_port
+from mithril.cache import Store, _entries, _torch
+from mithril.cache._remote import RedisStore
+
+redis = pytest.importorskip("redis")
+SECRET = "fleet secret"
+
+COMPILE = r"""
+import json, os, torch
+from torch._dynamo.utils import counters
+import mithril.cache as mc
+
+mc.enable(mc.Store(os.environ["STORE"]))
+
+@torch.compile
+def f(x, w):
+    return torch.nn.functional.gelu(x @ w).sum(dim=-1).softmax(-1)
+
+torch.manual_seed(0)
+x, w = torch.randn(64, 128), torch.randn(128, 256)
+y = f(x, w)
+print(json.dumps({
+    "inductor": dict(counters["inductor"]),
+    "aot": dict(counters["aot_autograd"]),
+    "entries": mc.entry_stats(),
+    "y": y.tolist(),
+}))
+"""
+
+
+def machine(tmp_path: Path, name: str) -> dict[str, Path]:
+    paths = {k: tmp_path / name / k for k in ("store", "home", "tmp", "work")}
+    for p in paths.values():
+        p.mkdir(parents=True)
+    return paths
+
+
+def compile_on(m: dict[str, Path], remote: str, secret: str = SECRET) -> dict:
+    """The compile in a fresh process on "machine" ``m`` (its own HOME, USER, TMPDIR, working
+    directory and store), sharing only the Redis server at ``remote``."""
+    variables = {
+        k: v
+        for k, v in os.environ.items()
+        if not k.startswith(("TORCHINDUCTOR_", "TRITON_", "MITHRIL_"))
+    }
+    variables.update(
+        HOME=str(m["home"]),
+        TMPDIR=str(m["tmp"]),
+        USER=m["home"].parent.name,
+        STORE=str(m["store"]),
+        MITHRIL_CACHE_REMOTE=remote,
+        MITHRIL_CACHE_SECRET=secret,
+        MITHRIL_CACHE_REMOTE_TIMEOUT="0.5",
+    )
+    proc = subprocess.run(
+        [sys.executable, "-c", COMPILE],
+        cwd=m["work"],
+        env=variables,
+        capture_output=True,
+        text=True,
+        timeout=600,
+        check=False,
+    )
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    return json.loads(proc.stdout.strip().splitlines()[-1])
+
+
+def kernels(m: dict[str, Path]) -> list[Path]:
+    return sorted(m["store"].rglob("*.so"))
+
+
+@pytest.fixture(scope="module")
+def shared(redis_server: str, tmp_path_factory: pytest.TempPathFactory) -> tuple[str, dict]:
+    """A server holding what one cold compile on machine alice put there."""
+    redis.Redis.from_url(redis_server).flushdb()
+    alice = machine(tmp_path_factory.mktemp("entries"), "alice")
+    cold = compile_on(alice, redis_server)
+    return redis_server, cold
+
+
+def test_cold_compile_puts_signed_entries_with_their_kernels(shared: tuple[str, dict]) -> None:
+    url, cold = shared
+    assert cold["inductor"].get("fxgraph_cache_miss") == 1
+    assert cold["entries"]["puts"] >= 2  # the FX graph and the AOTAutograd entry
+    assert cold["entries"]["errors"] == 0
+    client = redis.Redis.from_url(url)
+    actions = client.keys("mithril:action:torch-entry/*")
+    assert len(actions) >= 2
+    remote = RedisStore(url, SECRET.encode())
+    fx = [k.decode().removeprefix("mithril:action:") for k in actions if b"fx-graph" in k]
+    assert fx
+    outputs = remote.get_action(fx[0])["outputs"]  # type: ignore[index]
+    assert _entries.ENTRY in outputs
+    assert any(name.endswith(".so") for name in outputs)  # the compiled kernels travel
+    assert any(name.startswith("pch/") for name in outputs)  # and the precompiled header
+
+
+def test_new_machine_hits_through_the_backend_and_compiles_nothing(
+    shared: tuple[str, dict], tmp_path: Path
+) -> None:
+    url, cold = shared
+    bob = machine(tmp_path, "bob")
+    warm = compile_on(bob, url)
+    assert warm["inductor"].get("fxgraph_cache_hit") == 1
+    assert "fxgraph_cache_miss" not in warm["inductor"]
+    assert warm["entries"]["hits"] >= 1 and warm["entries"]["restored"] > 0
+    restored = kernels(bob)
+    assert restored
+    # Every kernel is a hard link to a verified blob: none was compiled on this machine.
+    assert all(p.stat().st_nlink >= 2 for p in restored)
+    headers = list(bob["tmp"].rglob("*.gch"))
+    assert headers and all(p.stat().st_nlink >= 2 for p in headers)
+    assert warm["y"] == cold["y"]
+
+
+def test_wrong_secret_is_a_clean_miss_and_the_compile_still_works(
+    shared: tuple[str, dict], tmp_path: Path
+) -> None:
+    url, cold = shared
+    carol = machine(tmp_path, "carol")
+    got = compile_on(carol, url, secret="not the fleet's")
+    assert got["inductor"].get("fxgraph_cache_miss") == 1
+    assert got["entries"]["hits"] == 0 and got["entries"]["remote_refused"] >= 1
+    assert got["y"] == cold["y"]
+
+
+def test_server_down_is_a_clean_miss_and_the_compile_still_works(
+    shared: tuple[str, dict], tmp_path: Path
+) -> None:
+    _, cold = shared
+    dave = machine(tmp_path, "dave")
+    got = compile_on(dave, f"redis://127.0.0.1:{free_port()}/0")
+    assert got["inductor"].get("fxgraph_cache_miss") == 1
+    assert got["entries"]["remote_failures"] >= 1 and got["entries"]["errors"] == 0
+    assert got["y"] == cold["y"]
+
+
+# The entry cache itself, without a compile.
+
+
+@pytest.fixture
+def own_temp_dir(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
+    """Entries also carry Inductor's precompiled headers from the temp dir: keep this
+    process's real ones out of these tests."""
+    systmp = tmp_path / "systmp"
+    systmp.mkdir()
+    monkeypatch.setattr(tempfile, "tempdir", str(systmp))
+    monkeypatch.setenv("TMPDIR", str(systmp))
+    return systmp
+
+
+def compiled_file(store: Store, rel: str, data: bytes) -> Path:
+    path = _torch.managed_dirs(store.root, _torch.environment_id())["inductor"] / rel
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_bytes(data)
+    return path
+
+
+def test_entry_round_trip_restores_the_files_compiled_with_it(
+    tmp_path: Path, own_temp_dir: Path
+) -> None:
+    a = Store(tmp_path / "a")
+    cache = _entries.EntryCache(a, since=0)
+    kernel = os.urandom(3000)
+    compiled_file(a, "ab/cab.main.so", kernel)
+    compiled_file(a, "fxgraph/xy/entry", b"torch's own copy, not carried")
+    cache.put("pt2:fx-graph-v1::k1:c1", b'{"data": "graph"}', with_files=True)
+    cache.put("pt2:autotune::k2:c1", b'{"best": 3}', with_files=False)
+    action = a.get_action(cache.action_key("pt2:fx-graph-v1::k1:c1"))
+    assert action is not None
+    assert set(action["outputs"]) == {_entries.ENTRY, "inductor/ab/cab.main.so"}
+    assert set(a.get_action(cache.action_key("pt2:autotune::k2:c1"))["outputs"]) == {  # type: ignore[index]
+        _entries.ENTRY
+    }
+    # Same store, kernel gone from the cache directory: a hit puts it back.
+    (a.root / "torch").joinpath(_torch.environment_id(), "inductor", "ab", "cab.main.so").unlink()
+    assert cache.get("pt2:fx-graph-v1::k1:c1") == b'{"data": "graph"}'
+    restored = _torch.managed_dirs(a.root, _torch.environment_id())["inductor"] / "ab/cab.main.so"
+    assert restored.read_bytes() == kernel
+    assert cache.get("pt2:fx-graph-v1::unknown:c1") is None
+    assert cache.counts == {"hits": 1, "misses": 1, "puts": 2, "restored": 1, "errors": 0}
+
+
+def test_files_older_than_the_process_are_not_attached(tmp_path: Path, own_temp_dir: Path) -> None:
+    a = Store(tmp_path / "a")
+    old = compiled_file(a, "cd/old.main.so", b"compiled by an earlier process")
+    os.utime(old, (1_000_000, 1_000_000))
+    compiled_file(a, "ef/new.main.so", b"compiled now")
+    cache = _entries.EntryCache(a, since=2_000_000)
+    cache.put("k", b"{}", with_files=True)
+    outputs = a.get_action(cache.action_key("k"))["outputs"]  # type: ignore[index]
+    assert set(outputs) == {_entries.ENTRY, "inductor/ef/new.main.so"}
+
+
+def test_damaged_entry_is_a_miss(tmp_path: Path, own_temp_dir: Path) -> None:
+    a = Store(tmp_path / "a")
+    cache = _entries.EntryCache(a, since=0)
+    cache.put("k", b'{"data": "graph"}', with_files=False)
+    blob = a.get_action(cache.action_key("k"))["outputs"][_entries.ENTRY]  # type: ignore[index]
+    path = _torch.blob_path(a, blob)
+    damaged = bytearray(path.read_bytes())
+    damaged[0] ^= 1
+    path.chmod(0o644)
+    path.write_bytes(bytes(damaged))
+    assert cache.get("k") is None
+    assert a.stats()["corrupt"] >= 1
