@@ -18,8 +18,10 @@ RUST_SOURCES := Cargo.toml $(shell find crates -name '*.rs' -o -name 'Cargo.toml
 install: $(VENV)/.built
 
 $(VENV)/.deps: pyproject.toml
-	# The shared-cache tests start a real Redis server (Debian's redis-server).
+	# The shared-cache tests start real servers: Redis (Debian's redis-server) and an
+	# HTTP/WebDAV endpoint (Debian's nginx-light, whose DAV module takes PUT).
 	command -v redis-server >/dev/null 2>&1 || { $(APT) update -qq && $(APT) install -y -qq redis-server; }
+	command -v nginx >/dev/null 2>&1 || [ -x /usr/sbin/nginx ] || { $(APT) update -qq && $(APT) install -y -qq nginx-light; }
 	$(PYTHON) -m venv $(VENV)
 	$(PIP) install --quiet --upgrade pip
 	$(PIP) install --quiet 'maturin>=1.7,<2'

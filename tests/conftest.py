@@ -130,3 +130,63 @@ def redis_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
     yield url
     proc.terminate()
     proc.wait(timeout=10)
+
+
+NGINX_CONF = """
+daemon off;
+worker_processes 1;
+pid {d}/nginx.pid;
+error_log {d}/error.log;
+{user}
+events {{ worker_connections 64; }}
+http {{
+    access_log off;
+    client_body_temp_path {d}/body;
+    proxy_temp_path {d}/proxy;
+    fastcgi_temp_path {d}/fastcgi;
+    uwsgi_temp_path {d}/uwsgi;
+    scgi_temp_path {d}/scgi;
+    server {{
+        listen 127.0.0.1:{port};
+        root {d}/data;
+        client_max_body_size 0;
+        location / {{
+            dav_methods PUT DELETE;
+            create_full_put_path on;
+            dav_access user:rw group:r all:r;
+        }}
+    }}
+}}
+"""
+
+
+@pytest.fixture(scope="session")
+def http_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[str, Path]]:
+    """A real WebDAV-capable HTTP server (Debian's nginx with its PUT support) on a free
+    loopback port, for the session; yields its URL and the directory it serves."""
+    exe = shutil.which("nginx") or ("/usr/sbin/nginx" if Path("/usr/sbin/nginx").exists() else None)
+    if exe is None:
+        pytest.fail("nginx is not installed (make install installs it)")
+    d = tmp_path_factory.mktemp("nginx")
+    (d / "data").mkdir()
+    port = free_port()
+    user = "user root;" if os.geteuid() == 0 else ""
+    (d / "nginx.conf").write_text(NGINX_CONF.format(d=d, port=port, user=user))
+    proc = subprocess.Popen(
+        [exe, "-c", str(d / "nginx.conf"), "-p", str(d), "-e", str(d / "error.log")],
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
+    url = f"http://127.0.0.1:{port}"
+    for _ in range(100):
+        try:
+            with socket.create_connection(("127.0.0.1", port), timeout=0.2):
+                break
+        except OSError:
+            time.sleep(0.05)
+    else:
+        proc.kill()
+        pytest.fail(f"nginx did not start: {(d / 'error.log').read_text()[-2000:]}")
+    yield url, d / "data"
+    proc.terminate()
+    proc.wait(timeout=10)

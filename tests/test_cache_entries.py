@@ -150,6 +150,20 @@ def test_server_down_is_a_clean_miss_and_the_compile_still_works(
     assert got["y"] == cold["y"]
 
 
+def test_entries_travel_over_an_http_endpoint_too(
+    http_server: tuple[str, Path], tmp_path: Path
+) -> None:
+    url, data = http_server
+    erin, frank = machine(tmp_path, "erin"), machine(tmp_path, "frank")
+    cold = compile_on(erin, url + "/entries")
+    assert cold["inductor"].get("fxgraph_cache_miss") == 1 and cold["entries"]["puts"] >= 2
+    assert list((data / "entries" / "action").iterdir())
+    warm = compile_on(frank, url + "/entries")
+    assert warm["inductor"].get("fxgraph_cache_hit") == 1 and warm["entries"]["restored"] > 0
+    assert all(p.stat().st_nlink >= 2 for p in kernels(frank))
+    assert warm["y"] == cold["y"]
+
+
 # The entry cache itself, without a compile.
 
 

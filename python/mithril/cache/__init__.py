@@ -183,13 +183,14 @@ def entry_stats() -> dict[str, int]:
 
 
 def remote_from_env() -> Any:
-    """The shared store named by ``MITHRIL_CACHE_REMOTE`` (``redis://host:port/db``), signed
+    """The shared store named by ``MITHRIL_CACHE_REMOTE`` (``redis://host:port/db``, or an
+    ``http(s)://`` URL of an endpoint that takes PUT and serves GET), signed
     with ``MITHRIL_CACHE_SECRET`` or the contents of ``MITHRIL_CACHE_SECRET_FILE``; ``None``
     when no remote is configured."""
     url = os.environ.get("MITHRIL_CACHE_REMOTE")
     if not url:
         return None
-    from mithril.cache._remote import RedisStore
+    from mithril.cache._remote import open_remote
     from mithril.errors import ConfigError
 
     secret = os.environ.get("MITHRIL_CACHE_SECRET", "").encode()
@@ -202,7 +203,7 @@ def remote_from_env() -> Any:
             "MITHRIL_CACHE_SECRET_FILE (entries of a shared cache are signed)"
         )
     timeout = float(os.environ.get("MITHRIL_CACHE_REMOTE_TIMEOUT", "2"))
-    return RedisStore(url, secret, timeout=timeout)
+    return open_remote(url, secret, timeout=timeout)
 
 
 def push(store: Store | None = None, remote: Any = None) -> dict[str, int]:
