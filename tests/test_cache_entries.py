@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import json
 import os
+import shlex
 import subprocess
 import sys
 import tempfile
@@ -77,6 +78,66 @@ def compile_on(m: dict[str, Path], remote: str, secret: str = SECRET) -> dict:
         check=False,
     )
     assert proc.returncode == 0, proc.stderr[-3000:]
+    return json.loads(proc.stdout.strip().splitlines()[-1])
+
+
+PLAIN = r"""
+import json, torch
+from torch._dynamo.utils import counters
+
+@torch.compile
+def f(x, w):
+    return torch.nn.functional.gelu(x @ w).sum(dim=-1).softmax(-1)
+
+torch.manual_seed(0)
+x, w = torch.randn(64, 128), torch.randn(128, 256)
+y = f(x, w)
+import mithril.cache  # only to report what the start-up hook did
+print(json.dumps({
+    "inductor": dict(counters["inductor"]),
+    "entries": mithril.cache.entry_stats(),
+    "y": y.tolist(),
+}))
+"""
+
+
+def plain_compile_under_env(m: dict[str, Path], remote: str) -> dict:
+    """``eval "$(mithril cache env)"`` on machine ``m``, then an unchanged script."""
+    variables = {
+        k: v
+        for k, v in os.environ.items()
+        if not k.startswith(("TORCHINDUCTOR_", "TRITON_", "MITHRIL_"))
+    }
+    variables.update(
+        HOME=str(m["home"]),
+        TMPDIR=str(m["tmp"]),
+        USER=m["home"].parent.name,
+        MITHRIL_CACHE_REMOTE=remote,
+        MITHRIL_CACHE_SECRET=SECRET,
+    )
+    out = subprocess.run(
+        [sys.executable, "-m", "mithril", "cache", "env", "--dir", str(m["store"])],
+        cwd=m["work"],
+        env=variables,
+        capture_output=True,
+        text=True,
+        timeout=120,
+        check=True,
+    ).stdout
+    for line in out.splitlines():
+        k, v = line.removeprefix("export ").split("=", 1)
+        variables[k] = shlex.split(v)[0]
+    proc = subprocess.run(
+        [sys.executable, "-c", PLAIN],
+        cwd=m["work"],
+        env=variables,
+        capture_output=True,
+        text=True,
+        timeout=600,
+        check=False,
+    )
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert "backend not installed" not in proc.stderr
     return json.loads(proc.stdout.strip().splitlines()[-1])
 
 
@@ -162,6 +223,33 @@ def test_entries_travel_over_an_http_endpoint_too(
     assert warm["inductor"].get("fxgraph_cache_hit") == 1 and warm["entries"]["restored"] > 0
     assert all(p.stat().st_nlink >= 2 for p in kernels(frank))
     assert warm["y"] == cold["y"]
+
+
+def test_environment_alone_switches_the_backend_on(
+    http_server: tuple[str, Path], tmp_path: Path
+) -> None:
+    url = http_server[0] + "/env-only"
+    gina, hugo = machine(tmp_path, "gina"), machine(tmp_path, "hugo")
+    cold = plain_compile_under_env(gina, url)
+    assert cold["entries"]["puts"] >= 2 and cold["inductor"].get("fxgraph_cache_miss") == 1
+    warm = plain_compile_under_env(hugo, url)
+    assert warm["entries"]["hits"] >= 1 and warm["inductor"].get("fxgraph_cache_hit") == 1
+    assert all(p.stat().st_nlink >= 2 for p in kernels(hugo))
+    assert warm["y"] == cold["y"]
+
+
+def test_startup_hook_runs_the_sitecustomize_it_shadows(tmp_path: Path) -> None:
+    other = tmp_path / "other"
+    other.mkdir()
+    (other / "sitecustomize.py").write_text("import os\nos.environ['SHADOWED_RAN'] = '1'\n")
+    variables = dict(os.environ)
+    variables["PYTHONPATH"] = os.pathsep.join([str(_torch.AUTOLOAD_DIR), str(other)])
+    variables["MITHRIL_CACHE_TORCH_BACKEND"] = "1"
+    code = "import os, sys; print(os.environ.get('SHADOWED_RAN'), 'torch' in sys.modules)"
+    out = subprocess.run(
+        [sys.executable, "-c", code], env=variables, capture_output=True, text=True, check=True
+    )
+    assert out.stdout.split() == ["1", "False"]  # chained, and torch not imported at start-up
 
 
 # The entry cache itself, without a compile.

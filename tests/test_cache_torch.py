@@ -104,6 +104,8 @@ def test_env_points_at_the_environment_directory(tmp_path: Path, run_cli) -> Non
     assert exports["TORCHINDUCTOR_CACHE_DIR"] == str(base / "inductor")
     assert exports["TRITON_CACHE_DIR"] == str(base / "triton")
     assert exports["TORCHINDUCTOR_FX_GRAPH_CACHE"] == "1"
+    assert exports["MITHRIL_CACHE_TORCH_BACKEND"] == "1"
+    assert exports["PYTHONPATH"].split(os.pathsep)[0] == str(_torch.AUTOLOAD_DIR)
 
 
 def test_new_machine_warm_start_compiles_nothing(

@@ -168,8 +168,20 @@ def _dirs(root: Path, env: str) -> dict[str, Path]:
     return dirs
 
 
+#: A directory whose ``sitecustomize`` installs Mithril's torch cache backend at start-up.
+AUTOLOAD_DIR = Path(__file__).resolve().parent / "_autoload"
+
+
+def _python_path_with_autoload() -> str:
+    parts = [p for p in os.environ.get("PYTHONPATH", "").split(os.pathsep) if p]
+    parts = [p for p in parts if Path(p).resolve() != AUTOLOAD_DIR]
+    return os.pathsep.join([str(AUTOLOAD_DIR), *parts])
+
+
 def environment(root: Path, env: str | None = None) -> dict[str, str]:
-    """The variables that point torch at the managed directories."""
+    """The variables that point torch at the managed directories and, through a start-up
+    hook on ``PYTHONPATH``, make Mithril the backend of torch's remote caches in every
+    Python process that inherits them."""
     env = environment_id() if env is None else env
     dirs = managed_dirs(root, env)
     return {
@@ -178,6 +190,8 @@ def environment(root: Path, env: str | None = None) -> dict[str, str]:
         "TRITON_CACHE_DIR": str(dirs["triton"]),
         "TORCHINDUCTOR_FX_GRAPH_CACHE": "1",
         "TORCHINDUCTOR_AUTOGRAD_CACHE": "1",
+        "MITHRIL_CACHE_TORCH_BACKEND": "1",
+        "PYTHONPATH": _python_path_with_autoload(),
     }
 
 
