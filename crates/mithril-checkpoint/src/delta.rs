@@ -527,26 +527,25 @@ fn decode_words<T: Word>(
         }
         return Ok(());
     }
-    let mut planes = vec![vec![0u8; n]; T::BYTES];
-    for plane in planes.iter_mut() {
+    // Plane by plane into whole words: each merge is one pass the compiler vectorises.
+    let mut words = vec![T::ZERO; n];
+    let mut plane = vec![0u8; n];
+    for p in 0..T::BYTES {
         let (method, data) = rd.stream()?;
-        decode_plane(method, data, plane, 8)?;
+        decode_plane(method, data, &mut plane, 8)?;
+        for (w, &b) in words.iter_mut().zip(&plane) {
+            *w = w.with_byte(p, b);
+        }
     }
     rd.finish()?;
-    let elems = inout.chunks_exact_mut(T::BYTES);
-    let word_at = |at: usize| {
-        planes
-            .iter()
-            .enumerate()
-            .fold(T::ZERO, |w, (p, pl)| w.with_byte(p, pl[at]))
-    };
+    let elems = inout.chunks_exact_mut(T::BYTES).zip(&words);
     if op == DeltaOp::Xor {
-        for (i, o) in elems.enumerate() {
-            T::load(o).xor(word_at(i)).store(o);
+        for (o, &w) in elems {
+            T::load(o).xor(w).store(o);
         }
     } else {
-        for (i, o) in elems.enumerate() {
-            word_at(i).add_unzigzag(T::load(o)).store(o);
+        for (o, &w) in elems {
+            w.add_unzigzag(T::load(o)).store(o);
         }
     }
     Ok(())
