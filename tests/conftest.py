@@ -3,11 +3,13 @@
 from __future__ import annotations
 
 import importlib.util
+import json
 import os
 import shutil
 import socket
 import subprocess
 import sys
+import tempfile
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -79,6 +81,52 @@ def _run_cli(*args: str | os.PathLike[str], cwd: Path | None = None) -> tuple[in
 def run_cli():
     """``run_cli(*args) -> (returncode, stdout, stderr)`` for ``python -m mithril``."""
     return _run_cli
+
+
+def machine(tmp_path: Path, name: str) -> dict[str, Path]:
+    """A simulated machine: its own store, HOME, TMPDIR and working directory."""
+    paths = {k: tmp_path / name / k for k in ("store", "home", "tmp", "work")}
+    for p in paths.values():
+        p.mkdir(parents=True)
+    return paths
+
+
+def machine_env(m: dict[str, Path]) -> dict[str, str]:
+    """This process's environment as machine ``m`` sees it: its HOME, TMPDIR and USER, and
+    none of the cache variables of the machine the tests run on."""
+    variables = {
+        k: v
+        for k, v in os.environ.items()
+        if not k.startswith(("TORCHINDUCTOR_", "TRITON_", "MITHRIL_"))
+    }
+    variables.update(HOME=str(m["home"]), TMPDIR=str(m["tmp"]), USER=m["home"].parent.name)
+    return variables
+
+
+def run_json(m: dict[str, Path], variables: dict[str, str], code: str) -> dict:
+    """Run Python ``code`` in a fresh process on machine ``m``; the JSON of its last line."""
+    proc = subprocess.run(
+        [sys.executable, "-c", code],
+        cwd=m["work"],
+        env=variables,
+        capture_output=True,
+        text=True,
+        timeout=600,
+        check=False,
+    )
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    return dict(json.loads(proc.stdout.strip().splitlines()[-1]))
+
+
+@pytest.fixture
+def own_temp_dir(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
+    """A temp dir of the test's own for this process: snapshots and entries carry
+    Inductor's precompiled headers from the temp dir, and the real ones stay out."""
+    systmp = tmp_path / "systmp"
+    systmp.mkdir()
+    monkeypatch.setattr(tempfile, "tempdir", str(systmp))
+    monkeypatch.setenv("TMPDIR", str(systmp))
+    return systmp
 
 
 def free_port() -> int:

@@ -5,16 +5,14 @@ nothing; a wrong secret or a server that is down is a clean miss and the compile
 
 from __future__ import annotations
 
-import json
 import os
 import shlex
 import subprocess
 import sys
-import tempfile
 from pathlib import Path
 
 import pytest
-from conftest import free_port
+from conftest import free_port, machine, machine_env, run_json
 from mithril.cache import Store, _entries, _torch
 from mithril.cache._remote import RedisStore
 
@@ -44,41 +42,19 @@ print(json.dumps({
 """
 
 
-def machine(tmp_path: Path, name: str) -> dict[str, Path]:
-    paths = {k: tmp_path / name / k for k in ("store", "home", "tmp", "work")}
-    for p in paths.values():
-        p.mkdir(parents=True)
-    return paths
+def shared_env(m: dict[str, Path], remote: str, secret: str = SECRET) -> dict[str, str]:
+    """Machine ``m``'s environment with the shared store at ``remote`` configured."""
+    variables = machine_env(m)
+    variables.update(
+        MITHRIL_CACHE_REMOTE=remote, MITHRIL_CACHE_SECRET=secret, MITHRIL_CACHE_REMOTE_TIMEOUT="0.5"
+    )
+    return variables
 
 
 def compile_on(m: dict[str, Path], remote: str, secret: str = SECRET) -> dict:
     """The compile in a fresh process on "machine" ``m`` (its own HOME, USER, TMPDIR, working
-    directory and store), sharing only the Redis server at ``remote``."""
-    variables = {
-        k: v
-        for k, v in os.environ.items()
-        if not k.startswith(("TORCHINDUCTOR_", "TRITON_", "MITHRIL_"))
-    }
-    variables.update(
-        HOME=str(m["home"]),
-        TMPDIR=str(m["tmp"]),
-        USER=m["home"].parent.name,
-        STORE=str(m["store"]),
-        MITHRIL_CACHE_REMOTE=remote,
-        MITHRIL_CACHE_SECRET=secret,
-        MITHRIL_CACHE_REMOTE_TIMEOUT="0.5",
-    )
-    proc = subprocess.run(
-        [sys.executable, "-c", COMPILE],
-        cwd=m["work"],
-        env=variables,
-        capture_output=True,
-        text=True,
-        timeout=600,
-        check=False,
-    )
-    assert proc.returncode == 0, proc.stderr[-3000:]
-    return json.loads(proc.stdout.strip().splitlines()[-1])
+    directory and store), sharing only the server at ``remote``."""
+    return run_json(m, {**shared_env(m, remote, secret), "STORE": str(m["store"])}, COMPILE)
 
 
 PLAIN = r"""
@@ -103,18 +79,7 @@ print(json.dumps({
 
 def plain_compile_under_env(m: dict[str, Path], remote: str) -> dict:
     """``eval "$(mithril cache env)"`` on machine ``m``, then an unchanged script."""
-    variables = {
-        k: v
-        for k, v in os.environ.items()
-        if not k.startswith(("TORCHINDUCTOR_", "TRITON_", "MITHRIL_"))
-    }
-    variables.update(
-        HOME=str(m["home"]),
-        TMPDIR=str(m["tmp"]),
-        USER=m["home"].parent.name,
-        MITHRIL_CACHE_REMOTE=remote,
-        MITHRIL_CACHE_SECRET=SECRET,
-    )
+    variables = shared_env(m, remote)
     out = subprocess.run(
         [sys.executable, "-m", "mithril", "cache", "env", "--dir", str(m["store"])],
         cwd=m["work"],
@@ -127,18 +92,7 @@ def plain_compile_under_env(m: dict[str, Path], remote: str) -> dict:
     for line in out.splitlines():
         k, v = line.removeprefix("export ").split("=", 1)
         variables[k] = shlex.split(v)[0]
-    proc = subprocess.run(
-        [sys.executable, "-c", PLAIN],
-        cwd=m["work"],
-        env=variables,
-        capture_output=True,
-        text=True,
-        timeout=600,
-        check=False,
-    )
-    assert proc.returncode == 0, proc.stderr[-3000:]
-    assert "backend not installed" not in proc.stderr
-    return json.loads(proc.stdout.strip().splitlines()[-1])
+    return run_json(m, variables, PLAIN)
 
 
 def kernels(m: dict[str, Path]) -> list[Path]:
@@ -253,17 +207,6 @@ def test_startup_hook_runs_the_sitecustomize_it_shadows(tmp_path: Path) -> None:
 
 
 # The entry cache itself, without a compile.
-
-
-@pytest.fixture
-def own_temp_dir(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
-    """Entries also carry Inductor's precompiled headers from the temp dir: keep this
-    process's real ones out of these tests."""
-    systmp = tmp_path / "systmp"
-    systmp.mkdir()
-    monkeypatch.setattr(tempfile, "tempdir", str(systmp))
-    monkeypatch.setenv("TMPDIR", str(systmp))
-    return systmp
 
 
 def compiled_file(store: Store, rel: str, data: bytes) -> Path:

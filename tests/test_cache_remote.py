@@ -8,7 +8,6 @@ from __future__ import annotations
 import os
 import shutil
 import socket
-import tempfile
 import threading
 import time
 from collections.abc import Iterator
@@ -24,14 +23,8 @@ redis = pytest.importorskip("redis")
 SECRET = b"fleet secret"
 
 
-@pytest.fixture(autouse=True)
-def own_temp_dir(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    """Snapshots also carry Inductor's precompiled headers from the temp dir: keep this
-    process's real ones out of these tests."""
-    systmp = tmp_path / "systmp"
-    systmp.mkdir()
-    monkeypatch.setattr(tempfile, "tempdir", str(systmp))
-    monkeypatch.setenv("TMPDIR", str(systmp))
+# Snapshots carry Inductor's precompiled headers from the temp dir: keep the real ones out.
+pytestmark = pytest.mark.usefixtures("own_temp_dir")
 
 
 class Server:

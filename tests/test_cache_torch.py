@@ -12,6 +12,7 @@ import tarfile
 from pathlib import Path
 
 import pytest
+from conftest import machine, machine_env, run_json
 from mithril import FormatError
 from mithril.cache import Store, _torch, env, environment_id, import_bundle
 
@@ -28,21 +29,6 @@ x, w = torch.randn(64, 128), torch.randn(128, 256)
 y = f(x, w)
 print(json.dumps({"counters": dict(counters["inductor"]), "y": y.tolist()}))
 """
-
-
-def machine(tmp_path: Path, name: str) -> dict[str, Path]:
-    paths = {k: tmp_path / name / k for k in ("store", "home", "tmp", "work")}
-    for p in paths.values():
-        p.mkdir(parents=True)
-    return paths
-
-
-def machine_env(m: dict[str, Path]) -> dict[str, str]:
-    variables = {
-        k: v for k, v in os.environ.items() if not k.startswith(("TORCHINDUCTOR_", "TRITON_"))
-    }
-    variables.update(HOME=str(m["home"]), TMPDIR=str(m["tmp"]), USER=m["home"].parent.name)
-    return variables
 
 
 def cli_on(m: dict[str, Path], *args: str | Path) -> subprocess.CompletedProcess[str]:
@@ -62,17 +48,7 @@ def compile_on(m: dict[str, Path]) -> dict:
     """Run the compile in a fresh process on "machine" ``m`` with the store's exports."""
     variables = machine_env(m)
     variables.update(env(Store(m["store"])))
-    proc = subprocess.run(
-        [sys.executable, "-c", COMPILE],
-        cwd=m["work"],
-        env=variables,
-        capture_output=True,
-        text=True,
-        timeout=600,
-        check=False,
-    )
-    assert proc.returncode == 0, proc.stderr[-3000:]
-    return json.loads(proc.stdout.strip().splitlines()[-1])
+    return run_json(m, variables, COMPILE)
 
 
 def so_files(store: Path) -> set[Path]:
