@@ -83,6 +83,22 @@ def run_cli():
     return _run_cli
 
 
+#: A small real torch.compile (a matmul, GELU, reduction and softmax) that leaves its result
+#: in ``y`` and Inductor's counters in ``counters``; scripts append what they report.
+SMALL_COMPILE = r"""
+import json, torch
+from torch._dynamo.utils import counters
+
+@torch.compile
+def f(x, w):
+    return torch.nn.functional.gelu(x @ w).sum(dim=-1).softmax(-1)
+
+torch.manual_seed(0)
+x, w = torch.randn(64, 128), torch.randn(128, 256)
+y = f(x, w)
+"""
+
+
 def machine(tmp_path: Path, name: str) -> dict[str, Path]:
     """A simulated machine: its own store, HOME, TMPDIR and working directory."""
     paths = {k: tmp_path / name / k for k in ("store", "home", "tmp", "work")}

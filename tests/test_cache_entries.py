@@ -12,27 +12,22 @@ import sys
 from pathlib import Path
 
 import pytest
-from conftest import free_port, machine, machine_env, run_json
+from conftest import SMALL_COMPILE, free_port, machine, machine_env, run_json
 from mithril.cache import Store, _entries, _torch
 from mithril.cache._remote import RedisStore
 
 redis = pytest.importorskip("redis")
 SECRET = "fleet secret"
 
-COMPILE = r"""
-import json, os, torch
-from torch._dynamo.utils import counters
+# The script switches the backend on itself, before compiling.
+COMPILE = (
+    """
+import os
 import mithril.cache as mc
-
 mc.enable(mc.Store(os.environ["STORE"]))
-
-@torch.compile
-def f(x, w):
-    return torch.nn.functional.gelu(x @ w).sum(dim=-1).softmax(-1)
-
-torch.manual_seed(0)
-x, w = torch.randn(64, 128), torch.randn(128, 256)
-y = f(x, w)
+"""
+    + SMALL_COMPILE
+    + """
 print(json.dumps({
     "inductor": dict(counters["inductor"]),
     "aot": dict(counters["aot_autograd"]),
@@ -40,6 +35,7 @@ print(json.dumps({
     "y": y.tolist(),
 }))
 """
+)
 
 
 def shared_env(m: dict[str, Path], remote: str, secret: str = SECRET) -> dict[str, str]:
@@ -57,17 +53,10 @@ def compile_on(m: dict[str, Path], remote: str, secret: str = SECRET) -> dict:
     return run_json(m, {**shared_env(m, remote, secret), "STORE": str(m["store"])}, COMPILE)
 
 
-PLAIN = r"""
-import json, torch
-from torch._dynamo.utils import counters
-
-@torch.compile
-def f(x, w):
-    return torch.nn.functional.gelu(x @ w).sum(dim=-1).softmax(-1)
-
-torch.manual_seed(0)
-x, w = torch.randn(64, 128), torch.randn(128, 256)
-y = f(x, w)
+# An unchanged script: only the environment switches the backend on.
+PLAIN = (
+    SMALL_COMPILE
+    + """
 import mithril.cache  # only to report what the start-up hook did
 print(json.dumps({
     "inductor": dict(counters["inductor"]),
@@ -75,6 +64,7 @@ print(json.dumps({
     "y": y.tolist(),
 }))
 """
+)
 
 
 def plain_compile_under_env(m: dict[str, Path], remote: str) -> dict:

@@ -12,23 +12,16 @@ import tarfile
 from pathlib import Path
 
 import pytest
-from conftest import machine, machine_env, run_json
+from conftest import SMALL_COMPILE, machine, machine_env, run_json
 from mithril import FormatError
 from mithril.cache import Store, _torch, env, environment_id, import_bundle
 
-COMPILE = r"""
-import json, torch
-from torch._dynamo.utils import counters
-
-@torch.compile
-def f(x, w):
-    return torch.nn.functional.gelu(x @ w).sum(dim=-1).softmax(-1)
-
-torch.manual_seed(0)
-x, w = torch.randn(64, 128), torch.randn(128, 256)
-y = f(x, w)
+COMPILE = (
+    SMALL_COMPILE
+    + """
 print(json.dumps({"counters": dict(counters["inductor"]), "y": y.tolist()}))
 """
+)
 
 
 def cli_on(m: dict[str, Path], *args: str | Path) -> subprocess.CompletedProcess[str]:
