@@ -46,6 +46,7 @@ import os
 import shlex
 import struct
 import sys
+import tempfile
 import time
 import warnings
 from collections.abc import Callable, Sequence
@@ -479,6 +480,63 @@ def notes(rows: Sequence[Row]) -> list[str]:
     return [f"{', '.join(names)}: {status}" for status, names in seen.items()]
 
 
+def thread_counts() -> list[int]:
+    """1, 2, 4, ... up to the cores this process may use, and that count itself."""
+    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
+    cores = max(1, cores or 1)
+    counts = [1]
+    while counts[-1] * 2 < cores:
+        counts.append(counts[-1] * 2)
+    if cores > 1:
+        counts.append(cores)
+    return counts
+
+
+def scaling_rows(
+    mc: Any, state: dict[str, torch.Tensor], dtypes: Sequence[str], repeat: int
+) -> list[list[str]]:
+    """Whole-file encode (``save``, in memory) and decode (``load_file`` of a file in the page
+    cache) of every tensor at each thread count: how the codec scales with cores when it is
+    given a whole checkpoint rather than one tensor per call."""
+    table = []
+    with tempfile.TemporaryDirectory(prefix="bench_checkpoint_") as tmp:
+        for dtype in dtypes:
+            tensors = {k: t.to(DTYPES[dtype]).contiguous() for k, t in state.items()}
+            raw = sum(t.numel() * t.element_size() for t in tensors.values())
+            path = os.path.join(tmp, f"{dtype}.mithril")
+            mc.save_file(tensors, path)
+            expected = {k: tensor_bytes(t) for k, t in tensors.items()}
+            first: tuple[float, float] | None = None
+            for threads in thread_counts():
+                best_enc = best_dec = math.inf
+                for attempt in range(repeat + 1):
+                    t0 = time.perf_counter()
+                    mc.save(tensors, threads=threads)
+                    t1 = time.perf_counter()
+                    got = mc.load_file(path, threads=threads)
+                    t2 = time.perf_counter()
+                    if {k: tensor_bytes(t) for k, t in got.items()} != expected:
+                        raise RoundTripError(f"whole-file round trip [{dtype}] is not bit-exact")
+                    if attempt > 0:
+                        best_enc, best_dec = min(best_enc, t1 - t0), min(best_dec, t2 - t1)
+                enc, dec = raw / best_enc / 1e6, raw / best_dec / 1e6
+                first = first or (enc, dec)
+                table.append(
+                    [
+                        dtype,
+                        str(threads),
+                        f"{enc:.0f}",
+                        f"{dec:.0f}",
+                        f"{enc / first[0]:.2f}x",
+                        f"{dec / first[1]:.2f}x",
+                    ]
+                )
+    return table
+
+
+SCALING_COLUMNS = ("dtype", "threads", "enc MB/s", "dec MB/s", "enc vs 1 thread", "dec vs 1 thread")
+
+
 def mithril_version(mc: Any) -> str:
     if mc is None:
         return "not built"
@@ -547,6 +605,13 @@ def main(argv: Sequence[str] | None = None) -> int:
     print(render(rows, args.markdown))
     for note in notes(rows):
         print(f"\n{note}" if args.markdown else note)
+    if mithril is not None:
+        torch.set_num_threads(os.cpu_count() or 1)
+        print()
+        print("Whole file, every tensor in one call (Mithril's own thread scaling):")
+        print()
+        scaling = scaling_rows(mithril, state, dtypes, args.repeat)
+        print(render_table(SCALING_COLUMNS, scaling, args.markdown, left={0}))
 
     if args.json:
         baselines = {r.dtype: r for r in rows if r.compressor == BASELINE and r.status == "ok"}

@@ -536,6 +536,25 @@ def test_safe_open_lazy_access(tmp_path: Path, small_state_dict):
         assert got.tobytes() == raw_bytes(small_state_dict["attn.query.bias"])
 
 
+@pytest.mark.parametrize("threads", [1, 2, None])
+def test_whole_file_load_decodes_tensors_concurrently_and_exactly(
+    tmp_path: Path, minilm_tensors, threads
+):
+    """load_file decodes every tensor in one native call (tensors as well as their chunks
+    in parallel); the result must not depend on the thread count."""
+    state = {k: t.to(torch.bfloat16) for k, t in list(minilm_tensors.items())[:24]}
+    state["ids"] = minilm_tensors["embeddings.position_ids"]
+    path = tmp_path / "many.mithril"
+    mc.save_file(state, path, chunk_bytes=64 << 10)
+    got = mc.load_file(path, threads=threads)
+    assert list(got) == list(state)
+    for name, t in state.items():
+        assert_same_tensor(got[name], t)
+    reader = mithril._native.Reader(os.fspath(path))
+    with pytest.raises(mithril.TensorNotFoundError, match="nope"):
+        reader.read_many([*state, "nope"], threads)
+
+
 def test_keys_keep_insertion_order(tmp_path: Path):
     names = ["zeta", "alpha", "m.2", "m.10", "m.1", "", "ünïcode", "with space", "a/b:c"]
     tensors = {n: torch.full((i + 1,), float(i)) for i, n in enumerate(names)}

@@ -14,6 +14,7 @@ use pyo3::exceptions::PyValueError;
 use pyo3::prelude::*;
 use pyo3::pybacked::PyBackedBytes;
 use pyo3::types::{PyBytes, PyDict};
+use rayon::prelude::*;
 use std::collections::BTreeMap;
 use std::path::PathBuf;
 
@@ -408,6 +409,32 @@ impl PyReader {
             .detach(|| threads::run(threads, || self.inner.read(name)))?
             .py()?;
         Ok(PyArray1::from_vec(py, bytes))
+    }
+
+    /// Decode several tensors at once into new uint8 numpy arrays, in `names` order. The
+    /// tensors are decoded concurrently as well as their chunks, so a checkpoint of many
+    /// small tensors (one or two chunks each) still uses every core.
+    #[pyo3(signature = (names, threads=None))]
+    fn read_many<'py>(
+        &self,
+        py: Python<'py>,
+        names: Vec<String>,
+        threads: Option<usize>,
+    ) -> PyResult<Vec<Bound<'py, PyArray1<u8>>>> {
+        let decoded = py
+            .detach(|| {
+                threads::run(threads, || {
+                    names
+                        .par_iter()
+                        .map(|name| self.inner.read(name))
+                        .collect::<Result<Vec<_>, _>>()
+                })
+            })?
+            .py()?;
+        Ok(decoded
+            .into_iter()
+            .map(|bytes| PyArray1::from_vec(py, bytes))
+            .collect())
     }
 
     /// Decode one tensor straight into a caller's writable, C-contiguous buffer of exactly

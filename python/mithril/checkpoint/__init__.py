@@ -239,6 +239,16 @@ class safe_open:  # noqa: N801 - mirrors safetensors.safe_open
         raw = self._reader.read(name, self._threads)
         return from_raw(raw, dtype, shape, self._framework, self._device)
 
+    def _get_all(self) -> dict[str, Any]:
+        """Every tensor, decoded concurrently (tensors as well as their chunks)."""
+        names = self.keys()
+        raws = self._reader.read_many(names, self._threads)
+        out = {}
+        for name, raw in zip(names, raws, strict=True):
+            dtype, shape, *_ = self._reader.info(name)
+            out[name] = from_raw(raw, dtype, shape, self._framework, self._device)
+        return out
+
 
 def load_file(
     filename: PathLike,
@@ -255,7 +265,7 @@ def load_file(
     (``base`` overrides the first) and checked by content id: a missing, replaced or altered
     base raises :class:`mithril.BaseCheckpointError`, never a wrong tensor."""
     with safe_open(filename, framework, device, base=base, threads=threads) as f:
-        return {name: f.get_tensor(name) for name in f.keys()}
+        return f._get_all()
 
 
 def _as_bytes(data: Any) -> bytes | bytearray:
@@ -267,7 +277,7 @@ def _as_bytes(data: Any) -> bytes | bytearray:
 def load(data: bytes, *, framework: str | None = None) -> dict[str, Any]:
     """Decode a container held in memory (as made by :func:`save`)."""
     f = safe_open._from_reader(_native.Reader.from_bytes(_as_bytes(data)), framework, "cpu")
-    return {name: f.get_tensor(name) for name in f.keys()}
+    return f._get_all()
 
 
 def compress_tensor(tensor: Any, *, base: Any = None, threads: int | None = None) -> bytes:
