@@ -551,8 +551,13 @@ def test_whole_file_load_decodes_tensors_concurrently_and_exactly(
     for name, t in state.items():
         assert_same_tensor(got[name], t)
     reader = mithril._native.Reader(os.fspath(path))
+    right = [np.empty(reader.info(name)[2], np.uint8) for name in state]
     with pytest.raises(mithril.TensorNotFoundError, match="nope"):
-        reader.read_many([*state, "nope"], threads)
+        reader.read_many_into([*state, "nope"], [*right, np.empty(1, np.uint8)], threads)
+    with pytest.raises(mithril.MithrilError, match="ids"):
+        reader.read_many_into(["ids"], [np.empty(3, np.uint8)], threads)
+    with pytest.raises(ValueError, match="2 tensor names but 1 output buffers"):
+        reader.read_many_into(["ids", "ids"], right[:1], threads)
 
 
 def test_keys_keep_insertion_order(tmp_path: Path):

@@ -92,8 +92,9 @@ const HUGE_PAGES_FROM: usize = 8 << 20;
 /// Ask the kernel to back the 2 MiB-aligned inside of a large, not yet touched buffer with
 /// huge pages. A fresh tensor buffer otherwise takes one page fault per 4 KiB while it is
 /// decoded into, which costs about a third of the decode time of a large fp32 tensor. Only
-/// advice: where transparent huge pages are off, nothing changes.
-fn advise_huge_pages(ptr: *mut u8, n: usize) {
+/// advice: where transparent huge pages are off, nothing changes. Also used on buffers a
+/// caller hands in to be decoded into (a fresh `torch.empty` tensor, say).
+pub fn advise_huge_pages(ptr: *mut u8, n: usize) {
     #[cfg(target_os = "linux")]
     if n >= HUGE_PAGES_FROM {
         const HUGE: usize = 2 << 20;

@@ -194,6 +194,7 @@ impl Reader {
     /// Decode tensor `name` into `out`, which must be exactly its raw size.
     pub fn read_into(&self, name: &str, out: &mut [u8]) -> Result<()> {
         let t = self.tensor(name)?;
+        crate::error::advise_huge_pages(out.as_mut_ptr(), out.len());
         self.decode_tensor(t, out)
     }
 

@@ -411,30 +411,41 @@ impl PyReader {
         Ok(PyArray1::from_vec(py, bytes))
     }
 
-    /// Decode several tensors at once into new uint8 numpy arrays, in `names` order. The
-    /// tensors are decoded concurrently as well as their chunks, so a checkpoint of many
-    /// small tensors (one or two chunks each) still uses every core.
-    #[pyo3(signature = (names, threads=None))]
-    fn read_many<'py>(
+    /// Decode several tensors at once, each straight into its caller's buffer (`outs`, in
+    /// `names` order; writable, C-contiguous, exactly the tensor's raw size). The tensors
+    /// are decoded concurrently as well as their chunks, so a checkpoint of many small
+    /// tensors (one or two chunks each) still uses every core.
+    #[pyo3(signature = (names, outs, threads=None))]
+    fn read_many_into(
         &self,
-        py: Python<'py>,
+        py: Python<'_>,
         names: Vec<String>,
+        outs: Vec<PyBuffer<u8>>,
         threads: Option<usize>,
-    ) -> PyResult<Vec<Bound<'py, PyArray1<u8>>>> {
-        let decoded = py
-            .detach(|| {
-                threads::run(threads, || {
-                    names
-                        .par_iter()
-                        .map(|name| self.inner.read(name))
-                        .collect::<Result<Vec<_>, _>>()
+    ) -> PyResult<()> {
+        if names.len() != outs.len() {
+            return Err(PyValueError::new_err(format!(
+                "{} tensor names but {} output buffers",
+                names.len(),
+                outs.len()
+            )));
+        }
+        let mut targets = Vec::with_capacity(outs.len());
+        for (name, out) in names.iter().zip(&outs) {
+            targets.push((name.as_str(), writable_target(name, out)?));
+        }
+        py.detach(|| {
+            threads::run(threads, || {
+                targets.par_iter().try_for_each(|&(name, (addr, len))| {
+                    // SAFETY: `outs` holds every buffer export until this call returns, which
+                    // keeps each exporter's memory alive and in place; each was checked
+                    // writable and contiguous, and the caller passes distinct buffers.
+                    let slice = unsafe { std::slice::from_raw_parts_mut(addr as *mut u8, len) };
+                    self.inner.read_into(name, slice)
                 })
-            })?
-            .py()?;
-        Ok(decoded
-            .into_iter()
-            .map(|bytes| PyArray1::from_vec(py, bytes))
-            .collect())
+            })
+        })?
+        .py()
     }
 
     /// Decode one tensor straight into a caller's writable, C-contiguous buffer of exactly
@@ -447,17 +458,7 @@ impl PyReader {
         out: PyBuffer<u8>,
         threads: Option<usize>,
     ) -> PyResult<()> {
-        if out.readonly() {
-            return Err(PyValueError::new_err(format!(
-                "tensor {name:?}: the output buffer is read-only"
-            )));
-        }
-        if !out.is_c_contiguous() {
-            return Err(PyValueError::new_err(format!(
-                "tensor {name:?}: the output buffer is not C-contiguous"
-            )));
-        }
-        let (addr, len) = (out.buf_ptr() as usize, out.len_bytes());
+        let (addr, len) = writable_target(name, &out)?;
         py.detach(|| {
             // SAFETY: `out` holds the buffer export, which keeps the exporter's memory alive
             // and in place until it is dropped after this call; it was checked writable and
@@ -484,4 +485,26 @@ pub fn register(m: &Bound<'_, PyModule>) -> PyResult<()> {
     m.add_function(wrap_pyfunction!(decompress_safetensors, m)?)?;
     m.add_class::<PyReader>()?;
     Ok(())
+}
+
+/// The address and length of a writable, C-contiguous output buffer for tensor `name`.
+fn writable_target(name: &str, out: &PyBuffer<u8>) -> PyResult<(usize, usize)> {
+    if out.readonly() {
+        return Err(PyValueError::new_err(format!(
+            "tensor {name:?}: the output buffer is read-only"
+        )));
+    }
+    if !out.is_c_contiguous() {
+        return Err(PyValueError::new_err(format!(
+            "tensor {name:?}: the output buffer is not C-contiguous"
+        )));
+    }
+    let len = out.len_bytes();
+    // An empty buffer may export a null pointer, which no slice may hold.
+    let addr = if len == 0 {
+        std::ptr::NonNull::<u8>::dangling().as_ptr() as usize
+    } else {
+        out.buf_ptr() as usize
+    };
+    Ok((addr, len))
 }

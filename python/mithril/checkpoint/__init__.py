@@ -19,7 +19,13 @@ from types import TracebackType
 from typing import Any
 
 from mithril import _native
-from mithril.checkpoint._convert import RawTensor, default_framework, from_raw, to_raw
+from mithril.checkpoint._convert import (
+    RawTensor,
+    default_framework,
+    empty_raw,
+    from_raw,
+    to_raw,
+)
 from mithril.errors import BaseCheckpointError, ConfigError, MithrilError
 
 __all__ = [
@@ -235,19 +241,22 @@ class safe_open:  # noqa: N801 - mirrors safetensors.safe_open
 
     def get_tensor(self, name: str) -> Any:
         """Decode tensor ``name`` (raises :class:`mithril.TensorNotFoundError` if absent)."""
-        dtype, shape, *_ = self._reader.info(name)
-        raw = self._reader.read(name, self._threads)
-        return from_raw(raw, dtype, shape, self._framework, self._device)
+        dtype, shape, raw_len, *_ = self._reader.info(name)
+        owner, buf = empty_raw(raw_len, self._framework)
+        self._reader.read_into(name, buf, self._threads)
+        return from_raw(owner, dtype, shape, self._framework, self._device)
 
     def _get_all(self) -> dict[str, Any]:
-        """Every tensor, decoded concurrently (tensors as well as their chunks)."""
+        """Every tensor, decoded concurrently (tensors as well as their chunks), each straight
+        into the memory of the tensor returned."""
         names = self.keys()
-        raws = self._reader.read_many(names, self._threads)
-        out = {}
-        for name, raw in zip(names, raws, strict=True):
-            dtype, shape, *_ = self._reader.info(name)
-            out[name] = from_raw(raw, dtype, shape, self._framework, self._device)
-        return out
+        infos = [self._reader.info(name) for name in names]
+        buffers = [empty_raw(info[2], self._framework) for info in infos]
+        self._reader.read_many_into(names, [buf for _, buf in buffers], self._threads)
+        return {
+            name: from_raw(owner, info[0], info[1], self._framework, self._device)
+            for name, info, (owner, _) in zip(names, infos, buffers, strict=True)
+        }
 
 
 def load_file(
@@ -304,15 +313,17 @@ def decompress_tensor(
         raise ConfigError(
             f"not a compress_tensor() blob: it holds {len(names)} named tensor(s); use load()"
         )
-    dtype, shape, *_ = reader.info("")
+    dtype, shape, raw_len, *_ = reader.info("")
     if reader.base_ref() is not None and base is None:
         raise BaseCheckpointError("this blob is a delta: pass the base tensor it was made against")
+    framework = framework or default_framework()
     if base is not None:
         _, _, _, buf = to_raw("", base)
         raw = reader.read_with_base("", buf, threads)
-    else:
-        raw = reader.read("", threads)
-    return from_raw(raw, dtype, shape, framework or default_framework())
+        return from_raw(raw, dtype, shape, framework)
+    owner, out = empty_raw(raw_len, framework)
+    reader.read_into("", out, threads)
+    return from_raw(owner, dtype, shape, framework)
 
 
 def inspect(filename: PathLike) -> dict[str, Any]:

@@ -3,6 +3,7 @@ Rust core stores, without copying when the input is already contiguous on the CP
 
 from __future__ import annotations
 
+import functools
 import sys
 from typing import Any
 
@@ -100,24 +101,45 @@ def to_raw(name: str, value: Any) -> RawTensor:
     )
 
 
+def empty_raw(nbytes: int, framework: str) -> tuple[Any, np.ndarray]:
+    """An uninitialised byte buffer for a decoder to fill in place: ``(owner, bytes)``,
+    where ``owner`` is a torch uint8 tensor for ``framework="pt"`` (else the numpy array
+    itself) and ``bytes`` a numpy view of its memory. Decoding into it skips the zeroing a
+    fresh zeroed buffer costs, and the owner becomes the tensor without a copy."""
+    if framework in ("pt", "torch"):
+        torch = _torch()
+        if torch is not None:
+            owner = torch.empty(nbytes, dtype=torch.uint8)
+            return owner, owner.numpy()
+    raw = np.empty(nbytes, dtype=np.uint8)
+    return raw, raw
+
+
 def from_raw(
-    raw: np.ndarray, dtype: str, shape: list[int], framework: str = "pt", device: str = "cpu"
+    raw: Any, dtype: str, shape: list[int], framework: str = "pt", device: str = "cpu"
 ) -> Any:
-    """Wrap decoded bytes as a torch tensor (``framework="pt"``) or numpy array (``"np"``)."""
+    """Wrap decoded bytes (a uint8 numpy array, or the torch owner from :func:`empty_raw`)
+    as a torch tensor (``framework="pt"``) or numpy array (``"np"``)."""
     if framework in ("pt", "torch"):
         torch = _torch()
         if torch is None:
             raise ConfigError("framework='pt' needs torch; install mithril[torch] or use 'np'")
-        by_name = {v: k for k, v in _torch_names(torch).items()}
+        by_name = _torch_dtypes_by_name(torch)
         if dtype not in by_name:
             raise ConfigError(f"dtype {dtype} is not available in this torch build")
-        t = torch.from_numpy(raw).view(by_name[dtype]).reshape(shape)
+        base = raw if isinstance(raw, torch.Tensor) else torch.from_numpy(raw)
+        t = base.view(by_name[dtype]).reshape(shape)
         return t if device == "cpu" else t.to(device)
     if framework in ("np", "numpy"):
         if dtype not in _NAME_TO_NUMPY:
             raise ConfigError(f"dtype {dtype} has no numpy equivalent; use framework='pt'")
         return raw.view(_NAME_TO_NUMPY[dtype]).reshape(shape)
     raise ConfigError(f"unknown framework {framework!r} (expected 'pt' or 'np')")
+
+
+@functools.cache
+def _torch_dtypes_by_name(torch: Any) -> dict[str, Any]:
+    return {v: k for k, v in _torch_names(torch).items()}
 
 
 def default_framework() -> str:
