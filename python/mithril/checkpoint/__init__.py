@@ -242,7 +242,7 @@ class safe_open:  # noqa: N801 - mirrors safetensors.safe_open
     def get_tensor(self, name: str) -> Any:
         """Decode tensor ``name`` (raises :class:`mithril.TensorNotFoundError` if absent)."""
         dtype, shape, raw_len, *_ = self._reader.info(name)
-        owner, buf = empty_raw(raw_len, self._framework)
+        owner, buf = empty_raw(raw_len, self._framework, f"tensor {name!r}")
         self._reader.read_into(name, buf, self._threads)
         return from_raw(owner, dtype, shape, self._framework, self._device)
 
@@ -251,7 +251,10 @@ class safe_open:  # noqa: N801 - mirrors safetensors.safe_open
         into the memory of the tensor returned."""
         names = self.keys()
         infos = [self._reader.info(name) for name in names]
-        buffers = [empty_raw(info[2], self._framework) for info in infos]
+        buffers = [
+            empty_raw(info[2], self._framework, f"tensor {name!r}")
+            for name, info in zip(names, infos, strict=True)
+        ]
         self._reader.read_many_into(names, [buf for _, buf in buffers], self._threads)
         return {
             name: from_raw(owner, info[0], info[1], self._framework, self._device)
@@ -321,7 +324,7 @@ def decompress_tensor(
         _, _, _, buf = to_raw("", base)
         raw = reader.read_with_base("", buf, threads)
         return from_raw(raw, dtype, shape, framework)
-    owner, out = empty_raw(raw_len, framework)
+    owner, out = empty_raw(raw_len, framework, "compress_tensor() blob")
     reader.read_into("", out, threads)
     return from_raw(owner, dtype, shape, framework)
 

@@ -101,18 +101,22 @@ def to_raw(name: str, value: Any) -> RawTensor:
     )
 
 
-def empty_raw(nbytes: int, framework: str) -> tuple[Any, np.ndarray]:
+def empty_raw(nbytes: int, framework: str, what: str) -> tuple[Any, np.ndarray]:
     """An uninitialised byte buffer for a decoder to fill in place: ``(owner, bytes)``,
     where ``owner`` is a torch uint8 tensor for ``framework="pt"`` (else the numpy array
     itself) and ``bytes`` a numpy view of its memory. Decoding into it skips the zeroing a
-    fresh zeroed buffer costs, and the owner becomes the tensor without a copy."""
-    if framework in ("pt", "torch"):
-        torch = _torch()
-        if torch is not None:
-            owner = torch.empty(nbytes, dtype=torch.uint8)
-            return owner, owner.numpy()
-    raw = np.empty(nbytes, dtype=np.uint8)
-    return raw, raw
+    fresh zeroed buffer costs, and the owner becomes the tensor without a copy. A size the
+    allocator refuses (a hostile file can claim any) is a ``MemoryError`` naming ``what``."""
+    try:
+        if framework in ("pt", "torch"):
+            torch = _torch()
+            if torch is not None:
+                owner = torch.empty(nbytes, dtype=torch.uint8)
+                return owner, owner.numpy()
+        raw = np.empty(nbytes, dtype=np.uint8)
+        return raw, raw
+    except (MemoryError, RuntimeError) as e:
+        raise MemoryError(f"{what}: cannot allocate {nbytes} bytes ({e})") from None
 
 
 def from_raw(
