@@ -29,6 +29,7 @@ from mithril.checkpoint.torch import (
 from mithril.checkpoint.torch import _writer as writer_module
 from torch.distributed.checkpoint import FileSystemReader
 from torch.distributed.checkpoint.api import CheckpointException
+from torch.distributed.checkpoint.default_planner import DefaultLoadPlanner
 
 pytestmark = pytest.mark.filterwarnings("ignore:torch.distributed is disabled")
 
@@ -122,6 +123,42 @@ def test_round_trip_every_kind_of_entry(tmp_path: Path) -> None:
         e["name"] for e in commit["storage"] if e["fqn"].endswith(("emb.weight", "head.weight"))
     }
     assert len(tied) == 1, "tied weights are stored once"
+
+
+class StagingPlanner(DefaultLoadPlanner):
+    """A planner that resolves every tensor into one shared staging buffer and copies it out
+    on commit: the reader must commit each request before it resolves the next."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.staging: dict[tuple[int, ...], torch.Tensor] = {}
+        self.commits = 0
+
+    def resolve_tensor(self, read_item: Any) -> torch.Tensor:
+        dest = super().resolve_tensor(read_item)
+        buf = self.staging.setdefault(tuple(dest.shape), torch.empty_like(dest))
+        return buf
+
+    def commit_tensor(self, read_item: Any, tensor: torch.Tensor) -> None:
+        super().resolve_tensor(read_item).copy_(tensor)
+        self.commits += 1
+
+
+def test_default_planner_loads_in_one_batch_and_custom_planners_one_by_one(
+    tmp_path: Path,
+) -> None:
+    state = {f"w{i}": torch.randn(8, 16) for i in range(6)}
+    dcp.save(state, storage_writer=MithrilWriter(tmp_path / "ck"))
+    got = {k: torch.zeros_like(v) for k, v in state.items()}
+    dcp.load(got, storage_reader=MithrilReader(tmp_path / "ck"))
+    assert all(torch.equal(got[k], v) for k, v in state.items())
+    # Same shapes share the staging buffer: resolving them all first would load one value
+    # into every tensor.
+    staged = {k: torch.zeros_like(v) for k, v in state.items()}
+    planner = StagingPlanner()
+    dcp.load(staged, storage_reader=MithrilReader(tmp_path / "ck"), planner=planner)
+    assert planner.commits == len(state)
+    assert all(torch.equal(staged[k], v) for k, v in state.items())
 
 
 def test_load_converts_dtype_and_reads_into_noncontiguous_targets(tmp_path: Path) -> None:

@@ -89,7 +89,12 @@ class SignedStore:
 
     def _put(self, kind: str, name: str, payload: bytes) -> bool:
         value = self._sign(kind, name, payload)
-        return self._call("put", lambda: self._write(kind, name, value) or True) is not None
+
+        def write() -> bool:
+            self._write(kind, name, value)
+            return True
+
+        return self._call("put", write) is True
 
     def get_blob(self, name: str) -> bytes | None:
         data = self._get("blob", name)

@@ -14,6 +14,7 @@ from pathlib import Path
 from typing import Any
 
 import torch
+from torch.distributed.checkpoint.default_planner import DefaultLoadPlanner
 from torch.distributed.checkpoint.metadata import Metadata, StorageMeta
 from torch.distributed.checkpoint.planner import LoadItemType, LoadPlan, LoadPlanner, ReadItem
 from torch.distributed.checkpoint.storage import StorageReader
@@ -124,13 +125,46 @@ class MithrilReader(StorageReader):
         reader = self._open(file_name, reqs)
         uses = Counter(item.name for _, item in reqs)
         decoded: dict[str, torch.Tensor] = {}
-        for req, item in reqs:
+        rest = self._read_direct_batch(reader, reqs, planner, uses) if _batchable(planner) else reqs
+        for req, item in rest:
             try:
                 self._read_item(reader, req, item, planner, uses, decoded)
             except MithrilError as e:
                 raise type(e)(
                     f"{self.path / file_name}: {_describe(req)} (stored as {item.name!r}): {e}"
                 ) from e
+
+    def _read_direct_batch(
+        self,
+        reader: _native.Reader,
+        reqs: list[tuple[ReadItem, StoredItem]],
+        planner: LoadPlanner,
+        uses: Counter[str],
+    ) -> list[tuple[ReadItem, StoredItem]]:
+        """Decode every request that reads a whole stored tensor into a matching contiguous
+        CPU destination, all in one native call (tensors in parallel as well as their
+        chunks), and commit them. Returns the requests left for :meth:`_read_item`. On an
+        error the batch is not committed and those requests go the one-by-one way too, so
+        that the error names its request."""
+        direct: list[tuple[ReadItem, StoredItem, torch.Tensor]] = []
+        rest = []
+        for req, item in reqs:
+            target = _direct_target(req, item, planner, uses)
+            if target is None:
+                rest.append((req, item))
+            else:
+                direct.append((req, item, target))
+        if not direct:
+            return rest
+        names = [item.name for _, item, _ in direct]
+        outs = [target.reshape(-1).view(torch.uint8).numpy() for _, _, target in direct]
+        try:
+            reader.read_many_into(names, outs, self.threads)
+        except MithrilError:
+            return [(req, item) for req, item, _ in direct] + rest
+        for req, _, target in direct:
+            planner.commit_tensor(req, target)
+        return rest
 
     def _read_item(
         self,
@@ -190,6 +224,44 @@ class MithrilReader(StorageReader):
                 )
             target.copy_(source)
         planner.commit_tensor(req, target)
+
+
+def _batchable(planner: LoadPlanner) -> bool:
+    """Whether destinations may all be resolved before any is committed: true of DCP's
+    default planner, whose resolve returns the state dict's own tensors. A custom planner
+    may reuse one staging buffer between a resolve and its commit, so it gets one request
+    at a time, as DCP's own reader does."""
+    cls = type(planner)
+    return (
+        cls.resolve_tensor is DefaultLoadPlanner.resolve_tensor
+        and cls.commit_tensor is DefaultLoadPlanner.commit_tensor
+    )
+
+
+def _direct_target(
+    req: ReadItem, item: StoredItem, planner: LoadPlanner, uses: Counter[str]
+) -> torch.Tensor | None:
+    """The destination of a request that reads one whole stored tensor, used by no other
+    request, into a contiguous CPU tensor of its dtype and shape; ``None`` otherwise."""
+    if req.type == LoadItemType.BYTE_IO or item.dtype == "bytes" or uses[item.name] != 1:
+        return None
+    if tuple(req.storage_offsets) != (0,) * len(item.shape) or tuple(req.lengths) != tuple(
+        item.shape
+    ):
+        return None
+    try:
+        dtype = _commit.dtype_from_name(item.dtype, item.name)
+    except MithrilError:
+        return None  # reported with its request by _read_item
+    target = planner.resolve_tensor(req).detach()
+    if (
+        target.device.type == "cpu"
+        and target.dtype == dtype
+        and target.is_contiguous()
+        and tuple(target.shape) == item.shape
+    ):
+        return target
+    return None
 
 
 def _describe(req: ReadItem) -> str:
