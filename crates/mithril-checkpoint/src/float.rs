@@ -801,22 +801,32 @@ mod tests {
         enc.len()
     }
 
-    /// Weights of a uniform init: a deterministic xorshift stream, scaled into [-0.05, 0.05).
-    fn uniform_f32(n: usize, low_bytes_zero: bool) -> Vec<u8> {
-        let mut x = 0x9e37_79b9_7f4a_7c15u64;
-        let mut out = Vec::with_capacity(n * 4);
-        for _ in 0..n {
+    /// A deterministic xorshift64 stream from `seed`.
+    fn xorshift(mut x: u64) -> impl Iterator<Item = u64> {
+        std::iter::repeat_with(move || {
             x ^= x << 13;
             x ^= x >> 7;
             x ^= x << 17;
-            let v = ((x >> 40) as f32 / (1u64 << 24) as f32 - 0.5) * 0.1;
-            let mut w = v.to_bits();
-            if low_bytes_zero {
-                w &= 0xffff_0000;
-            }
-            out.extend_from_slice(&w.to_le_bytes());
-        }
-        out
+            x
+        })
+    }
+
+    /// One weight of a uniform init in [-0.05, 0.05), from one xorshift draw.
+    fn uniform_value(x: u64) -> f32 {
+        ((x >> 40) as f32 / (1u64 << 24) as f32 - 0.5) * 0.1
+    }
+
+    /// Weights of a uniform init: a deterministic xorshift stream, scaled into [-0.05, 0.05).
+    fn uniform_f32(n: usize, low_bytes_zero: bool) -> Vec<u8> {
+        let mask = if low_bytes_zero {
+            0xffff_0000
+        } else {
+            u32::MAX
+        };
+        xorshift(0x9e37_79b9_7f4a_7c15)
+            .take(n)
+            .flat_map(|x| (uniform_value(x).to_bits() & mask).to_le_bytes())
+            .collect()
     }
 
     #[test]
@@ -842,14 +852,9 @@ mod tests {
     /// kernels' block sizes.
     #[test]
     fn fused_split_and_join_match_the_plain_split() {
-        let mut x = 0x2545_f491_4f6c_dd1du64;
-        let words: Vec<u8> = (0..70_000)
-            .flat_map(|_| {
-                x ^= x << 13;
-                x ^= x >> 7;
-                x ^= x << 17;
-                (x as u16).to_le_bytes()
-            })
+        let words: Vec<u8> = xorshift(0x2545_f491_4f6c_dd1d)
+            .take(70_000)
+            .flat_map(|x| (x as u16).to_le_bytes())
             .collect();
         let bits = DType::BF16.float_bits().unwrap();
         for k in [1u32, 2] {
@@ -924,17 +929,11 @@ mod tests {
 
     #[test]
     fn long_bf16_chunks_roundtrip_through_both_remainder_paths() {
-        let mut x = 7u64;
         // Trained-looking weights: the remainder is near-random, so it is packed in the
         // same pass as the heads.
-        let weights: Vec<u8> = (0..200_001)
-            .flat_map(|_| {
-                x ^= x << 13;
-                x ^= x >> 7;
-                x ^= x << 17;
-                let v = ((x >> 40) as f32 / (1u64 << 24) as f32 - 0.5) * 0.1;
-                ((v.to_bits() >> 16) as u16).to_le_bytes()
-            })
+        let weights: Vec<u8> = xorshift(7)
+            .take(200_001)
+            .flat_map(|x| ((uniform_value(x).to_bits() >> 16) as u16).to_le_bytes())
             .collect();
         let size = roundtrip(&weights, DType::BF16);
         assert!(size < weights.len() * 80 / 100, "{size}");

@@ -39,7 +39,10 @@ def _torch() -> Any:
     return torch
 
 
+@functools.cache
 def _torch_names(torch: Any) -> dict[Any, str]:
+    """torch dtype -> Mithril dtype name, for the dtypes this torch build has (built once;
+    callers only read it)."""
     names = {
         torch.bool: "BOOL",
         torch.uint8: "U8",

@@ -190,17 +190,7 @@ class MithrilReader(StorageReader):
                 f"{len(item.shape)}"
             )
         target = planner.resolve_tensor(req).detach()
-        whole = tuple(req.storage_offsets) == (0,) * len(item.shape) and tuple(
-            req.lengths
-        ) == tuple(item.shape)
-        if (
-            whole
-            and uses[item.name] == 1
-            and target.device.type == "cpu"
-            and target.dtype == dtype
-            and target.is_contiguous()
-            and tuple(target.shape) == item.shape
-        ):
+        if _reads_whole_alone(req, item, uses) and _fits_in_place(target, item, dtype):
             # Decode straight into the destination: no temporary, no copy.
             reader.read_into(item.name, target.reshape(-1).view(torch.uint8).numpy(), self.threads)
         else:
@@ -238,30 +228,41 @@ def _batchable(planner: LoadPlanner) -> bool:
     )
 
 
+def _reads_whole_alone(req: ReadItem, item: StoredItem, uses: Counter[str]) -> bool:
+    """Whether ``req`` reads the whole stored tensor and no other request reads it."""
+    return (
+        uses[item.name] == 1
+        and tuple(req.storage_offsets) == (0,) * len(item.shape)
+        and tuple(req.lengths) == tuple(item.shape)
+    )
+
+
+def _fits_in_place(target: torch.Tensor, item: StoredItem, dtype: torch.dtype) -> bool:
+    """Whether the stored tensor can be decoded straight into ``target``: a contiguous CPU
+    tensor of its dtype and shape."""
+    return (
+        target.device.type == "cpu"
+        and target.dtype == dtype
+        and target.is_contiguous()
+        and tuple(target.shape) == item.shape
+    )
+
+
 def _direct_target(
     req: ReadItem, item: StoredItem, planner: LoadPlanner, uses: Counter[str]
 ) -> torch.Tensor | None:
     """The destination of a request that reads one whole stored tensor, used by no other
     request, into a contiguous CPU tensor of its dtype and shape; ``None`` otherwise."""
-    if req.type == LoadItemType.BYTE_IO or item.dtype == "bytes" or uses[item.name] != 1:
+    if req.type == LoadItemType.BYTE_IO or item.dtype == "bytes":
         return None
-    if tuple(req.storage_offsets) != (0,) * len(item.shape) or tuple(req.lengths) != tuple(
-        item.shape
-    ):
+    if not _reads_whole_alone(req, item, uses):
         return None
     try:
         dtype = _commit.dtype_from_name(item.dtype, item.name)
     except MithrilError:
         return None  # reported with its request by _read_item
     target = planner.resolve_tensor(req).detach()
-    if (
-        target.device.type == "cpu"
-        and target.dtype == dtype
-        and target.is_contiguous()
-        and tuple(target.shape) == item.shape
-    ):
-        return target
-    return None
+    return target if _fits_in_place(target, item, dtype) else None
 
 
 def _describe(req: ReadItem) -> str:
