@@ -23,6 +23,10 @@ Rows:
   USER, TMPDIR and working directory.
 * mithril, new machine: ``mithril cache export`` on the first machine, ``mithril cache
   import`` on a fresh one (the import time is added to the row).
+* mithril, new machine, Python and venv elsewhere: the same bundle on a machine whose
+  interpreter and virtual environment sit under other absolute paths (so every ``-I`` on
+  Inductor's compiler command lines differs): kernels and the precompiled header are
+  relocated, not rebuilt.
 * mithril per entry: ``mithril.cache.enable()`` in the script, with a shared store on a real
   Redis server (Debian's ``redis-server``, started by this script on loopback): a cold
   compile on one machine puts each FX graph and AOTAutograd entry, with its kernels, into
@@ -94,11 +98,28 @@ def machine_env(m: dict[str, Path]) -> dict[str, str]:
     return env
 
 
-def run(m: dict[str, Path], extra: dict[str, str]) -> dict:
+def relocated_python(root: Path) -> str:
+    """This interpreter as another machine would install it: the base Python behind
+    ``root/py`` and a virtual environment at ``root/venv`` that shares this site-packages."""
+    import sysconfig
+
+    version = f"python{sys.version_info.major}.{sys.version_info.minor}"
+    venv = root / "venv"
+    (venv / "bin").mkdir(parents=True)
+    (venv / "lib" / version).mkdir(parents=True)
+    (root / "py").symlink_to(Path(sys.base_prefix).resolve(), target_is_directory=True)
+    site = Path(sysconfig.get_paths()["purelib"]).resolve()
+    (venv / "lib" / version / "site-packages").symlink_to(site, target_is_directory=True)
+    (venv / "bin" / "python").symlink_to(root / "py" / "bin" / version)
+    (venv / "pyvenv.cfg").write_text(f"home = {root / 'py' / 'bin'}\n")
+    return str(venv / "bin" / "python")
+
+
+def run(m: dict[str, Path], extra: dict[str, str], python: str = sys.executable) -> dict:
     env = machine_env(m)
     env.update(extra)
     proc = subprocess.run(
-        [sys.executable, "-c", CHILD],
+        [python, "-c", CHILD],
         cwd=m["work"],
         env=env,
         capture_output=True,
@@ -111,11 +132,11 @@ def run(m: dict[str, Path], extra: dict[str, str]) -> dict:
     return json.loads(proc.stdout.strip().splitlines()[-1])
 
 
-def cli(m: dict[str, Path], *args: str) -> tuple[str, float]:
+def cli(m: dict[str, Path], *args: str, python: str = sys.executable) -> tuple[str, float]:
     """``mithril ARGS`` on machine ``m``; (stdout, seconds)."""
     t = time.perf_counter()
     proc = subprocess.run(
-        [sys.executable, "-m", "mithril", *args],
+        [python, "-m", "mithril", *args],
         cwd=m["work"],
         env=machine_env(m),
         check=True,
@@ -125,10 +146,12 @@ def cli(m: dict[str, Path], *args: str) -> tuple[str, float]:
     return proc.stdout, time.perf_counter() - t
 
 
-def mithril_env(m: dict[str, Path], store: Path) -> tuple[dict[str, str], float]:
+def mithril_env(
+    m: dict[str, Path], store: Path, python: str = sys.executable
+) -> tuple[dict[str, str], float]:
     """What ``eval "$(mithril cache env --dir STORE)"`` sets on machine ``m``, and its time
     (it also puts the store's snapshot in place, precompiled headers included)."""
-    out, seconds = cli(m, "cache", "env", "--dir", str(store))
+    out, seconds = cli(m, "cache", "env", "--dir", str(store), python=python)
     pairs = (line.removeprefix("export ").split("=", 1) for line in out.splitlines())
     return {k: v.strip("'") for k, v in pairs}, seconds
 
@@ -235,6 +258,22 @@ def main() -> int:
                 f"`mithril cache env` {t_env:.1f} s included (export took {t_export:.1f} s)",
             )
         )
+        i = machine(root, "ivan")
+        python = relocated_python(root / "ivan" / "install")
+        ivan_store = root / "ivan" / "mithril"
+        _, t_import = cli(
+            i, "cache", "import", str(bundle), "--dir", str(ivan_store), python=python
+        )
+        env_i, t_env = mithril_env(i, ivan_store, python=python)
+        m_moved_py = run(i, env_i, python=python)
+        rows.append(
+            (
+                "mithril, new machine, Python and venv elsewhere (bundle)",
+                m_moved_py["seconds"] + t_import + t_env,
+                m_moved_py["counters"],
+                f"import {t_import:.1f} s and `mithril cache env` {t_env:.1f} s included",
+            )
+        )
         with redis_server(root / "redis") as url:
             shared = {
                 "MITHRIL_ENABLE": "1",
@@ -267,7 +306,10 @@ def main() -> int:
             )
         losses = {
             round(r["loss"], 6)
-            for r in (cold, warm, other, megarun, m_cold, m_warm, m_moved, m_new, e_cold, e_new)
+            for r in (
+                *(cold, warm, other, megarun, m_cold, m_warm, m_moved, m_new, m_moved_py),
+                *(e_cold, e_new),
+            )
         }
     head = ["start", "seconds", "fx hits", "fx misses", "note"]
     body = [

@@ -119,10 +119,13 @@ def machine_env(m: dict[str, Path]) -> dict[str, str]:
     return variables
 
 
-def run_json(m: dict[str, Path], variables: dict[str, str], code: str) -> dict:
-    """Run Python ``code`` in a fresh process on machine ``m``; the JSON of its last line."""
+def run_json(
+    m: dict[str, Path], variables: dict[str, str], code: str, python: str = sys.executable
+) -> dict:
+    """Run Python ``code`` in a fresh process of ``python`` on machine ``m``; the JSON of its
+    last line."""
     proc = subprocess.run(
-        [sys.executable, "-c", code],
+        [python, "-c", code],
         cwd=m["work"],
         env=variables,
         capture_output=True,

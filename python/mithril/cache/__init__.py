@@ -149,17 +149,19 @@ def env(store: Store | None = None) -> dict[str, str]:
 def enable(store: Store | None = None, torch_backends: bool = True) -> dict[str, str]:
     """Switch this process's ``torch.compile`` onto the store; call it before the first
     compile. It fetches this environment's snapshot from the shared store (when
-    ``MITHRIL_CACHE_REMOTE`` is set), restores it, sets :func:`env` in ``os.environ`` and,
-    with ``torch_backends``, serves torch's remote FX graph, AOTAutograd and autotune caches
+    ``MITHRIL_CACHE_REMOTE`` is set), restores it, sets :func:`env` in ``os.environ``, makes
+    Inductor's kernel keys independent of where Python and torch are installed and, with
+    ``torch_backends``, serves torch's remote FX graph, AOTAutograd and autotune caches
     from the store (and the shared store), so single entries compiled anywhere in the fleet
     hit here with their kernels. Returns the variables set."""
-    from mithril.cache import _torch
+    from mithril.cache import _relocate, _torch
 
     store = _store(store)
     remote = remote_from_env()
     if remote is not None:
         pull(store, remote)
     variables = _torch.enable(store)
+    _relocate.install()
     if torch_backends:
         from mithril.cache import _entries
 

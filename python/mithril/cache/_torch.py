@@ -5,7 +5,8 @@ What a compiled artifact is valid for is fixed by the *environment*: torch and T
 versions, Python, the C++ compiler, the CPU's vector ISA as Inductor detects it, the GPU's
 compute capability. :func:`fingerprint` collects those; its hash names the directory that
 ``TORCHINDUCTOR_CACHE_DIR`` and ``TRITON_CACHE_DIR`` point at. Inductor's own keys leave out
-the cache directory, the user and the host, so the same directory content hits from any path,
+the cache directory, the user and the host; the installation paths its C++ kernel keys do
+hold are replaced by tokens (``_relocate``). So the same directory content hits from any path,
 user or machine with the same environment — compiled ``.so`` files included, so a warm start
 compiles nothing. A different environment (an AVX-512 build on an AVX2 machine, another
 torch) gets another directory: a miss, never a wrong kernel.
@@ -31,6 +32,7 @@ from pathlib import Path
 from typing import Any
 
 from mithril._fsutil import atomic_path, write_atomic_chunks
+from mithril.cache._relocate import SIDECAR
 from mithril.errors import FormatError
 
 #: Action keys of directory snapshots: ``torch-dirs/<environment id>``.
@@ -195,6 +197,15 @@ def environment(root: Path, env: str | None = None) -> dict[str, str]:
     }
 
 
+def _built_under_mithril(header_file: Path) -> bool:
+    """Whether a file of the precompiled-header directory belongs to a header built with
+    Mithril's path-free keys (it has a relocation sidecar). Headers built without them are
+    keyed by this machine's paths: no Mithril process elsewhere looks them up, and at
+    ~150 MB each they are not worth carrying."""
+    stem, dot_h, _ = header_file.name.partition(".h")
+    return bool(dot_h) and (header_file.parent / f"{stem}.h{SIDECAR}").is_file()
+
+
 def _files(dirs: dict[str, Path]) -> Iterator[tuple[str, Path]]:
     for label, d in dirs.items():
         if not d.is_dir():
@@ -204,6 +215,8 @@ def _files(dirs: dict[str, Path]) -> Iterator[tuple[str, Path]]:
             if not p.is_file() or p.is_symlink() or _SKIP_PARTS & set(rel.parts):
                 continue
             if p.name.endswith(_SKIP_SUFFIXES) or p.name.startswith(".tmp"):
+                continue
+            if label == "pch" and not _built_under_mithril(p):
                 continue
             yield f"{label}/{rel.as_posix()}", p
 
