@@ -136,11 +136,18 @@ pub(crate) fn push_stream(out: &mut Vec<u8>, method: u8, data: &[u8]) {
 
 /// One stream of 16-bit symbols with histogram `counts`: Huffman or rANS (see
 /// [`coded_symbols`]), or the one value when only one is present. Used for float heads and
-/// for the joint symbols of grouped deltas.
+/// for the joint symbols of grouped deltas. The coder writes straight into `out`.
 pub(crate) fn push_symbols(out: &mut Vec<u8>, syms: &[u16], counts: &[u32], slack: f64) {
-    match coded_symbols(syms, counts, slack) {
-        Some((method, data)) => push_stream(out, method, &data),
+    let start = out.len();
+    out.extend_from_slice(&[0; 5]);
+    match append_coded_symbols(out, syms, counts, slack) {
+        Some(method) => {
+            let len = (out.len() - start - 5) as u32;
+            out[start] = method;
+            out[start + 1..start + 5].copy_from_slice(&len.to_le_bytes());
+        }
         None => {
+            out.truncate(start);
             let value = syms.first().copied().unwrap_or(0);
             push_stream(out, METHOD_CONST, &value.to_le_bytes());
         }
@@ -155,13 +162,27 @@ pub(crate) fn coded_symbols<T: Symbol>(
     counts: &[u32],
     slack: f64,
 ) -> Option<(u8, Vec<u8>)> {
+    let mut out = Vec::new();
+    let method = append_coded_symbols(&mut out, syms, counts, slack)?;
+    Some((method, out))
+}
+
+/// [`coded_symbols`], appended to `out`; returns the method, or `None` with `out` untouched.
+fn append_coded_symbols<T: Symbol>(
+    out: &mut Vec<u8>,
+    syms: &[T],
+    counts: &[u32],
+    slack: f64,
+) -> Option<u8> {
     let code = huffman::Code::from_counts(counts)?;
     let rans_size = rans::estimated_size(counts) as f64;
     if code.encoded_size(counts, syms.len()) as f64 <= rans_size * (1.0 + slack) {
-        return Some((METHOD_HUFFMAN, huffman::encode(syms, &code)));
+        huffman::encode_into(syms, &code, out);
+        return Some(METHOD_HUFFMAN);
     }
     let table = rans::FreqTable::from_counts(counts)?;
-    Some((METHOD_RANS, rans::encode(syms, &table)))
+    out.extend_from_slice(&rans::encode(syms, &table));
+    Some(METHOD_RANS)
 }
 
 /// Inverse of [`push_symbols`] for a stream read off a payload: every symbol below
@@ -242,21 +263,51 @@ fn encode_words<const W: usize>(raw: &[u8], bits: FloatBits) -> Vec<u8> {
         );
         if !looks_random(&sampled, n.div_ceil(SAMPLE_STRIDE), split.rem_bits) {
             sampled_not_random = true;
-        } else if let Some((heads, packed)) = split_packed(raw, split) {
-            let plane = (METHOD_RAW, Cow::Borrowed(&packed[..]));
-            return payload(split, &heads, &counts, slack, [plane]);
+        } else if matches!(split.rem_bits, 6 | 7) {
+            return with_scratch(n, packed_room(n), |heads, packed| {
+                let packed = split_packed(raw, split, heads, packed);
+                let plane = (METHOD_RAW, Cow::Borrowed(packed));
+                payload(split, heads, &counts, slack, [plane], raw.len())
+            });
         }
     }
-    let mut heads = vec![0u16; n];
-    let mut rem: Vec<Vec<u8>> = vec![vec![0u8; n]; planes];
-    if planes == 1 {
-        let r0 = &mut rem[0];
+    with_scratch(n, planes * n, |heads, bytes| {
+        let mut rem: Vec<&mut [u8]> = Vec::with_capacity(planes);
+        let mut rest = bytes;
+        for _ in 0..planes {
+            let (plane, tail) = rest.split_at_mut(n);
+            rem.push(plane);
+            rest = tail;
+        }
+        split_planes::<W>(raw, split, heads, &mut rem);
+        let planes = rem.iter().enumerate().map(|(p, plane)| {
+            let width = split.plane_width(p);
+            if sampled_not_random {
+                encode_plane_counts(plane, width, &rans::histogram(plane, 256), true, slack)
+            } else {
+                encode_plane(plane, width, slack)
+            }
+        });
+        payload(split, heads, &counts, slack, planes, raw.len())
+    })
+}
+
+/// Heads and remainder byte planes (most significant first) of every word of `raw`; every
+/// value of `heads` and `rem` is written.
+fn split_planes<const W: usize>(
+    raw: &[u8],
+    split: Split,
+    heads: &mut [u16],
+    rem: &mut [&mut [u8]],
+) {
+    let planes = rem.len();
+    if let [r0] = rem {
         for ((w, h), r) in raw.chunks_exact(W).zip(heads.iter_mut()).zip(r0.iter_mut()) {
             let w = load::<W>(w);
             *h = split.head(w);
             *r = split.rem(w) as u8;
         }
-    } else if let [p0, p1, p2] = &mut rem[..] {
+    } else if let [p0, p1, p2] = rem {
         // fp32 (sign + 23 mantissa bits): the only three-plane split; one pass, no indexing.
         let mut done = 0usize;
         #[cfg(target_arch = "x86_64")]
@@ -265,7 +316,7 @@ fn encode_words<const W: usize>(raw: &[u8], bits: FloatBits) -> Vec<u8> {
             // half of an fp32 word splits with `low - 16` mantissa bits in its remainder.
             done = unsafe {
                 let planes = [&mut p0[..], &mut p1[..], &mut p2[..]];
-                crate::float_avx2::split_f32(raw, split.low - 16, &mut heads, planes)
+                crate::float_avx2::split_f32(raw, split.low - 16, heads, planes)
             };
         }
         let words = raw[W * done..]
@@ -290,16 +341,6 @@ fn encode_words<const W: usize>(raw: &[u8], bits: FloatBits) -> Vec<u8> {
             }
         }
     }
-
-    let planes = rem.iter().enumerate().map(|(p, plane)| {
-        let width = split.plane_width(p);
-        if sampled_not_random {
-            encode_plane_counts(plane, width, &rans::histogram(plane, 256), true, slack)
-        } else {
-            encode_plane(plane, width, slack)
-        }
-    });
-    payload(split, &heads, &counts, slack, planes)
 }
 
 /// The float payload: `k`, the head stream, then the remainder planes' streams.
@@ -309,8 +350,11 @@ fn payload<'a>(
     counts: &[u32],
     slack: f64,
     planes: impl IntoIterator<Item = (u8, Cow<'a, [u8]>)>,
+    raw_len: usize,
 ) -> Vec<u8> {
-    let mut out = Vec::with_capacity(heads.len() + 64);
+    // Room for a payload as large as the raw chunk (a larger one is not kept): never grown,
+    // and pages the payload does not reach are never touched.
+    let mut out = Vec::with_capacity(raw_len + 64);
     out.push(split.k as u8);
     push_symbols(&mut out, heads, counts, slack);
     for (method, data) in planes {
@@ -325,13 +369,50 @@ fn looks_random(sample: &[u32], taken: usize, width: u32) -> bool {
     rans::entropy_bits(sample) / taken.max(1) as f64 >= width as f64 - SAMPLE_RANDOM_MARGIN
 }
 
+/// Chunks up to this many elements split into per-thread buffers that are kept for the next
+/// chunk; larger ones allocate their own, so that no thread holds on to a huge buffer.
+const SCRATCH_KEEP_ELEMENTS: usize = 4 << 20;
+
+std::thread_local! {
+    /// The heads and remainder bytes of the split, reused from chunk to chunk: a chunk
+    /// neither allocates nor zeroes them, since the split overwrites every value it hands on.
+    static SPLIT_SCRATCH: std::cell::RefCell<(Vec<u16>, Vec<u8>)> =
+        const { std::cell::RefCell::new((Vec::new(), Vec::new())) };
+}
+
+/// Run `f` with a buffer of `heads` values and one of `bytes` bytes (contents unspecified).
+fn with_scratch<R>(heads: usize, bytes: usize, f: impl FnOnce(&mut [u16], &mut [u8]) -> R) -> R {
+    if heads > SCRATCH_KEEP_ELEMENTS {
+        return f(&mut vec![0u16; heads], &mut vec![0u8; bytes]);
+    }
+    SPLIT_SCRATCH.with(|cell| match cell.try_borrow_mut() {
+        Ok(mut bufs) => {
+            let (h, b) = &mut *bufs;
+            if h.len() < heads {
+                h.resize(heads, 0);
+            }
+            if b.len() < bytes {
+                b.resize(bytes, 0);
+            }
+            f(&mut h[..heads], &mut b[..bytes])
+        }
+        Err(_) => f(&mut vec![0u16; heads], &mut vec![0u8; bytes]),
+    })
+}
+
+/// Room [`split_packed`] needs for `n` words.
+fn packed_room(n: usize) -> usize {
+    (n * 7).div_ceil(8) + 32
+}
+
 /// Heads and the bit-packed remainder of 16-bit words in one pass, for remainders of 6 or 7
-/// bits (bf16 with one or two mantissa bits in the head). The packing is [`pack_bits`]'s.
-fn split_packed(raw: &[u8], split: Split) -> Option<(Vec<u16>, Vec<u8>)> {
+/// bits (bf16 with one or two mantissa bits in the head), into `heads` (one per word) and
+/// `packed` (at least [`packed_room`] bytes). Returns the packed bytes, packed as
+/// [`pack_bits`] does.
+fn split_packed<'p>(raw: &[u8], split: Split, heads: &mut [u16], packed: &'p mut [u8]) -> &'p [u8] {
     match split.rem_bits {
-        6 => Some(split_packed_width::<6>(raw)),
-        7 => Some(split_packed_width::<7>(raw)),
-        _ => None,
+        6 => split_packed_width::<6>(raw, heads, packed),
+        _ => split_packed_width::<7>(raw, heads, packed),
     }
 }
 
@@ -359,18 +440,22 @@ impl<const WIDTH: usize> Split16<WIDTH> {
     }
 }
 
-fn split_packed_width<const WIDTH: usize>(raw: &[u8]) -> (Vec<u16>, Vec<u8>) {
+fn split_packed_width<'p, const WIDTH: usize>(
+    raw: &[u8],
+    heads: &mut [u16],
+    packed: &'p mut [u8],
+) -> &'p [u8] {
     let n = raw.len() / 2;
     let packed_len = (n * WIDTH).div_ceil(8);
-    let mut heads = vec![0u16; n];
+    let heads = &mut heads[..n];
     // Room for the 8-byte tail store and the SIMD kernel's overhanging stores.
-    let mut packed = vec![0u8; packed_len + 32];
+    let packed = &mut packed[..packed_len + 32];
     let mut done = 0usize;
     #[cfg(target_arch = "x86_64")]
     if crate::float_avx2::available() {
         // SAFETY: AVX2 is present; `heads` holds n values and `packed` has the room the
         // kernel asks for.
-        done = unsafe { crate::float_avx2::split_packed::<WIDTH>(raw, &mut heads, &mut packed) };
+        done = unsafe { crate::float_avx2::split_packed::<WIDTH>(raw, heads, packed) };
     }
     let out = &mut packed[done / 8 * WIDTH..];
     let groups = raw[2 * done..]
@@ -386,8 +471,7 @@ fn split_packed_width<const WIDTH: usize>(raw: &[u8]) -> (Vec<u16>, Vec<u8>) {
         }
         dst.copy_from_slice(&acc.to_le_bytes()[..dst.len()]);
     }
-    packed.truncate(packed_len);
-    (heads, packed)
+    &packed[..packed_len]
 }
 
 /// Inverse of [`split_packed`]: 16-bit words from heads and a raw bit-packed remainder.
@@ -724,49 +808,57 @@ fn decode_words<const W: usize>(payload: &[u8], bits: FloatBits, out: &mut [u8])
     let split = Split::new(bits, k);
     let cardinality = 1usize << split.head_bits;
 
-    let mut heads = vec![0u16; n];
-    read_symbols(rd.stream()?, &mut heads, cardinality, "head")?;
-
     let planes = split.planes();
-    if W == 2 && planes == 1 {
-        let mut peek = rd;
-        if let (METHOD_RAW, packed) = peek.stream()? {
-            peek.finish()?;
-            if join_packed(&heads, packed, split, out)? {
-                return Ok(());
+    // Heads and decoded planes live in the per-thread scratch: every value is written by
+    // the stream decoders (which refuse a stream that comes up short) before it is read.
+    with_scratch(n, planes * n, |heads, bytes| {
+        read_symbols(rd.stream()?, heads, cardinality, "head")?;
+        if W == 2 && planes == 1 {
+            let mut peek = rd;
+            if let (METHOD_RAW, packed) = peek.stream()? {
+                peek.finish()?;
+                if join_packed(heads, packed, split, out)? {
+                    return Ok(());
+                }
             }
         }
-    }
-    // Raw byte planes are joined straight from the payload, without a copy.
-    let mut rem: Vec<Cow<'_, [u8]>> = Vec::with_capacity(planes);
-    for p in 0..planes {
-        let (method, data) = rd.stream()?;
-        let width = split.plane_width(p);
-        if method == METHOD_RAW && width == 8 {
-            if data.len() != n {
-                return Err(corrupt("raw plane has the wrong length"));
+        // Raw byte planes are joined straight from the payload, without a copy.
+        let mut rem: Vec<&[u8]> = Vec::with_capacity(planes);
+        let mut spare = bytes;
+        for p in 0..planes {
+            let (method, data) = rd.stream()?;
+            let width = split.plane_width(p);
+            if method == METHOD_RAW && width == 8 {
+                if data.len() != n {
+                    return Err(corrupt("raw plane has the wrong length"));
+                }
+                rem.push(data);
+            } else {
+                let (plane, tail) = std::mem::take(&mut spare).split_at_mut(n);
+                spare = tail;
+                decode_plane(method, data, plane, width)?;
+                rem.push(plane);
             }
-            rem.push(Cow::Borrowed(data));
-        } else {
-            let mut plane = vec![0u8; n];
-            decode_plane(method, data, &mut plane, width)?;
-            rem.push(Cow::Owned(plane));
         }
-    }
-    rd.finish()?;
+        rd.finish()?;
+        join_planes::<W>(heads, &rem, split, out);
+        Ok(())
+    })
+}
 
-    if planes == 1 {
-        for ((o, &h), &r) in out.chunks_exact_mut(W).zip(&heads).zip(rem[0].iter()) {
+/// Words from heads and remainder byte planes (most significant first).
+fn join_planes<const W: usize>(heads: &[u16], rem: &[&[u8]], split: Split, out: &mut [u8]) {
+    if let [r0] = rem {
+        for ((o, &h), &r) in out.chunks_exact_mut(W).zip(heads).zip(r0.iter()) {
             store::<W>(o, split.join(h, r as u32));
         }
-    } else if let [p0, p1, p2] = &rem[..] {
+    } else if let [p0, p1, p2] = rem {
         let mut done = 0usize;
         #[cfg(target_arch = "x86_64")]
         if W == 4 && crate::float_avx2::available() {
             // SAFETY: AVX2 is present; every plane holds one value per head and `out` four
             // bytes per head.
-            done =
-                unsafe { crate::float_avx2::join_f32(&heads, split.low - 16, [p0, p1, p2], out) };
+            done = unsafe { crate::float_avx2::join_f32(heads, split.low - 16, [p0, p1, p2], out) };
         }
         let words = out[W * done..].chunks_exact_mut(W).zip(&heads[done..]);
         let (p0, p1, p2) = (&p0[done..], &p1[done..], &p2[done..]);
@@ -777,13 +869,12 @@ fn decode_words<const W: usize>(payload: &[u8], bits: FloatBits, out: &mut [u8])
     } else {
         for (i, o) in out.chunks_exact_mut(W).enumerate() {
             let mut r = 0u32;
-            for plane in &rem {
+            for plane in rem {
                 r = (r << 8) | plane[i] as u32;
             }
             store::<W>(o, split.join(heads[i], r));
         }
     }
-    Ok(())
 }
 
 #[cfg(test)]
@@ -861,7 +952,12 @@ mod tests {
             let split = Split::new(bits, k);
             for n in [0usize, 1, 7, 8, 31, 32, 33, 47, 64, 1000, 65_536, 69_999] {
                 let raw = &words[..2 * n];
-                let (heads, packed) = split_packed(raw, split).unwrap();
+                // Buffers full of stale bytes, as a reused scratch buffer is: the split
+                // must overwrite everything it hands on.
+                let mut heads = vec![0xabcdu16; n + 5];
+                let mut room = vec![0xffu8; (n * 7).div_ceil(8) + 40];
+                let packed = split_packed(raw, split, &mut heads, &mut room).to_vec();
+                let heads = &heads[..n];
                 let plain_heads: Vec<u16> = raw
                     .chunks_exact(2)
                     .map(|w| split.head(load::<2>(w)))
@@ -873,10 +969,10 @@ mod tests {
                 assert_eq!(heads, plain_heads, "k={k} n={n}");
                 assert_eq!(packed, pack_bits(&rems, split.rem_bits), "k={k} n={n}");
                 let mut out = vec![0u8; raw.len()];
-                assert!(join_packed(&heads, &packed, split, &mut out).unwrap());
+                assert!(join_packed(heads, &packed, split, &mut out).unwrap());
                 assert_eq!(out, raw, "k={k} n={n}");
                 if n > 0 {
-                    assert!(join_packed(&heads, &packed[1..], split, &mut out).is_err());
+                    assert!(join_packed(heads, &packed[1..], split, &mut out).is_err());
                 }
             }
         }
@@ -944,6 +1040,39 @@ mod tests {
             .collect();
         let size = roundtrip(&rounded, DType::BF16);
         assert!(size < rounded.len() * 60 / 100, "{size}");
+    }
+
+    /// The split's per-thread buffers are reused from chunk to chunk: chunks of other
+    /// sizes, dtypes and paths on one thread, encoded and decoded interleaved, never see
+    /// each other's bytes.
+    #[test]
+    fn chunks_on_one_thread_do_not_share_stale_scratch_bytes() {
+        let long: Vec<u8> = xorshift(11)
+            .take(150_000)
+            .flat_map(|x| ((uniform_value(x).to_bits() >> 16) as u16).to_le_bytes())
+            .collect();
+        let short: Vec<u8> = xorshift(12)
+            .take(70_001)
+            .flat_map(|x| ((uniform_value(x).to_bits() >> 16) as u16 & 0xfff0).to_le_bytes())
+            .collect();
+        let fp32 = uniform_f32(90_000, false);
+        let cases: [(&[u8], DType); 4] = [
+            (&long, DType::BF16),
+            (&fp32, DType::F32),
+            (&short, DType::BF16),
+            (&long[..20_002], DType::F16),
+        ];
+        let encoded: Vec<Vec<u8>> = cases
+            .iter()
+            .map(|(raw, dtype)| encode(raw, dtype.float_bits().unwrap(), dtype.size()))
+            .collect();
+        for ((raw, dtype), enc) in cases.iter().zip(&encoded).rev() {
+            let mut out = vec![0x5au8; raw.len()];
+            decode(enc, dtype.float_bits().unwrap(), dtype.size(), &mut out).unwrap();
+            assert_eq!(&out[..], *raw, "{dtype}");
+            // And a fresh encode of the same chunk now gives the same bytes.
+            assert_eq!(&encode(raw, dtype.float_bits().unwrap(), dtype.size()), enc);
+        }
     }
 
     #[test]

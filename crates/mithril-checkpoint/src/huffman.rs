@@ -335,11 +335,6 @@ struct BitWriter {
     bits: u32,
 }
 
-/// Bytes a segment of `n` symbols may need, plus the slack of the 8-byte stores.
-fn segment_capacity(n: usize) -> usize {
-    (n * MAX_CODE_BITS as usize).div_ceil(8) + 8
-}
-
 impl BitWriter {
     /// Append one `codeword | length << 16`; at most `PER_WINDOW` between flushes.
     #[inline(always)]
@@ -349,7 +344,7 @@ impl BitWriter {
     }
 
     /// Store the whole bytes of the accumulator (at most 62 bits are pending) into `out`,
-    /// which has `segment_capacity` bytes for the segment.
+    /// which has room for the segment's worst case.
     #[inline(always)]
     fn flush(&mut self, out: &mut [u8]) {
         if let Some(w) = out
@@ -373,44 +368,42 @@ impl BitWriter {
 
 /// Encode `syms`, every one of which must have a code in `code`.
 pub fn encode<T: Symbol>(syms: &[T], code: &Code) -> Vec<u8> {
-    let table = code.encode_table();
-    let segments = segments_for(syms.len());
-    let seg_len = syms.len().div_ceil(segments).max(1);
-    let segs: Vec<&[T]> = syms.chunks(seg_len).collect();
-    let head_len = code.header_len() + 1 + 4 * (segments - 1);
-    let capacity: usize = segs.iter().map(|s| segment_capacity(s.len())).sum();
-    let mut out = vec![0u8; head_len + capacity];
-    let (head, mut body) = out.split_at_mut(head_len);
-    let mut bufs: Vec<&mut [u8]> = Vec::with_capacity(segs.len());
-    for seg in &segs {
-        let (buf, rest) = body.split_at_mut(segment_capacity(seg.len()));
-        bufs.push(buf);
-        body = rest;
-    }
-    let mut used = vec![0usize; segs.len()];
-    for ((seg, buf), u) in segs.iter().zip(bufs.iter_mut()).zip(used.iter_mut()) {
-        *u = encode_segment(seg, &table, buf);
-    }
-    let mut header = Vec::with_capacity(head_len);
-    code.write_header(&mut header);
-    header.push(segments as u8);
-    for u in &used[..used.len().saturating_sub(1)] {
-        header.extend_from_slice(&(*u as u32).to_le_bytes());
-    }
-    head.copy_from_slice(&header);
-    // Close the gaps the worst-case segment slots left.
-    let mut end = head_len;
-    let mut from = head_len;
-    for (seg, &u) in segs.iter().zip(&used) {
-        out.copy_within(from..from + u, end);
-        end += u;
-        from += segment_capacity(seg.len());
-    }
-    out.truncate(end);
+    let mut out = Vec::new();
+    encode_into(syms, code, &mut out);
     out
 }
 
-/// Write the codes of `syms` to `out` (`segment_capacity` bytes); returns the bytes used.
+/// [`encode`], appended to `out`. Segments are coded one after the other straight into
+/// `out`, each starting where the previous one ended, so nothing is copied afterwards; each
+/// gets room for its worst case under this code's longest length, zeroed only where `out`
+/// has not reached yet.
+pub fn encode_into<T: Symbol>(syms: &[T], code: &Code, out: &mut Vec<u8>) {
+    let table = code.encode_table();
+    let segments = segments_for(syms.len());
+    let seg_len = syms.len().div_ceil(segments).max(1);
+    let longest = code.lengths.iter().copied().max().unwrap_or(0) as usize;
+    code.write_header(out);
+    out.push(segments as u8);
+    let lengths_at = out.len();
+    out.resize(lengths_at + 4 * (segments - 1), 0);
+    let mut at = out.len();
+    for (i, seg) in syms.chunks(seg_len).enumerate() {
+        let room = (seg.len() * longest).div_ceil(8) + 8;
+        if out.len() < at + room {
+            out.resize(at + room, 0);
+        }
+        let used = encode_segment(seg, &table, &mut out[at..at + room]);
+        if i + 1 < segments {
+            let slot = lengths_at + 4 * i;
+            out[slot..slot + 4].copy_from_slice(&(used as u32).to_le_bytes());
+        }
+        at += used;
+    }
+    out.truncate(at);
+}
+
+/// Write the codes of `syms` to `out` (room for the longest code per symbol, plus the 8
+/// bytes of the last store); returns the bytes used.
 /// One segment at a time: the accumulator chain is one shift-or per symbol, shorter than
 /// the loads that feed it, so interleaving segments would only add register pressure.
 fn encode_segment<T: Symbol>(syms: &[T], table: &[u32], out: &mut [u8]) -> usize {
