@@ -5,6 +5,7 @@ from __future__ import annotations
 import importlib.util
 import json
 import os
+import shlex
 import shutil
 import socket
 import subprocess
@@ -135,6 +136,27 @@ def run_json(
     )
     assert proc.returncode == 0, proc.stderr[-3000:]
     return dict(json.loads(proc.stdout.strip().splitlines()[-1]))
+
+
+def under_mithril_env(
+    m: dict[str, Path], variables: dict[str, str], code: str, python: str = sys.executable
+) -> dict:
+    """``eval "$(mithril cache env)"`` on machine ``m`` (on top of ``variables``), then
+    ``code`` unchanged, both run by ``python``; the JSON of the code's last line."""
+    variables = dict(variables)
+    out = subprocess.run(
+        [python, "-m", "mithril", "cache", "env", "--dir", str(m["store"])],
+        cwd=m["work"],
+        env=variables,
+        capture_output=True,
+        text=True,
+        timeout=120,
+        check=True,
+    ).stdout
+    for line in out.splitlines():
+        k, v = line.removeprefix("export ").split("=", 1)
+        variables[k] = shlex.split(v)[0]
+    return run_json(m, variables, code, python=python)
 
 
 @pytest.fixture

@@ -6,13 +6,19 @@ nothing; a wrong secret or a server that is down is a clean miss and the compile
 from __future__ import annotations
 
 import os
-import shlex
 import subprocess
 import sys
 from pathlib import Path
 
 import pytest
-from conftest import SMALL_COMPILE, free_port, machine, machine_env, run_json
+from conftest import (
+    SMALL_COMPILE,
+    free_port,
+    machine,
+    machine_env,
+    run_json,
+    under_mithril_env,
+)
 from mithril.cache import Store, _entries, _torch
 from mithril.cache._remote import RedisStore
 
@@ -69,20 +75,7 @@ print(json.dumps({
 
 def plain_compile_under_env(m: dict[str, Path], remote: str) -> dict:
     """``eval "$(mithril cache env)"`` on machine ``m``, then an unchanged script."""
-    variables = shared_env(m, remote)
-    out = subprocess.run(
-        [sys.executable, "-m", "mithril", "cache", "env", "--dir", str(m["store"])],
-        cwd=m["work"],
-        env=variables,
-        capture_output=True,
-        text=True,
-        timeout=120,
-        check=True,
-    ).stdout
-    for line in out.splitlines():
-        k, v = line.removeprefix("export ").split("=", 1)
-        variables[k] = shlex.split(v)[0]
-    return run_json(m, variables, PLAIN)
+    return under_mithril_env(m, shared_env(m, remote), PLAIN)
 
 
 def kernels(m: dict[str, Path]) -> list[Path]:

@@ -5,14 +5,12 @@ precompiled header that another machine compiled, and compiles nothing."""
 from __future__ import annotations
 
 import os
-import shlex
-import subprocess
 import sys
 import sysconfig
 from pathlib import Path
 
 import pytest
-from conftest import SMALL_COMPILE, machine, machine_env, run_json
+from conftest import SMALL_COMPILE, machine, machine_env, under_mithril_env
 from mithril.cache import _relocate
 
 torch = pytest.importorskip("torch")
@@ -56,19 +54,7 @@ def compile_under_env(m: dict[str, Path], remote: str, python: str) -> dict:
     then an unchanged script, both run by ``python``."""
     variables = machine_env(m)
     variables.update(MITHRIL_CACHE_REMOTE=remote, MITHRIL_CACHE_SECRET="s")
-    out = subprocess.run(
-        [python, "-m", "mithril", "cache", "env", "--dir", str(m["store"])],
-        cwd=m["work"],
-        env=variables,
-        capture_output=True,
-        text=True,
-        timeout=120,
-        check=True,
-    ).stdout
-    for line in out.splitlines():
-        k, v = line.removeprefix("export ").split("=", 1)
-        variables[k] = shlex.split(v)[0]
-    return run_json(m, variables, PLAIN, python=python)
+    return under_mithril_env(m, variables, PLAIN, python=python)
 
 
 def test_relocated_python_hits_every_kernel_and_the_header(

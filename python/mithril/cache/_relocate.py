@@ -30,8 +30,6 @@ from __future__ import annotations
 
 import functools
 import hashlib
-import importlib.abc
-import importlib.machinery
 import inspect
 import os
 import re
@@ -41,7 +39,6 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-_CODECACHE = "torch._inductor.codecache"
 #: Marks a ``write`` that is already wrapped, so that installing twice wraps once.
 _MARK = "__mithril_relocatable__"
 #: Suffix of the sidecar that holds a precompiled header's relocatable identity.
@@ -186,39 +183,12 @@ def patch_codecache(codecache: Any) -> bool:
     return True
 
 
-class _PatchAfter(importlib.abc.Loader):
-    """Runs the real loader of ``torch._inductor.codecache``, then wraps its ``write``."""
-
-    def __init__(self, loader: Any) -> None:
-        self._loader = loader
-
-    def create_module(self, spec: Any) -> Any:
-        return self._loader.create_module(spec)
-
-    def exec_module(self, module: Any) -> None:
-        self._loader.exec_module(module)
-        patch_codecache(module)
-
-    def __getattr__(self, name: str) -> Any:
-        return getattr(self._loader, name)
-
-
-class _CodecacheFinder(importlib.abc.MetaPathFinder):
-    def find_spec(self, fullname: str, path: Any, target: Any = None) -> Any:
-        if fullname != _CODECACHE:
-            return None
-        sys.meta_path.remove(self)
-        spec = importlib.machinery.PathFinder.find_spec(fullname, path)
-        if spec is not None and spec.loader is not None:
-            spec.loader = _PatchAfter(spec.loader)
-        return spec
-
-
 def install() -> None:
-    """Make this process's Inductor kernel keys independent of installation paths: now if
-    ``torch._inductor.codecache`` is loaded, else as soon as torch loads it."""
-    module = sys.modules.get(_CODECACHE)
-    if module is not None and patch_codecache(module):
+    """Make this process's Inductor kernel keys independent of installation paths. Loads
+    ``torch._inductor.codecache`` (the compile that follows needs it anyway); a process
+    without torch has no keys to change."""
+    try:
+        import torch._inductor.codecache as codecache
+    except ImportError:
         return
-    if not any(isinstance(f, _CodecacheFinder) for f in sys.meta_path):
-        sys.meta_path.insert(0, _CodecacheFinder())
+    patch_codecache(codecache)
