@@ -100,6 +100,24 @@ y = f(x, w)
 """
 
 
+# SMALL_COMPILE unchanged, then a report: what the compile hit, what Mithril's start-up hook
+# did, the result, and where this interpreter's headers and torch are installed.
+PLAIN_REPORT = (
+    SMALL_COMPILE
+    + """
+import sysconfig
+import mithril.cache
+print(json.dumps({
+    "inductor": dict(counters["inductor"]),
+    "entries": mithril.cache.entry_stats(),
+    "y": y.tolist(),
+    "include": sysconfig.get_paths()["include"],
+    "torch": torch.__file__,
+}))
+"""
+)
+
+
 def machine(tmp_path: Path, name: str) -> dict[str, Path]:
     """A simulated machine: its own store, HOME, TMPDIR and working directory."""
     paths = {k: tmp_path / name / k for k in ("store", "home", "tmp", "work")}

@@ -12,6 +12,7 @@ from pathlib import Path
 
 import pytest
 from conftest import (
+    PLAIN_REPORT,
     SMALL_COMPILE,
     free_port,
     machine,
@@ -59,23 +60,10 @@ def compile_on(m: dict[str, Path], remote: str, secret: str = SECRET) -> dict:
     return run_json(m, {**shared_env(m, remote, secret), "STORE": str(m["store"])}, COMPILE)
 
 
-# An unchanged script: only the environment switches the backend on.
-PLAIN = (
-    SMALL_COMPILE
-    + """
-import mithril.cache  # only to report what the start-up hook did
-print(json.dumps({
-    "inductor": dict(counters["inductor"]),
-    "entries": mithril.cache.entry_stats(),
-    "y": y.tolist(),
-}))
-"""
-)
-
-
 def plain_compile_under_env(m: dict[str, Path], remote: str) -> dict:
-    """``eval "$(mithril cache env)"`` on machine ``m``, then an unchanged script."""
-    return under_mithril_env(m, shared_env(m, remote), PLAIN)
+    """``eval "$(mithril cache env)"`` on machine ``m``, then an unchanged script: only the
+    environment switches the backend on."""
+    return under_mithril_env(m, shared_env(m, remote), PLAIN_REPORT)
 
 
 def kernels(m: dict[str, Path]) -> list[Path]:

@@ -10,25 +10,10 @@ import sysconfig
 from pathlib import Path
 
 import pytest
-from conftest import SMALL_COMPILE, machine, machine_env, under_mithril_env
+from conftest import PLAIN_REPORT, machine, machine_env, under_mithril_env
 from mithril.cache import _relocate
 
 torch = pytest.importorskip("torch")
-
-PLAIN = (
-    SMALL_COMPILE
-    + """
-import sys, sysconfig
-import mithril.cache
-print(json.dumps({
-    "inductor": dict(counters["inductor"]),
-    "entries": mithril.cache.entry_stats(),
-    "y": y.tolist(),
-    "include": sysconfig.get_paths()["include"],
-    "torch": torch.__file__,
-}))
-"""
-)
 
 
 def relocated_python(root: Path) -> str:
@@ -54,7 +39,7 @@ def compile_under_env(m: dict[str, Path], remote: str, python: str) -> dict:
     then an unchanged script, both run by ``python``."""
     variables = machine_env(m)
     variables.update(MITHRIL_CACHE_REMOTE=remote, MITHRIL_CACHE_SECRET="s")
-    return under_mithril_env(m, variables, PLAIN, python=python)
+    return under_mithril_env(m, variables, PLAIN_REPORT, python=python)
 
 
 def test_relocated_python_hits_every_kernel_and_the_header(
