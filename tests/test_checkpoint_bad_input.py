@@ -1031,3 +1031,14 @@ def test_header_struct_matches_the_format():
     blob = mc.save({})
     magic, major, minor, flags, *_ = HEADER.unpack_from(blob)
     assert (magic, major, minor, flags) == (MAGIC, 1, 1, 0)  # minor 1: delta chunks
+
+
+@pytest.mark.parametrize("elements", [100, 1_500_000])  # one chunk (decoded in place), several
+def test_native_read_into_refuses_zero_threads_and_decodes_on_one(elements: int) -> None:
+    t = torch.randn(elements)
+    reader = mithril._native.Reader.from_bytes(mc.compress_tensor(t))
+    out = np.empty(t.numel() * 4, np.uint8)
+    with pytest.raises(ValueError, match="threads must be at least 1"):
+        reader.read_into("", out, 0)
+    reader.read_into("", out, 1)
+    assert out.tobytes() == t.numpy().tobytes()

@@ -3,7 +3,7 @@
 
 use crate::chunk::decode_chunk;
 use crate::error::{zeroed_buffer, Error, Result};
-use crate::format::{self, BaseRef, Index, TensorInfo};
+use crate::format::{self, BaseRef, Chunk, Index, TensorInfo};
 use memmap2::Mmap;
 use rayon::prelude::*;
 use std::collections::{HashMap, HashSet};
@@ -275,21 +275,32 @@ impl Reader {
             pieces.push((c, piece));
             rest = tail;
         }
-        pieces
-            .into_par_iter()
-            .enumerate()
-            .try_for_each(|(i, (c, piece))| {
-                let stored = &data[c.offset as usize..(c.offset + c.length) as usize];
-                decode_chunk(
-                    c.encoding,
-                    stored,
-                    t.dtype,
-                    c.checksum,
-                    c.raw_checksum,
-                    piece,
-                )
-                .map_err(|e| e.context(format!("{}: tensor {:?} chunk {i}", self.origin, t.name)))
-            })
+        let decode = |(i, (c, piece)): (usize, (&Chunk, &mut [u8]))| {
+            let stored = &data[c.offset as usize..(c.offset + c.length) as usize];
+            decode_chunk(
+                c.encoding,
+                stored,
+                t.dtype,
+                c.checksum,
+                c.raw_checksum,
+                piece,
+            )
+            .map_err(|e| e.context(format!("{}: tensor {:?} chunk {i}", self.origin, t.name)))
+        };
+        // One chunk is decoded on the calling thread: handing it to a pool and waiting costs
+        // more than decoding a small tensor.
+        if pieces.len() <= 1 {
+            pieces.into_iter().enumerate().try_for_each(decode)
+        } else {
+            pieces.into_par_iter().enumerate().try_for_each(decode)
+        }
+    }
+
+    /// Whether decoding tensor `name` is one chunk with no base to read: work for the
+    /// calling thread alone, whatever thread count was asked for.
+    pub fn decodes_in_one_step(&self, name: &str) -> bool {
+        self.tensor(name)
+            .is_ok_and(|t| t.chunks.len() <= 1 && !t.chunks.iter().any(|c| c.encoding.is_delta()))
     }
 
     /// Decode every chunk of every tensor and check both checksums; returns the number of

@@ -464,7 +464,8 @@ impl PyReader {
             // and in place until it is dropped after this call; it was checked writable and
             // contiguous, and nothing else in this call aliases it.
             let slice = unsafe { std::slice::from_raw_parts_mut(addr as *mut u8, len) };
-            threads::run(threads, || self.inner.read_into(name, slice))
+            let parallel = !self.inner.decodes_in_one_step(name);
+            threads::run_if_parallel(threads, parallel, || self.inner.read_into(name, slice))
         })?
         .py()
     }

@@ -8,6 +8,22 @@ use std::sync::{Arc, Mutex, OnceLock};
 
 static POOLS: OnceLock<Mutex<HashMap<usize, Arc<ThreadPool>>>> = OnceLock::new();
 
+/// Run `f` on the calling thread when it has no parallel work (`!parallel`), else as
+/// [`run`] does; `threads` is validated either way.
+pub fn run_if_parallel<T: Send>(
+    threads: Option<usize>,
+    parallel: bool,
+    f: impl FnOnce() -> T + Send,
+) -> PyResult<T> {
+    if parallel {
+        return run(threads, f);
+    }
+    if threads == Some(0) {
+        return Err(PyValueError::new_err("threads must be at least 1"));
+    }
+    Ok(f())
+}
+
 /// Run `f` on `threads` threads (all cores when `None`).
 pub fn run<T: Send>(threads: Option<usize>, f: impl FnOnce() -> T + Send) -> PyResult<T> {
     let Some(n) = threads else {
