@@ -573,17 +573,20 @@ pub(crate) fn encode_plane_counts<'a>(
     let mut best = (METHOD_RAW, raw_plane(plane, width));
     let raw_len = best.1.len();
     let bits_per_symbol = rans::entropy_bits(counts) / plane.len().max(1) as f64;
-    if rans::estimated_size(counts) < raw_len * 99 / 100 {
-        if let Some((method, coded)) = coded_symbols(plane, counts, slack) {
-            if coded.len() < best.1.len() {
-                best = (method, Cow::Owned(coded));
-            }
-        }
-    }
+    // zstd first: where it wins (the repeated rows of an embedding table, optimiser moments),
+    // the entropy coder's estimate, known from the counts alone, says so before any coding.
     if try_zstd && bits_per_symbol < ZSTD_TRY_BELOW_BITS - (8 - width) as f64 {
         if let Ok(z) = zstd::bulk::compress(plane, PLANE_ZSTD_LEVEL) {
             if z.len() < best.1.len() {
                 best = (METHOD_ZSTD, Cow::Owned(z));
+            }
+        }
+    }
+    let estimate = rans::estimated_size(counts);
+    if estimate < raw_len * 99 / 100 && estimate < best.1.len() {
+        if let Some((method, coded)) = coded_symbols(plane, counts, slack) {
+            if coded.len() < best.1.len() {
+                best = (method, Cow::Owned(coded));
             }
         }
     }
