@@ -275,18 +275,8 @@ impl Reader {
             pieces.push((c, piece));
             rest = tail;
         }
-        let decode = |(i, (c, piece)): (usize, (&Chunk, &mut [u8]))| {
-            let stored = &data[c.offset as usize..(c.offset + c.length) as usize];
-            decode_chunk(
-                c.encoding,
-                stored,
-                t.dtype,
-                c.checksum,
-                c.raw_checksum,
-                piece,
-            )
-            .map_err(|e| e.context(format!("{}: tensor {:?} chunk {i}", self.origin, t.name)))
-        };
+        let decode =
+            |(i, (c, piece)): (usize, (&Chunk, &mut [u8]))| self.decode_one(data, t, i, c, piece);
         // One chunk is decoded on the calling thread: handing it to a pool and waiting costs
         // more than decoding a small tensor.
         if pieces.len() <= 1 {
@@ -294,6 +284,21 @@ impl Reader {
         } else {
             pieces.into_par_iter().enumerate().try_for_each(decode)
         }
+    }
+
+    /// Decode chunk `i` (`c`) of tensor `t` from the data section `data` into `out`, with
+    /// the file, tensor and chunk named in any error.
+    fn decode_one(
+        &self,
+        data: &[u8],
+        t: &TensorInfo,
+        i: usize,
+        c: &Chunk,
+        out: &mut [u8],
+    ) -> Result<()> {
+        let stored = &data[c.offset as usize..(c.offset + c.length) as usize];
+        decode_chunk(c.encoding, stored, t.dtype, c.checksum, c.raw_checksum, out)
+            .map_err(|e| e.context(format!("{}: tensor {:?} chunk {i}", self.origin, t.name)))
     }
 
     /// Whether decoding tensor `name` is one chunk with no base to read: work for the
@@ -321,20 +326,7 @@ impl Reader {
                 .enumerate()
                 .map_init(
                     || vec![0u8; largest],
-                    |buf, (i, c)| {
-                        let stored = &data[c.offset as usize..(c.offset + c.length) as usize];
-                        decode_chunk(
-                            c.encoding,
-                            stored,
-                            t.dtype,
-                            c.checksum,
-                            c.raw_checksum,
-                            &mut buf[..c.raw_length as usize],
-                        )
-                        .map_err(|e| {
-                            e.context(format!("{}: tensor {:?} chunk {i}", self.origin, t.name))
-                        })
-                    },
+                    |buf, (i, c)| self.decode_one(data, t, i, c, &mut buf[..c.raw_length as usize]),
                 )
                 .collect::<Result<()>>()?;
             checked += t.chunks.len();
