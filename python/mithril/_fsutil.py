@@ -52,3 +52,17 @@ def write_atomic_chunks(path: Path, chunks: Iterable[Buffer]) -> None:
     with atomic_path(path) as tmp, open(tmp, "wb") as f:
         for chunk in chunks:
             f.write(chunk)
+
+
+def link_into_place(source: Path, target: Path) -> bool:
+    """Put a hard link to ``source`` at ``target``, replacing any file there atomically (a
+    link under a temp name beside ``target``, then a rename). False, with nothing changed,
+    where a link is impossible (another file system, a file system without hard links); the
+    caller then writes a copy."""
+    tmp = target.with_name(f".{target.name}.{os.getpid()}.tmp")
+    try:
+        os.link(source, tmp)
+    except OSError:
+        return False
+    os.replace(tmp, target)
+    return True

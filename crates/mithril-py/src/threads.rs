@@ -18,20 +18,23 @@ pub fn run_if_parallel<T: Send>(
     if parallel {
         return run(threads, f);
     }
+    check(threads)?;
+    Ok(f())
+}
+
+fn check(threads: Option<usize>) -> PyResult<()> {
     if threads == Some(0) {
         return Err(PyValueError::new_err("threads must be at least 1"));
     }
-    Ok(f())
+    Ok(())
 }
 
 /// Run `f` on `threads` threads (all cores when `None`).
 pub fn run<T: Send>(threads: Option<usize>, f: impl FnOnce() -> T + Send) -> PyResult<T> {
+    check(threads)?;
     let Some(n) = threads else {
         return Ok(f());
     };
-    if n == 0 {
-        return Err(PyValueError::new_err("threads must be at least 1"));
-    }
     let pool = {
         let mut pools = POOLS
             .get_or_init(Default::default)

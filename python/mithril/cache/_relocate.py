@@ -33,6 +33,7 @@ import hashlib
 import inspect
 import os
 import re
+import shutil
 import sys
 import sysconfig
 from collections.abc import Callable
@@ -98,15 +99,13 @@ def header_identity(content: str, normalised_extra: str) -> str:
     return hashlib.blake2b(text.encode(), digest_size=16).hexdigest()
 
 
-def _link_atomic(source: str, target: str) -> None:
-    temp = f"{target}.{os.getpid()}.mithril-tmp"
-    try:
-        os.link(source, temp)
-    except OSError:
-        import shutil
+def _put_in_place(source: str, target: str) -> None:
+    """``target`` becomes ``source``'s content: a hard link, else an atomic copy."""
+    from mithril._fsutil import atomic_path, link_into_place
 
-        shutil.copyfile(source, temp)
-    os.replace(temp, target)
+    if not link_into_place(Path(source), Path(target)):
+        with atomic_path(Path(target)) as tmp:
+            shutil.copyfile(source, tmp)
 
 
 def adopt_header(header_path: str, identity: str) -> bool:
@@ -134,7 +133,7 @@ def adopt_header(header_path: str, identity: str) -> bool:
         built = other[: -len(SIDECAR)]
         for suffix in _PCH_SUFFIXES:
             if os.path.exists(built + suffix):
-                _link_atomic(built + suffix, header_path + suffix)
+                _put_in_place(built + suffix, header_path + suffix)
                 return True
     return False
 

@@ -31,7 +31,7 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
-from mithril._fsutil import atomic_path, write_atomic_chunks
+from mithril._fsutil import atomic_path, link_into_place, write_atomic_chunks
 from mithril.cache._relocate import SIDECAR
 from mithril.errors import FormatError
 
@@ -258,16 +258,12 @@ def _place(store: Any, blob: str, target: Path, verified: bool) -> bool:
     if not verified and store.get(blob) is None:
         return False
     target.parent.mkdir(parents=True, exist_ok=True)
-    tmp = target.with_name(f".{target.name}.{os.getpid()}.tmp")
-    try:
-        os.link(blob_path(store, blob), tmp)
-    except OSError:
-        data = store.get(blob)
-        if data is None:
-            return False
-        write_atomic_chunks(target, [data])
+    if link_into_place(blob_path(store, blob), target):
         return True
-    os.replace(tmp, target)
+    data = store.get(blob)
+    if data is None:
+        return False
+    write_atomic_chunks(target, [data])
     return True
 
 

@@ -24,7 +24,7 @@ _REMOTE_CACHE = "torch._inductor.remote_cache"
 _HERE = os.path.dirname(os.path.abspath(__file__))
 
 
-def _relocate(module: Any) -> None:
+def _make_keys_relocatable(module: Any) -> None:
     from mithril.cache import _relocate
 
     _relocate.patch_codecache(module)
@@ -37,7 +37,7 @@ def _serve(module: Any) -> None:
 
 
 #: What to do to each module once torch has loaded it.
-_ACTIONS = {_CODECACHE: _relocate, _REMOTE_CACHE: _serve}
+_ACTIONS = {_CODECACHE: _make_keys_relocatable, _REMOTE_CACHE: _serve}
 
 
 class _InstallAfter(importlib.abc.Loader):
