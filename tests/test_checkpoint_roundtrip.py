@@ -558,6 +558,13 @@ def test_whole_file_load_decodes_tensors_concurrently_and_exactly(
         reader.read_many_into(["ids"], [np.empty(3, np.uint8)], threads)
     with pytest.raises(ValueError, match="2 tensor names but 1 output buffers"):
         reader.read_many_into(["ids", "ids"], right[:1], threads)
+    # Two tensors decoded concurrently into one memory: refused before anything is written.
+    names = list(state)[:2]
+    shared = np.zeros(max(reader.info(n)[2] for n in names) + 8, np.uint8)
+    views = [shared[: reader.info(names[0])[2]], shared[8 : 8 + reader.info(names[1])[2]]]
+    with pytest.raises(ValueError, match="output buffers overlap"):
+        reader.read_many_into(names, views, threads)
+    assert not shared.any()
 
 
 def test_keys_keep_insertion_order(tmp_path: Path):

@@ -434,12 +434,13 @@ impl PyReader {
         for (name, out) in names.iter().zip(&outs) {
             targets.push((name.as_str(), writable_target(name, out)?));
         }
+        refuse_overlaps(&targets)?;
         py.detach(|| {
             threads::run(threads, || {
                 targets.par_iter().try_for_each(|&(name, (addr, len))| {
                     // SAFETY: `outs` holds every buffer export until this call returns, which
                     // keeps each exporter's memory alive and in place; each was checked
-                    // writable and contiguous, and the caller passes distinct buffers.
+                    // writable and contiguous, and no two of them overlap.
                     let slice = unsafe { std::slice::from_raw_parts_mut(addr as *mut u8, len) };
                     self.inner.read_into(name, slice)
                 })
@@ -508,4 +509,23 @@ fn writable_target(name: &str, out: &PyBuffer<u8>) -> PyResult<(usize, usize)> {
         out.buf_ptr() as usize
     };
     Ok((addr, len))
+}
+
+/// Refuse output buffers that share memory: they would be decoded into concurrently.
+fn refuse_overlaps(targets: &[(&str, (usize, usize))]) -> PyResult<()> {
+    let mut spans: Vec<(usize, usize, &str)> = targets
+        .iter()
+        .filter(|(_, (_, len))| *len > 0)
+        .map(|&(name, (addr, len))| (addr, addr + len, name))
+        .collect();
+    spans.sort_unstable();
+    for pair in spans.windows(2) {
+        if pair[1].0 < pair[0].1 {
+            return Err(PyValueError::new_err(format!(
+                "tensors {:?} and {:?}: their output buffers overlap",
+                pair[0].2, pair[1].2
+            )));
+        }
+    }
+    Ok(())
 }
