@@ -234,6 +234,7 @@ fn chunk_seeds(dir: &Path) -> Res<()> {
             Encoding::Xor => 3,
             Encoding::Sub => 4,
             Encoding::SubCtx => 5,
+            Encoding::SubQuad => 6,
         };
         let len = c.raw_len as u16;
         let seed = with_prefix(&[enc, di as u8, len as u8, (len >> 8) as u8], &c.data);
@@ -286,7 +287,7 @@ fn safetensors_seeds(dir: &Path) -> Res<()> {
 /// Real deltas: a base of skewed floats and a copy moved by a few ulps, per float dtype and
 /// transform, as `op | dtype | elements | base | payload`.
 fn delta_seeds(dir: &Path) -> Res<()> {
-    use mithril_checkpoint::delta::{encode, DeltaOp};
+    use mithril_checkpoint::delta::{encode, DeltaMode, DeltaOp};
     for (di, dtype) in DType::ALL.into_iter().enumerate() {
         if dtype.float_bits().is_none() {
             continue;
@@ -308,18 +309,25 @@ fn delta_seeds(dir: &Path) -> Res<()> {
             })
             .collect();
         // The unsigned dtype of the same width gives the ungrouped `sub`, which decodes the
-        // same under the float dtype; the float dtype itself gives `sub-ctx`.
+        // same under the float dtype; the float dtype itself gives `sub-ctx` (compact) and
+        // `sub-quad` (fast).
         let same_width = if dtype.size() == 2 {
             DType::U16
         } else {
             DType::U32
         };
-        for coded_as in [same_width, dtype] {
-            let (op, payload) = encode(&target, &base, coded_as);
+        let cases = [
+            (same_width, DeltaMode::Compact),
+            (dtype, DeltaMode::Compact),
+            (dtype, DeltaMode::Fast),
+        ];
+        for (coded_as, mode) in cases {
+            let (op, payload) = encode(&target, &base, coded_as, mode);
             let code = match op {
                 DeltaOp::Xor => 0u8,
                 DeltaOp::Sub => 1,
                 DeltaOp::SubCtx => 2,
+                DeltaOp::SubQuad => 3,
             };
             let mut seed = vec![code, di as u8, n as u8, (n >> 8) as u8];
             seed.extend_from_slice(&base);

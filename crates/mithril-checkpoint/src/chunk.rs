@@ -1,6 +1,6 @@
 //! One chunk of one tensor: pick the encoding, checksum it, and undo it.
 
-use crate::delta::{self, DeltaOp};
+use crate::delta::{self, DeltaMode, DeltaOp};
 use crate::dtype::DType;
 use crate::error::{corrupt, Result};
 use crate::float;
@@ -29,17 +29,20 @@ pub enum Encoding {
     Sub,
     /// `Sub`, grouped by the base element's sign and exponent (float dtypes only).
     SubCtx,
+    /// `Sub`, four elements to a Huffman symbol (float dtypes only).
+    SubQuad,
 }
 
 impl Encoding {
     /// Every encoding, in the order the fuzz targets index them.
-    pub const ALL: [Encoding; 6] = [
+    pub const ALL: [Encoding; 7] = [
         Encoding::Raw,
         Encoding::Float,
         Encoding::Zstd,
         Encoding::Xor,
         Encoding::Sub,
         Encoding::SubCtx,
+        Encoding::SubQuad,
     ];
 
     pub fn name(self) -> &'static str {
@@ -50,6 +53,7 @@ impl Encoding {
             Encoding::Xor => "xor",
             Encoding::Sub => "sub",
             Encoding::SubCtx => "sub-ctx",
+            Encoding::SubQuad => "sub-quad",
         }
     }
 
@@ -64,6 +68,7 @@ impl Encoding {
             Encoding::Xor => Some(DeltaOp::Xor),
             Encoding::Sub => Some(DeltaOp::Sub),
             Encoding::SubCtx => Some(DeltaOp::SubCtx),
+            Encoding::SubQuad => Some(DeltaOp::SubQuad),
             Encoding::Raw | Encoding::Float | Encoding::Zstd => None,
         }
     }
@@ -76,6 +81,7 @@ impl Encoding {
             "xor" => Some(Encoding::Xor),
             "sub" => Some(Encoding::Sub),
             "sub-ctx" => Some(Encoding::SubCtx),
+            "sub-quad" => Some(Encoding::SubQuad),
             _ => None,
         }
     }
@@ -88,6 +94,8 @@ pub struct EncodeOptions {
     pub zstd_level: i32,
     /// Target raw bytes per chunk (rounded to whole elements).
     pub chunk_bytes: usize,
+    /// Speed or size for float delta chunks.
+    pub delta_mode: DeltaMode,
 }
 
 pub const DEFAULT_CHUNK_BYTES: usize = 1 << 20;
@@ -100,6 +108,7 @@ impl From<DeltaOp> for Encoding {
             DeltaOp::Xor => Encoding::Xor,
             DeltaOp::Sub => Encoding::Sub,
             DeltaOp::SubCtx => Encoding::SubCtx,
+            DeltaOp::SubQuad => Encoding::SubQuad,
         }
     }
 }
@@ -109,6 +118,7 @@ impl Default for EncodeOptions {
         EncodeOptions {
             zstd_level: 3,
             chunk_bytes: DEFAULT_CHUNK_BYTES,
+            delta_mode: DeltaMode::default(),
         }
     }
 }
@@ -160,8 +170,13 @@ pub fn encode_chunk_delta<'a>(
         // XOR or difference against zeros is the data itself: nothing to gain.
         return encode_chunk(raw, dtype, opts);
     }
-    let planned = delta::plan(raw, base, dtype);
-    if let Some(bits) = dtype.float_bits() {
+    let planned = delta::plan(raw, base, dtype, opts.delta_mode);
+    // A delta at a quarter of the raw size or less is kept without counting the plain
+    // codec's heads: that codec stores the sign and low mantissa bits (half of a 16-bit
+    // float, three quarters of an fp32) raw unless they are nearly constant, so it beats
+    // such a delta only on chunks that are nearly constant themselves.
+    let small_delta = planned.estimate() <= raw.len() / 4;
+    if let (Some(bits), false) = (dtype.float_bits(), small_delta) {
         if float::estimate(raw, bits, dtype.size()) < planned.estimate() {
             return encode_chunk(raw, dtype, opts);
         }
@@ -221,6 +236,7 @@ pub fn decode_chunk(
         Encoding::Xor => delta::decode(DeltaOp::Xor, data, dtype, out)?,
         Encoding::Sub => delta::decode(DeltaOp::Sub, data, dtype, out)?,
         Encoding::SubCtx => delta::decode(DeltaOp::SubCtx, data, dtype, out)?,
+        Encoding::SubQuad => delta::decode(DeltaOp::SubQuad, data, dtype, out)?,
     }
     if xxh3_checksum(out) != raw_checksum {
         if encoding.is_delta() {

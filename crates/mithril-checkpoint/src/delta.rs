@@ -1,6 +1,6 @@
 //! Delta of one chunk against the same elements of a base tensor.
 //!
-//! Three transforms of the element bit patterns, chosen per chunk by estimated size:
+//! Four transforms of the element bit patterns:
 //! - `Xor`: `t ^ b`. Unchanged high bits become zeros.
 //! - `Sub`: zigzag(`t - b`) with wrapping integer arithmetic on the bit patterns. A float
 //!   that moved by a few ulps (the usual optimiser step) becomes a small integer, where XOR
@@ -9,12 +9,19 @@
 //!   before coding. An optimiser step moves a weight by a similar *value* everywhere, which
 //!   is a number of ulps that depends on the weight's exponent; grouping by it gives each
 //!   group a narrow distribution of its own.
+//! - `SubQuad` (floats only): the `Sub` words four to a Huffman symbol
+//!   ([`crate::delta_quad`]); larger than `SubCtx`, and decodes several times faster.
+//!
+//! Integer dtypes take `Xor` or `Sub`, whichever is estimated smaller. Float dtypes take
+//! `SubQuad` ([`DeltaMode::Fast`]) or the smaller of `SubCtx` and `Sub`
+//! ([`DeltaMode::Compact`]).
 //!
 //! `Xor` and `Sub` payloads are one stream per little-endian byte plane of the transformed
 //! words, each raw, constant, rANS or zstd (the plane coder of the float codec). A `SubCtx`
 //! payload holds, per group, a mode byte and either such planes or one joint symbol stream
 //! plus the low planes (see docs/format.md).
 
+use crate::delta_quad::{self, QuadPlan};
 use crate::dtype::DType;
 use crate::error::{corrupt, Result};
 use crate::float::{
@@ -29,6 +36,17 @@ pub enum DeltaOp {
     Xor,
     Sub,
     SubCtx,
+    SubQuad,
+}
+
+/// What float deltas are optimised for.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum DeltaMode {
+    /// `sub-quad`: encodes and decodes about as fast as a full chunk.
+    #[default]
+    Fast,
+    /// `sub-ctx`: the smallest deltas, at several times the coding time.
+    Compact,
 }
 
 /// Contexts (sign + exponent values) seen fewer times than this in a chunk share one group,
@@ -45,6 +63,8 @@ pub trait Word: Copy {
     fn sub_zigzag(self, base: Self) -> Self;
     /// Inverse of `sub_zigzag`: base + unzigzag(self).
     fn add_unzigzag(self, base: Self) -> Self;
+    /// Wrapping sum.
+    fn plus(self, o: Self) -> Self;
     fn byte(self, i: usize) -> u8;
     /// `self >> shift` as a context id (sign + exponent of a float word).
     fn context(self, shift: u32) -> u16;
@@ -83,6 +103,10 @@ macro_rules! word {
             fn add_unzigzag(self, base: Self) -> Self {
                 let d = (self >> 1) ^ (self & 1).wrapping_neg();
                 base.wrapping_add(d)
+            }
+            #[inline(always)]
+            fn plus(self, o: Self) -> Self {
+                self.wrapping_add(o)
             }
             #[inline(always)]
             fn byte(self, i: usize) -> u8 {
@@ -212,6 +236,8 @@ enum Body<T> {
         starts: Vec<usize>,
         codes: Vec<GroupCode>,
     },
+    /// Quad symbols, escapes and extra bits, ready to code.
+    Quads(QuadPlan),
 }
 
 /// What [`encode`] would do with a chunk, and its estimated payload size.
@@ -373,12 +399,19 @@ fn push_plane(out: &mut Vec<u8>, plane: &[u8], counts: &[u32; 256]) {
 }
 
 fn emit<T: Word>(plan: DeltaPlan<T>) -> (DeltaOp, Vec<u8>) {
-    let mut out = Vec::with_capacity(plan.estimate + 64);
-    match &plan.body {
+    let DeltaPlan {
+        op,
+        estimate,
+        body,
+        hists,
+    } = plan;
+    let mut out = Vec::with_capacity(estimate + 64);
+    match body {
+        Body::Quads(quads) => return (op, quads.emit()),
         Body::Words(words) => {
             let mut plane = vec![0u8; words.len()];
-            for (p, counts) in plan.hists.iter().enumerate() {
-                for (o, w) in plane.iter_mut().zip(words) {
+            for (p, counts) in hists.iter().enumerate() {
+                for (o, w) in plane.iter_mut().zip(&words) {
                     *o = w.byte(p);
                 }
                 push_plane(&mut out, &plane, counts);
@@ -411,18 +444,27 @@ fn emit<T: Word>(plan: DeltaPlan<T>) -> (DeltaOp, Vec<u8>) {
                 for p in 0..low {
                     plane.clear();
                     plane.extend(span.iter().map(|w| w.byte(p)));
-                    push_plane(&mut out, &plane, &plan.hists[g * T::BYTES + p]);
+                    push_plane(&mut out, &plane, &hists[g * T::BYTES + p]);
                 }
             }
         }
     }
-    (plan.op, out)
+    (op, out)
 }
 
-fn plan_any<T: Word>(raw: &[u8], base: &[u8], dtype: DType) -> DeltaPlan<T> {
-    match context_shift(dtype) {
-        Some(shift) => plan_grouped(raw, base, shift),
-        None => plan_words(raw, base),
+fn plan_any<T: Word>(raw: &[u8], base: &[u8], dtype: DType, mode: DeltaMode) -> DeltaPlan<T> {
+    match (context_shift(dtype), mode) {
+        (Some(_), DeltaMode::Fast) if T::BYTES <= 4 => {
+            let quads = delta_quad::plan::<T>(raw, base);
+            DeltaPlan {
+                op: DeltaOp::SubQuad,
+                estimate: quads.estimate,
+                body: Body::Quads(quads),
+                hists: Vec::new(),
+            }
+        }
+        (Some(shift), _) => plan_grouped(raw, base, shift),
+        (None, _) => plan_words(raw, base),
     }
 }
 
@@ -461,20 +503,20 @@ impl Planned {
 }
 
 /// Choose the transform for `raw` against `base` (same length, whole elements of `dtype`)
-/// from histograms alone. Float dtypes use the grouped [`DeltaOp::SubCtx`] (or `Sub`).
-pub fn plan(raw: &[u8], base: &[u8], dtype: DType) -> Planned {
+/// from histograms alone; `mode` decides between the float transforms.
+pub fn plan(raw: &[u8], base: &[u8], dtype: DType, mode: DeltaMode) -> Planned {
     debug_assert_eq!(raw.len(), base.len());
     match dtype.size() {
-        1 => Planned::W1(plan_any(raw, base, dtype)),
-        2 => Planned::W2(plan_any(raw, base, dtype)),
-        4 => Planned::W4(plan_any(raw, base, dtype)),
-        _ => Planned::W8(plan_any(raw, base, dtype)),
+        1 => Planned::W1(plan_any(raw, base, dtype, mode)),
+        2 => Planned::W2(plan_any(raw, base, dtype, mode)),
+        4 => Planned::W4(plan_any(raw, base, dtype, mode)),
+        _ => Planned::W8(plan_any(raw, base, dtype, mode)),
     }
 }
 
 /// Encode `raw` against `base`: [`plan`], then code it.
-pub fn encode(raw: &[u8], base: &[u8], dtype: DType) -> (DeltaOp, Vec<u8>) {
-    plan(raw, base, dtype).emit()
+pub fn encode(raw: &[u8], base: &[u8], dtype: DType, mode: DeltaMode) -> (DeltaOp, Vec<u8>) {
+    plan(raw, base, dtype, mode).emit()
 }
 
 fn decode_words<T: Word>(
@@ -484,6 +526,12 @@ fn decode_words<T: Word>(
     dtype: DType,
 ) -> Result<()> {
     let n = inout.len() / T::BYTES;
+    if op == DeltaOp::SubQuad {
+        if context_shift(dtype).is_none() {
+            return Err(corrupt("sub-quad delta on a non-float dtype"));
+        }
+        return delta_quad::decode::<T>(payload, inout);
+    }
     let mut rd = StreamReader::new(payload);
     if op == DeltaOp::SubCtx {
         let shift =
@@ -571,12 +619,16 @@ mod tests {
     use super::*;
     use proptest::prelude::*;
 
-    fn roundtrip(raw: &[u8], base: &[u8], dtype: DType) -> (DeltaOp, usize) {
-        let (op, enc) = encode(raw, base, dtype);
+    fn roundtrip_as(raw: &[u8], base: &[u8], dtype: DType, mode: DeltaMode) -> (DeltaOp, usize) {
+        let (op, enc) = encode(raw, base, dtype, mode);
         let mut out = base.to_vec();
         decode(op, &enc, dtype, &mut out).unwrap();
         assert_eq!(out, raw);
         (op, enc.len())
+    }
+
+    fn roundtrip(raw: &[u8], base: &[u8], dtype: DType) -> (DeltaOp, usize) {
+        roundtrip_as(raw, base, dtype, DeltaMode::Compact)
     }
 
     /// The unsigned dtype of a width: never grouped.
@@ -650,7 +702,59 @@ mod tests {
         assert!(grouped < plain * 3 / 4, "{grouped} vs {plain}");
     }
 
+    /// The same Adam-like step in fast mode: quads, a little larger than grouped, far
+    /// smaller than the data; integer dtypes ignore the mode.
+    #[test]
+    fn fast_mode_codes_float_steps_as_quads() {
+        let base: Vec<f32> = (0..1 << 16)
+            .map(|i| ((i as f32) * 0.37).sin() * 0.05)
+            .collect();
+        let next: Vec<f32> = base
+            .iter()
+            .enumerate()
+            .map(|(i, v)| v - if (i * 7) % 3 == 0 { 1e-4 } else { -1e-4 })
+            .collect();
+        let b: Vec<u8> = base.iter().flat_map(|v| v.to_le_bytes()).collect();
+        let t: Vec<u8> = next.iter().flat_map(|v| v.to_le_bytes()).collect();
+        let (op, fast) = roundtrip_as(&t, &b, DType::F32, DeltaMode::Fast);
+        assert_eq!(op, DeltaOp::SubQuad);
+        assert!(fast < t.len() / 2, "{fast}");
+        let (op, _) = roundtrip_as(&t, &b, DType::U32, DeltaMode::Fast);
+        assert_ne!(op, DeltaOp::SubQuad);
+        let half = |v: &[f32]| -> Vec<u8> {
+            v.iter()
+                .flat_map(|x| ((x.to_bits() >> 16) as u16).to_le_bytes())
+                .collect()
+        };
+        let (op, fast) = roundtrip_as(&half(&next), &half(&base), DType::BF16, DeltaMode::Fast);
+        assert_eq!(op, DeltaOp::SubQuad);
+        assert!(fast < base.len() * 2 / 4, "{fast}");
+    }
+
     proptest! {
+        #[test]
+        fn any_pair_roundtrips_fast(
+            data in proptest::collection::vec(any::<(u16, u8)>(), 0..3000),
+            wide in any::<bool>(),
+        ) {
+            // Mostly small moves (plain quads), some of any size (escapes), any length.
+            let mut base = Vec::new();
+            let mut raw = Vec::new();
+            for &(b, m) in &data {
+                let step = if m < 200 { (m % 5) as u32 } else { (m as u32) << (m % 24) };
+                if wide {
+                    let b = (b as u32) << 12 | m as u32;
+                    base.extend_from_slice(&b.to_le_bytes());
+                    raw.extend_from_slice(&b.wrapping_sub(step).to_le_bytes());
+                } else {
+                    base.extend_from_slice(&b.to_le_bytes());
+                    raw.extend_from_slice(&b.wrapping_add(step as u16).to_le_bytes());
+                }
+            }
+            let dtype = if wide { DType::F32 } else { DType::BF16 };
+            roundtrip_as(&raw, &base, dtype, DeltaMode::Fast);
+        }
+
         #[test]
         fn any_pair_roundtrips_grouped(
             data in proptest::collection::vec(any::<(u16, u16)>(), 0..6000),
@@ -677,7 +781,7 @@ mod tests {
         fn garbage_payload_never_panics(payload in proptest::collection::vec(any::<u8>(), 0..200)) {
             for dtype in DType::ALL {
                 let mut out = vec![0u8; 16 * dtype.size()];
-                for op in [DeltaOp::Xor, DeltaOp::Sub, DeltaOp::SubCtx] {
+                for op in [DeltaOp::Xor, DeltaOp::Sub, DeltaOp::SubCtx, DeltaOp::SubQuad] {
                     let _ = decode(op, &payload, dtype, &mut out);
                 }
             }

@@ -8,6 +8,8 @@
 pub mod atomic;
 pub mod chunk;
 pub mod delta;
+mod delta_bits;
+pub mod delta_quad;
 pub mod dtype;
 pub mod error;
 pub mod float;

@@ -1,0 +1,182 @@
+//! Large differences as a symbol plus raw bits, for the delta encodings.
+//!
+//! A difference `d` below [`EXACT`] is its own symbol. A larger one is coded as its bit
+//! length and the [`KEPT_BITS`] bits after its leading one (one symbol), then the bits
+//! below those, stored raw in a separate bit stream. 32-bit differences take 248 symbols.
+//! The low bits of a large difference are close to uniform, which storing them raw assumes.
+
+use crate::error::{corrupt, Result};
+
+/// Differences below this are their own symbol.
+const EXACT: u32 = 32;
+/// Bit length of the smallest difference that is not its own symbol.
+const FIRST_LEN: u32 = EXACT.trailing_zeros() + 1;
+/// Bits after the leading one that a symbol keeps.
+const KEPT_BITS: u32 = 3;
+/// Symbols of differences up to 32 bits.
+pub const ALPHABET: usize = 256;
+
+/// The symbol of difference `d` and how many raw extra bits follow it.
+#[inline(always)]
+pub fn symbol_of(d: u32) -> (u32, u32) {
+    if d < EXACT {
+        return (d, 0);
+    }
+    let len = 32 - d.leading_zeros();
+    let extra = len - 1 - KEPT_BITS;
+    let top = (d >> extra) & ((1 << KEPT_BITS) - 1);
+    (EXACT + ((len - FIRST_LEN) << KEPT_BITS) + top, extra)
+}
+
+/// The largest symbol a difference of `width_bits` bits can have.
+pub const fn max_symbol(width_bits: u32) -> u32 {
+    EXACT + ((width_bits - FIRST_LEN) << KEPT_BITS) + (1 << KEPT_BITS) - 1
+}
+
+/// Per symbol: the value with zero extra bits, and the number of extra bits.
+pub static SYMBOLS: [(u32, u32); ALPHABET] = symbol_table();
+
+const fn symbol_table() -> [(u32, u32); ALPHABET] {
+    let mut table = [(0u32, 0u32); ALPHABET];
+    let mut s = 0u32;
+    while s <= max_symbol(32) {
+        table[s as usize] = if s < EXACT {
+            (s, 0)
+        } else {
+            let j = s - EXACT;
+            let len = FIRST_LEN + (j >> KEPT_BITS);
+            let extra = len - 1 - KEPT_BITS;
+            (
+                ((1 << KEPT_BITS) + (j & ((1 << KEPT_BITS) - 1))) << extra,
+                extra,
+            )
+        };
+        s += 1;
+    }
+    table
+}
+
+/// Raw extra bits, least significant first, flushed 32 bits at a time.
+pub struct BitWriter {
+    out: Vec<u8>,
+    acc: u64,
+    filled: u32,
+}
+
+impl BitWriter {
+    pub fn with_capacity(bytes: usize) -> Self {
+        BitWriter {
+            out: Vec::with_capacity(bytes),
+            acc: 0,
+            filled: 0,
+        }
+    }
+
+    /// Append the low `bits` bits of `v` (at most 32 - `KEPT_BITS` - 1).
+    #[inline(always)]
+    pub fn put(&mut self, v: u32, bits: u32) {
+        self.acc |= ((v & ((1u64 << bits) - 1) as u32) as u64) << self.filled;
+        self.filled += bits;
+        if self.filled >= 32 {
+            self.out.extend_from_slice(&(self.acc as u32).to_le_bytes());
+            self.acc >>= 32;
+            self.filled -= 32;
+        }
+    }
+
+    pub fn finish(mut self) -> Vec<u8> {
+        let bytes = self.filled.div_ceil(8) as usize;
+        self.out.extend_from_slice(&self.acc.to_le_bytes()[..bytes]);
+        self.out
+    }
+}
+
+/// Reads what [`BitWriter`] wrote. Each read is one unaligned 64-bit load at the bit
+/// position, with no refill branch. Reading past the end yields zeros and is reported by
+/// [`BitReader::finish`], so a damaged stream cannot make the decoder read out of bounds.
+#[derive(Clone, Copy)]
+pub struct BitReader<'a> {
+    data: &'a [u8],
+    /// Bits read so far.
+    pos: u64,
+}
+
+impl<'a> BitReader<'a> {
+    pub fn new(data: &'a [u8]) -> Self {
+        BitReader { data, pos: 0 }
+    }
+
+    /// The next `bits` bits (at most 32 - `KEPT_BITS` - 1).
+    #[inline(always)]
+    pub fn take(&mut self, bits: u32) -> u32 {
+        let byte = (self.pos >> 3) as usize;
+        let window = match self.data.get(byte..byte + 8) {
+            Some(b) => u64::from_le_bytes([b[0], b[1], b[2], b[3], b[4], b[5], b[6], b[7]]),
+            None => self.window_near_end(byte),
+        };
+        let v = ((window >> (self.pos & 7)) & ((1u64 << bits) - 1)) as u32;
+        self.pos += bits as u64;
+        v
+    }
+
+    #[cold]
+    fn window_near_end(&self, byte: usize) -> u64 {
+        let mut b = [0u8; 8];
+        let tail = self.data.get(byte..).unwrap_or(&[]);
+        b[..tail.len().min(8)].copy_from_slice(&tail[..tail.len().min(8)]);
+        u64::from_le_bytes(b)
+    }
+
+    /// Every bit read was written, and the stream has no whole byte left over.
+    pub fn finish(&self) -> Result<()> {
+        if self.pos.div_ceil(8) != self.data.len() as u64 {
+            return Err(corrupt(format!(
+                "delta extra bits: {} bits read from a {}-byte stream",
+                self.pos,
+                self.data.len()
+            )));
+        }
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn symbols_cover_every_difference_exactly() {
+        for d in (0u32..70_000).chain([u32::MAX, u32::MAX - 1, 1 << 31, (1 << 31) - 1]) {
+            let (s, extra) = symbol_of(d);
+            assert!(s <= max_symbol(32), "{d}");
+            let (value, bits) = SYMBOLS[s as usize];
+            assert_eq!(bits, extra);
+            let low = d & ((1u64 << extra) - 1) as u32;
+            assert_eq!(value + low, d, "{d}");
+        }
+        assert_eq!(symbol_of(u16::MAX as u32).0, max_symbol(16));
+        assert_eq!(symbol_of(u32::MAX).0, max_symbol(32));
+        assert!(max_symbol(32) < ALPHABET as u32);
+    }
+
+    #[test]
+    fn bit_stream_roundtrips_and_detects_overrun() {
+        let mut w = BitWriter::with_capacity(0);
+        let vals: Vec<(u32, u32)> = (0..1000u32).map(|i| (i * 2654435761, i % 29)).collect();
+        for &(v, b) in &vals {
+            w.put(v, b);
+        }
+        let data = w.finish();
+        let mut r = BitReader::new(&data);
+        for &(v, b) in &vals {
+            assert_eq!(r.take(b), v & ((1u64 << b) - 1) as u32);
+        }
+        r.finish().unwrap();
+        let mut r = BitReader::new(&data);
+        for &(_, b) in &vals {
+            r.take(b);
+        }
+        r.take(9);
+        assert!(r.finish().is_err());
+    }
+}

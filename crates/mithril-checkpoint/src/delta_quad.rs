@@ -1,0 +1,476 @@
+//! `sub-quad` delta payloads: the zigzag difference of the bit patterns against the base,
+//! four elements to a Huffman symbol.
+//!
+//! Most elements of a step's delta move by at most one ulp (72 % do not move at all in
+//! bf16 after one AdamW step at lr 1e-4), so a Huffman code over single elements would
+//! spend a whole bit on each zero. Four differences below [`SMALL`] make one symbol, their
+//! two-bit values packed; the skewed quad alphabet brings Huffman close to the order-0
+//! entropy, and the decoder looks up one symbol per four elements. A quad holding a larger
+//! difference is an escape: its four differences go to a second Huffman stream, each as a
+//! bit length and the bits after its leading one ([`crate::delta_bits`]), with the bits
+//! below those stored raw.
+//!
+//! This trades some size for speed against `sub-ctx` (no sign-and-exponent contexts, whole
+//! bits per symbol): Huffman on both streams, because rANS alone decodes more slowly than
+//! the plain float codec does a whole chunk.
+//!
+//! Payload: `stream quads | stream escapes | stream extra bits` (see docs/format.md). The
+//! last quad of a chunk whose length is not a multiple of four is padded with zero
+//! differences.
+
+use crate::delta::Word;
+use crate::delta_bits::{max_symbol, symbol_of, BitReader, BitWriter, SYMBOLS};
+use crate::error::{corrupt, Result};
+use crate::float::{push_stream, push_symbols, read_symbols, StreamReader, METHOD_RAW};
+use crate::huffman;
+use crate::rans;
+use std::cell::RefCell;
+
+/// Elements per quad symbol.
+const QUAD: usize = 4;
+/// Differences below this fit a quad symbol: two bits each.
+const SMALL: u32 = 4;
+/// The quad symbol of a quad coded element by element in the escape stream. Symbols below
+/// it pack four differences, element `j` in bits `2j..2j + 2`.
+const ESCAPE: u16 = 256;
+const QUAD_CARDINALITY: usize = ESCAPE as usize + 1;
+const ESCAPE_CARDINALITY: usize = 256;
+/// Huffman whatever rANS would save: decoding speed is what this encoding is for.
+const ALWAYS_HUFFMAN: f64 = f64::INFINITY;
+
+std::thread_local! {
+    /// Symbol buffers kept between chunks on one thread: a fresh buffer of this size is a
+    /// fresh mapping whose page faults cost more than filling it.
+    static SPARE: RefCell<Vec<Vec<u16>>> = const { RefCell::new(Vec::new()) };
+}
+
+/// An empty symbol buffer, reused when the thread has one.
+fn spare_buffer() -> Vec<u16> {
+    let mut v = SPARE.with(|s| s.borrow_mut().pop()).unwrap_or_default();
+    v.clear();
+    v
+}
+
+fn return_buffer(v: Vec<u16>) {
+    SPARE.with(|s| {
+        let mut spare = s.borrow_mut();
+        if spare.len() < 2 {
+            spare.push(v);
+        }
+    });
+}
+
+/// What [`plan`] found: the symbols and extra bits of a chunk, and their counts.
+pub struct QuadPlan {
+    pub estimate: usize,
+    quads: Vec<u16>,
+    quad_counts: Vec<u32>,
+    escapes: Vec<u16>,
+    escape_counts: Vec<u32>,
+    extra: Vec<u8>,
+}
+
+/// The quad symbol of four differences, or [`ESCAPE`] after appending them to the escape
+/// stream and the extra bits.
+#[inline(always)]
+fn quad_symbol(d: [u32; QUAD], escapes: &mut Vec<u16>, extra: &mut BitWriter) -> u16 {
+    if (d[0] | d[1] | d[2] | d[3]) < SMALL {
+        return (d[0] | d[1] << 2 | d[2] << 4 | d[3] << 6) as u16;
+    }
+    for v in d {
+        let (s, bits) = symbol_of(v);
+        escapes.push(s as u16);
+        extra.put(v, bits);
+    }
+    ESCAPE
+}
+
+/// The zigzag differences of up to four elements; those missing (in the short last quad
+/// of a chunk) are zero.
+#[inline(always)]
+fn quad_diffs<T: Word>(t: &[u8], b: &[u8]) -> [u32; QUAD] {
+    let mut d = [0u32; QUAD];
+    let w = T::BYTES;
+    for ((d, t), b) in d.iter_mut().zip(t.chunks_exact(w)).zip(b.chunks_exact(w)) {
+        *d = T::load(t).sub_zigzag(T::load(b)).to_u64() as u32;
+    }
+    d
+}
+
+/// Estimated bytes of one Huffman stream (with its 5-byte stream header).
+fn stream_estimate(counts: &[u32], n: usize) -> usize {
+    5 + huffman::Code::from_counts(counts).map_or(2, |c| c.encoded_size(counts, n))
+}
+
+/// The quads, escapes and extra bits of `raw` against `base` (whole elements of `T`, at
+/// most 4 bytes each).
+pub fn plan<T: Word>(raw: &[u8], base: &[u8]) -> QuadPlan {
+    debug_assert!(T::BYTES <= 4, "differences are coded as 32-bit values");
+    let w = T::BYTES;
+    let n = raw.len() / w;
+    let mut quads = spare_buffer();
+    quads.resize(n.div_ceil(QUAD), 0);
+    let mut escapes = spare_buffer();
+    let mut extra = BitWriter::with_capacity(0);
+    let full = n / QUAD;
+    let whole = raw[..full * QUAD * w]
+        .chunks_exact(QUAD * w)
+        .zip(base[..full * QUAD * w].chunks_exact(QUAD * w));
+    for (q, (t, b)) in quads.iter_mut().zip(whole) {
+        *q = quad_symbol(quad_diffs::<T>(t, b), &mut escapes, &mut extra);
+    }
+    if let Some(last) = quads.get_mut(full) {
+        let (t, b) = (&raw[full * QUAD * w..], &base[full * QUAD * w..]);
+        *last = quad_symbol(quad_diffs::<T>(t, b), &mut escapes, &mut extra);
+    }
+    // Counted afterwards, four counters per symbol: runs of the all-zero quad would
+    // serialise a count taken in the loop above.
+    let quad_counts = rans::histogram_by(quads.iter().map(|&q| q as usize), QUAD_CARDINALITY);
+    let escape_counts = rans::histogram_by(escapes.iter().map(|&s| s as usize), ESCAPE_CARDINALITY);
+    let extra = extra.finish();
+    let estimate = stream_estimate(&quad_counts, quads.len())
+        + stream_estimate(&escape_counts, escapes.len())
+        + 5
+        + extra.len();
+    QuadPlan {
+        estimate,
+        quads,
+        quad_counts,
+        escapes,
+        escape_counts,
+        extra,
+    }
+}
+
+impl QuadPlan {
+    pub fn emit(self) -> Vec<u8> {
+        let mut out = Vec::with_capacity(self.estimate + 64);
+        push_symbols(&mut out, &self.quads, &self.quad_counts, ALWAYS_HUFFMAN);
+        push_symbols(&mut out, &self.escapes, &self.escape_counts, ALWAYS_HUFFMAN);
+        push_stream(&mut out, METHOD_RAW, &self.extra);
+        return_buffer(self.quads);
+        return_buffer(self.escapes);
+        out
+    }
+}
+
+/// Four elements in one integer, added lane by lane with no carry between lanes: a quad
+/// is one load, one add and one store.
+trait Packed: Copy {
+    const BYTES: usize;
+    fn load(b: &[u8]) -> Self;
+    fn store(self, b: &mut [u8]);
+    fn lanes_add(self, o: Self) -> Self;
+    /// Lane `j` set to `lanes[j]` (each within the lane width).
+    fn pack(lanes: [u64; QUAD]) -> Self;
+    fn is_zero_from(self, lane: usize) -> bool;
+}
+
+macro_rules! packed {
+    ($p:ty, $high:expr) => {
+        impl Packed for $p {
+            const BYTES: usize = std::mem::size_of::<$p>();
+            #[inline(always)]
+            fn load(b: &[u8]) -> Self {
+                let mut a = [0u8; std::mem::size_of::<$p>()];
+                a.copy_from_slice(b);
+                <$p>::from_le_bytes(a)
+            }
+            #[inline(always)]
+            fn store(self, b: &mut [u8]) {
+                b.copy_from_slice(&self.to_le_bytes());
+            }
+            #[inline(always)]
+            fn lanes_add(self, o: Self) -> Self {
+                const HIGH: $p = $high;
+                ((self & !HIGH) + (o & !HIGH)) ^ ((self ^ o) & HIGH)
+            }
+            #[inline(always)]
+            fn pack(lanes: [u64; QUAD]) -> Self {
+                let bits = 8 * <Self as Packed>::BYTES / QUAD;
+                lanes
+                    .iter()
+                    .enumerate()
+                    .fold(0, |acc, (j, &v)| acc | (v as $p) << (bits * j))
+            }
+            fn is_zero_from(self, lane: usize) -> bool {
+                let bits = 8 * <Self as Packed>::BYTES / QUAD;
+                (self >> (bits * lane)) == 0
+            }
+        }
+    };
+}
+
+packed!(u64, 0x8000_8000_8000_8000);
+packed!(u128, 0x8000_0000_8000_0000_8000_0000_8000_0000);
+
+/// Per quad symbol: its four differences, unzigzagged, packed; zero for [`ESCAPE`].
+fn quad_table<T: Word, P: Packed>() -> Vec<P> {
+    (0..ESCAPE as u64)
+        .map(|q| {
+            P::pack(std::array::from_fn(|j| {
+                T::from_u64((q >> (2 * j)) & 3)
+                    .add_unzigzag(T::ZERO)
+                    .to_u64()
+            }))
+        })
+        .chain([P::pack([0; QUAD])])
+        .collect()
+}
+
+/// Quads per decoding block: small enough to stay in cache between the block's passes.
+const BLOCK_QUADS: usize = 2048;
+
+/// The four differences of an escaped quad, unzigzagged and packed.
+#[inline(always)]
+fn escaped_diffs<T: Word, P: Packed>(bits: &mut BitReader, e: &[u16]) -> P {
+    let mut lanes = [0u64; QUAD];
+    for (lane, &s) in lanes.iter_mut().zip(e) {
+        let (value, extra) = SYMBOLS[s as usize];
+        *lane = T::from_u64((value + bits.take(extra)) as u64)
+            .add_unzigzag(T::ZERO)
+            .to_u64();
+    }
+    P::pack(lanes)
+}
+
+/// Add every quad of `block` from `table` (an escape adds zero) and note the escapes'
+/// indices in `at` (one longer than `qs`); returns how many there are.
+#[inline(never)]
+fn add_plain_quads<P: Packed>(block: &mut [u8], qs: &[u16], table: &[P], at: &mut [u32]) -> usize {
+    let table: &[P; QUAD_CARDINALITY] = match table.try_into() {
+        Ok(t) => t,
+        Err(_) => return 0,
+    };
+    let mut found = 0usize;
+    for (i, (el, &q)) in block.chunks_exact_mut(P::BYTES).zip(qs).enumerate() {
+        P::load(el)
+            .lanes_add(table[(q as usize).min(ESCAPE as usize)])
+            .store(el);
+        if let Some(slot) = at.get_mut(found) {
+            *slot = i as u32;
+        }
+        found += (q == ESCAPE) as usize;
+    }
+    found
+}
+
+/// Add the escaped quads `at` (indices into `block`, with their symbols in `escapes`).
+/// Kept out of line with the reader in locals: inlined into the decoder, its state lived
+/// on the stack and every read waited on the previous one's store.
+#[inline(never)]
+fn apply_escapes<T: Word, P: Packed>(
+    block: &mut [u8],
+    at: &[u32],
+    escapes: &[u16],
+    bits: &mut BitReader,
+) {
+    let mut reader = *bits;
+    for (&i, e) in at.iter().zip(escapes.chunks_exact(QUAD)) {
+        if let Some(el) = block.get_mut(i as usize * P::BYTES..(i as usize + 1) * P::BYTES) {
+            P::load(el)
+                .lanes_add(escaped_diffs::<T, P>(&mut reader, e))
+                .store(el);
+        }
+    }
+    *bits = reader;
+}
+
+/// Add escaped quads to every quad of `elems`, in order.
+#[inline(never)]
+fn apply_escapes_in_order<T: Word, P: Packed>(
+    elems: &mut [u8],
+    escapes: &[u16],
+    bits: &mut BitReader,
+) {
+    let mut reader = *bits;
+    for (el, e) in elems
+        .chunks_exact_mut(P::BYTES)
+        .zip(escapes.chunks_exact(QUAD))
+    {
+        P::load(el)
+            .lanes_add(escaped_diffs::<T, P>(&mut reader, e))
+            .store(el);
+    }
+    *bits = reader;
+}
+
+/// Apply a `sub-quad` payload: `inout` holds the base elements on entry and the decoded
+/// elements on return.
+pub fn decode<T: Word>(payload: &[u8], inout: &mut [u8]) -> Result<()> {
+    let n = inout.len() / T::BYTES;
+    let mut quads = spare_buffer();
+    quads.resize(n.div_ceil(QUAD), 0);
+    let mut escapes = spare_buffer();
+    let result = match T::BYTES {
+        2 => decode_with::<T, u64>(payload, inout, &mut quads, &mut escapes),
+        4 => decode_with::<T, u128>(payload, inout, &mut quads, &mut escapes),
+        w => Err(corrupt(format!("sub-quad on {w}-byte elements"))),
+    };
+    return_buffer(quads);
+    return_buffer(escapes);
+    result
+}
+
+fn decode_with<T: Word, P: Packed>(
+    payload: &[u8],
+    inout: &mut [u8],
+    quads: &mut [u16],
+    escapes: &mut Vec<u16>,
+) -> Result<()> {
+    debug_assert_eq!(P::BYTES, QUAD * T::BYTES);
+    let w = T::BYTES;
+    let mut rd = StreamReader::new(payload);
+    read_symbols(rd.stream()?, quads, QUAD_CARDINALITY, "delta quad")?;
+    let escaped = quads.iter().filter(|&&q| q == ESCAPE).count();
+    escapes.resize(QUAD * escaped, 0);
+    let cardinality = max_symbol(8 * w as u32) as usize + 1;
+    read_symbols(rd.stream()?, escapes, cardinality, "delta escape")?;
+    let (method, extra) = rd.stream()?;
+    if method != METHOD_RAW {
+        return Err(corrupt(format!("delta extra bits with method {method}")));
+    }
+    rd.finish()?;
+
+    let table = quad_table::<T, P>();
+    let mut bits = BitReader::new(extra);
+    let mut escapes: &[u16] = escapes;
+    // Per block of quads, two passes: every plain quad from the table without a branch (an
+    // escape adds zero and is noted), then the block's escaped quads. Escapes are
+    // unpredictable, and a branch on them costs more than the second pass, which finds the
+    // block still in cache.
+    let full = inout.len() / P::BYTES * P::BYTES;
+    if escaped == quads.len() {
+        // Every quad escaped (wide differences, as in fp32): no plain pass.
+        let (these, rest) = escapes.split_at((full / P::BYTES * QUAD).min(escapes.len()));
+        apply_escapes_in_order::<T, P>(&mut inout[..full], these, &mut bits);
+        escapes = rest;
+    } else {
+        let mut at = [0u32; BLOCK_QUADS + 1];
+        let block_bytes = BLOCK_QUADS * P::BYTES;
+        for (block, qs) in inout[..full]
+            .chunks_mut(block_bytes)
+            .zip(quads.chunks(BLOCK_QUADS))
+        {
+            let found = add_plain_quads(block, qs, &table, &mut at);
+            let (these, rest) = escapes.split_at((QUAD * found).min(escapes.len()));
+            apply_escapes::<T, P>(block, &at[..found], these, &mut bits);
+            escapes = rest;
+        }
+    }
+    if full < inout.len() {
+        let q = quads[quads.len() - 1];
+        let add = if q == ESCAPE {
+            escaped_diffs::<T, P>(&mut bits, escapes)
+        } else {
+            table[q as usize]
+        };
+        let tail = &mut inout[full..];
+        if !add.is_zero_from(tail.len() / w) {
+            return Err(corrupt("sub-quad padding of the last quad is not zero"));
+        }
+        let mut padded = [0u8; 16];
+        padded[..tail.len()].copy_from_slice(tail);
+        let sum = P::load(&padded[..P::BYTES]).lanes_add(add);
+        sum.store(&mut padded[..P::BYTES]);
+        let len = tail.len();
+        tail.copy_from_slice(&padded[..len]);
+    }
+    bits.finish()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Base and target words of width `W` where most elements move by at most one ulp and
+    /// every seventh by a lot, so that plain quads and escapes mix.
+    fn pair<const W: usize>(n: usize, seed: u64) -> (Vec<u8>, Vec<u8>) {
+        let mut x = seed;
+        let mut base = Vec::new();
+        let mut raw = Vec::new();
+        for i in 0..n {
+            x = x
+                .wrapping_mul(6364136223846793005)
+                .wrapping_add(1442695040888963407);
+            let b = x >> 20;
+            let step = if i % 7 == 3 { x >> 40 } else { (x >> 60) % 3 };
+            base.extend_from_slice(&b.to_le_bytes()[..W]);
+            raw.extend_from_slice(&b.wrapping_sub(step).to_le_bytes()[..W]);
+        }
+        (base, raw)
+    }
+
+    fn encode<T: Word>(raw: &[u8], base: &[u8]) -> Vec<u8> {
+        plan::<T>(raw, base).emit()
+    }
+
+    fn roundtrip<T: Word>(raw: &[u8], base: &[u8]) {
+        let payload = encode::<T>(raw, base);
+        let mut out = base.to_vec();
+        decode::<T>(&payload, &mut out).unwrap();
+        assert_eq!(out, raw);
+    }
+
+    #[test]
+    fn every_tail_length_roundtrips() {
+        for n in 0..=13 {
+            let (base, raw) = pair::<2>(n, n as u64);
+            roundtrip::<u16>(&raw, &base);
+            let (base, raw) = pair::<4>(n, n as u64);
+            roundtrip::<u32>(&raw, &base);
+        }
+        // Long enough for several decoding blocks and the segmented Huffman streams.
+        let (base, raw) = pair::<2>(3 * BLOCK_QUADS * QUAD + 5, 1);
+        roundtrip::<u16>(&raw, &base);
+        let (base, raw) = pair::<4>(3 * BLOCK_QUADS * QUAD + 5, 2);
+        roundtrip::<u32>(&raw, &base);
+    }
+
+    #[test]
+    fn chunks_where_every_quad_escapes_roundtrip() {
+        let base: Vec<u8> = (0..4099u32).flat_map(|i| (i << 20).to_le_bytes()).collect();
+        let raw: Vec<u8> = (0..4099u32)
+            .flat_map(|i| ((i << 20) ^ 0x0f0f_0f00).to_le_bytes())
+            .collect();
+        roundtrip::<u32>(&raw, &base);
+    }
+
+    #[test]
+    fn nonzero_padding_of_the_last_quad_is_refused() {
+        // Eight elements, the last moved: decoded as seven, that move is padding.
+        let base = vec![0u8; 16];
+        let mut raw = base.clone();
+        raw[14] = 1;
+        let payload = encode::<u16>(&raw, &base);
+        let mut out = base[..14].to_vec();
+        let err = decode::<u16>(&payload, &mut out).unwrap_err();
+        assert!(err.to_string().contains("padding"), "{err}");
+    }
+
+    #[test]
+    fn damaged_payloads_fail_cleanly() {
+        let (base, raw) = pair::<2>(3000, 9);
+        let payload = encode::<u16>(&raw, &base);
+        for cut in 0..payload.len() {
+            let mut out = base.clone();
+            assert!(
+                decode::<u16>(&payload[..cut], &mut out).is_err(),
+                "cut {cut}"
+            );
+        }
+        let mut caught = 0;
+        for at in (0..payload.len()).step_by(3) {
+            let mut bad = payload.clone();
+            bad[at] ^= 0x24;
+            let mut out = base.clone();
+            if decode::<u16>(&bad, &mut out).is_err() || out != raw {
+                caught += 1;
+            }
+        }
+        assert!(caught > 0);
+        let mut longer = payload.clone();
+        longer.push(0);
+        assert!(decode::<u16>(&longer, &mut base.clone()).is_err());
+    }
+}
