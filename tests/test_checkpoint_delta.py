@@ -29,16 +29,27 @@ def adam_like_step(state: dict[str, torch.Tensor], lr: float, seed: int) -> dict
     return out
 
 
+# The float delta encoding each coding writes.
+FLOAT_DELTA = {"compact": "sub-ctx", "fast": "sub-quad"}
+DELTA_ENCODINGS = {"xor", "sub", "sub-ctx", "sub-quad"}
+
+
+@pytest.fixture(params=["compact", "fast"])
+def coding(request: pytest.FixtureRequest) -> str:
+    return request.param
+
+
 @pytest.fixture()
-def run(tmp_path: Path, small_state_dict: dict[str, torch.Tensor]):
-    """Three consecutive checkpoints: full base, delta 1 on base, delta 2 on delta 1."""
+def run(tmp_path: Path, small_state_dict: dict[str, torch.Tensor], coding: str):
+    """Three consecutive checkpoints: full base, delta 1 on base, delta 2 on delta 1, in
+    each delta coding (every test of the chain and its faults runs on both)."""
     s0 = dict(small_state_dict)
     s1 = adam_like_step(s0, 1e-4, 1)
     s2 = adam_like_step(s1, 1e-4, 2)
     p0, p1, p2 = tmp_path / "s0.mithril", tmp_path / "s1.mithril", tmp_path / "s2.mithril"
     mc.save_file(s0, p0)
-    mc.save_file(s1, p1, base=p0)
-    mc.save_file(s2, p2, base=p1)
+    mc.save_file(s1, p1, base=p0, delta_coding=coding)  # type: ignore[arg-type]
+    mc.save_file(s2, p2, base=p1, delta_coding=coding)  # type: ignore[arg-type]
     return (s0, s1, s2), (p0, p1, p2)
 
 
@@ -57,7 +68,7 @@ def test_chain_loads_bit_exact(run) -> None:
         assert_same_tensor(f.get_tensor("ffn.weight"), s2["ffn.weight"])
 
 
-def test_delta_is_smaller_and_says_so(run) -> None:
+def test_delta_is_smaller_and_says_so(run, coding: str) -> None:
     _, (p0, p1, p2) = run
     assert p1.stat().st_size < p0.stat().st_size * 0.6
     info = mc.inspect(p2)
@@ -69,14 +80,17 @@ def test_delta_is_smaller_and_says_so(run) -> None:
     ]
     assert info["chain"][1]["content_id"] == info["base"]["id"]
     used = set().union(*(set(t["encodings"]) for t in info["tensors"].values()))
-    assert used & {"xor", "sub", "sub-ctx"}, used
+    assert FLOAT_DELTA[coding] in used, used
+    assert not used & DELTA_ENCODINGS - {FLOAT_DELTA[coding], "xor", "sub"}, used
     assert mc.inspect(p0)["base"] is None
     assert mc.verify(p2) > 0
 
 
-def test_real_adamw_step_deltas(tmp_path: Path, minilm_tensors: dict[str, torch.Tensor]) -> None:
+def test_real_adamw_step_deltas(
+    tmp_path: Path, minilm_tensors: dict[str, torch.Tensor], coding: str
+) -> None:
     """One real AdamW step on real weights: every float tensor round-trips bit-exact from a
-    delta much smaller than the full file, in fp32 and bf16."""
+    delta much smaller than the full file, in fp32 and bf16, in each coding."""
     params = {
         k: torch.nn.Parameter(v.clone()) for k, v in minilm_tensors.items() if v.is_floating_point()
     }
@@ -92,8 +106,14 @@ def test_real_adamw_step_deltas(tmp_path: Path, minilm_tensors: dict[str, torch.
         a = {k: v.to(dtype) for k, v in after.items()}
         mc.save_file(b, tmp_path / "b.mithril")
         mc.save_file(a, tmp_path / "full.mithril")
-        mc.save_file(a, tmp_path / "d.mithril", base=tmp_path / "b.mithril")
+        mc.save_file(a, tmp_path / "d.mithril", base=tmp_path / "b.mithril", delta_coding=coding)  # type: ignore[arg-type]
         assert_same_state(mc.load_file(tmp_path / "d.mithril"), a)
+        used = {
+            e
+            for t in mc.inspect(tmp_path / "d.mithril")["tensors"].values()
+            for e in t["encodings"]
+        }
+        assert FLOAT_DELTA[coding] in used, (dtype, used)
         full, delta = (
             (tmp_path / "full.mithril").stat().st_size,
             (tmp_path / "d.mithril").stat().st_size,
@@ -113,7 +133,7 @@ def test_new_reshaped_retyped_and_dropped_tensors(tmp_path: Path, small_state_di
     assert_same_state(mc.load_file(tmp_path / "b.mithril"), s1)
     enc = {k: set(t["encodings"]) for k, t in mc.inspect(tmp_path / "b.mithril")["tensors"].items()}
     for whole in ("new.weight", "ffn.weight", "attn.query.bias"):
-        assert not enc[whole] & {"xor", "sub", "sub-ctx"}, (whole, enc[whole])
+        assert not enc[whole] & DELTA_ENCODINGS, (whole, enc[whole])
 
 
 def test_base_hint_is_relative_so_the_directory_can_move(tmp_path: Path, run) -> None:
@@ -226,10 +246,10 @@ def test_squash_and_rebase(run, tmp_path: Path) -> None:
     assert_same_state(mc.load_file(onto), s2)
 
 
-def test_compress_tensor_with_base(small_state_dict) -> None:
+def test_compress_tensor_with_base(small_state_dict, coding: str) -> None:
     x = small_state_dict["ffn.weight"]
     y = adam_like_step({"w": x}, 1e-4, 7)["w"]
-    blob = mc.compress_tensor(y, base=x)
+    blob = mc.compress_tensor(y, base=x, delta_coding=coding)  # type: ignore[arg-type]
     assert len(blob) < len(mc.compress_tensor(y)) * 0.7
     assert_same_tensor(mc.decompress_tensor(blob, base=x), y)
     with pytest.raises(mithril.BaseCheckpointError, match="pass the base"):
@@ -243,7 +263,7 @@ def test_compress_tensor_with_base(small_state_dict) -> None:
 @pytest.mark.parametrize(
     "dtype", [torch.float32, torch.bfloat16, torch.float16, torch.int64, torch.int8, torch.bool]
 )
-def test_every_dtype_and_extreme_bit_patterns(dtype: torch.dtype) -> None:
+def test_every_dtype_and_extreme_bit_patterns(dtype: torch.dtype, coding: str) -> None:
     g = torch.Generator().manual_seed(11)
     n = 5000
     a = torch.randint(0, 256, (n * 8,), generator=g, dtype=torch.uint8)
@@ -253,12 +273,20 @@ def test_every_dtype_and_extreme_bit_patterns(dtype: torch.dtype) -> None:
     else:
         size = torch.empty(0, dtype=dtype).element_size()
         x, y = a[: n * size].view(dtype), b[: n * size].view(dtype)
-    assert_same_tensor(mc.decompress_tensor(mc.compress_tensor(y, base=x), base=x), y)
-    assert_same_tensor(mc.decompress_tensor(mc.compress_tensor(x, base=x), base=x), x)
+
+    def through(t: torch.Tensor, base: torch.Tensor) -> torch.Tensor:
+        blob = mc.compress_tensor(t, base=base, delta_coding=coding)  # type: ignore[arg-type]
+        return mc.decompress_tensor(blob, base=base)
+
+    assert_same_tensor(through(y, x), y)
+    assert_same_tensor(through(x, x), x)
+    # Every element one ulp or so away, with extreme bit patterns among them.
+    near = (x.view(torch.uint8).view(-1) ^ (a[: x.numel() * x.element_size()] % 2)).view(x.dtype)
+    assert_same_tensor(through(near.reshape(x.shape), x), near.reshape(x.shape))
+    for n in range(1, 10):  # chunks that end in a short quad
+        assert_same_tensor(through(y[:n], x[:n]), y[:n])
     empty = torch.empty(0, dtype=dtype)
-    assert_same_tensor(
-        mc.decompress_tensor(mc.compress_tensor(empty, base=empty), base=empty), empty
-    )
+    assert_same_tensor(through(empty, empty), empty)
 
 
 def test_numpy_state_delta(tmp_path: Path) -> None:
@@ -318,6 +346,62 @@ def test_cli_compress_with_base_inspect_squash_rebase(
         "checkpoint", "decompress", tmp_path / "rb.mithril", "-o", tmp_path / "x.safetensors"
     )
     assert rc == 1 and "missing" in err and "Traceback" not in err
+
+
+def test_cli_fast_delta_coding(tmp_path: Path, run_cli, small_state_dict) -> None:
+    from safetensors.torch import save_file
+
+    s1 = adam_like_step(small_state_dict, 1e-4, 8)
+    save_file(small_state_dict, tmp_path / "s0.safetensors")
+    save_file(s1, tmp_path / "s1.safetensors")
+    assert run_cli("checkpoint", "compress", tmp_path / "s0.safetensors", "-q")[0] == 0
+    rc, _, err = run_cli(
+        "checkpoint",
+        "compress",
+        tmp_path / "s1.safetensors",
+        "--base",
+        tmp_path / "s0.mithril",
+        "--delta-coding",
+        "fast",
+    )
+    assert rc == 0, err
+    used = {
+        e for t in mc.inspect(tmp_path / "s1.mithril")["tensors"].values() for e in t["encodings"]
+    }
+    assert "sub-quad" in used, used
+    got = mc.load_file(tmp_path / "s1.mithril")
+    assert_same_state(got, {k: s1[k] for k in got})
+    rc, _, err = run_cli(
+        "checkpoint", "compress", tmp_path / "s1.safetensors", "-f", "--delta-coding", "quick"
+    )
+    assert rc == 2 and "invalid choice" in err
+
+
+def test_delta_coding_is_checked(tmp_path: Path, small_state_dict) -> None:
+    x = small_state_dict["ffn.weight"]
+    with pytest.raises(mithril.ConfigError, match="delta_coding"):
+        mc.compress_tensor(x, base=x, delta_coding="small")  # type: ignore[arg-type]
+    with pytest.raises(mithril.ConfigError, match="delta_coding"):
+        mc.save_file({"x": x}, tmp_path / "x.mithril", delta_coding=None)  # type: ignore[arg-type]
+    with pytest.raises(mithril.ConfigError, match="coding"):
+        mc.DeltaPolicy(coding="fastest")  # type: ignore[arg-type]
+    assert not (tmp_path / "x.mithril").exists()
+
+
+def test_a_corrupt_delta_chunk_is_caught(run, coding: str) -> None:
+    """A flipped byte inside the stored chunks of either coding is a CorruptDataError
+    naming the tensor, never a wrong tensor."""
+    from helpers import parse
+
+    _, (_, p1, _) = run
+    c = parse(p1.read_bytes())
+    coded = [ch for ch in c.chunks() if ch[2]["encoding"] == FLOAT_DELTA[coding]]
+    name, _, chunk = max(coded, key=lambda ch: ch[2]["length"])
+    blob = bytearray(p1.read_bytes())
+    blob[c.data_offset + chunk["offset"] + chunk["length"] // 2] ^= 0x40
+    p1.write_bytes(bytes(blob))
+    with pytest.raises(mithril.CorruptDataError, match=name):
+        mc.load_file(p1)
 
 
 def test_a_delta_cannot_replace_its_own_base(run, tmp_path: Path) -> None:

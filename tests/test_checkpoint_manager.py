@@ -100,6 +100,20 @@ def test_deltas_are_smaller_than_full_files(tmp_path: Path) -> None:
     assert mgr.path_for(2).stat().st_size < 0.8 * full
 
 
+def test_fast_coding_policy_writes_fast_deltas(tmp_path: Path) -> None:
+    mgr = mc.CheckpointManager(
+        tmp_path, policy=mc.DeltaPolicy(full_every=None, max_chain_ratio=None, coding="fast")
+    )
+    saved = {}
+    for step, model, opt in tiny_training(3):
+        mgr.save(step, state_of(model, opt))
+        saved[step] = state_of(model, opt)
+    used = {e for t in mc.inspect(mgr.path_for(3))["tensors"].values() for e in t["encodings"]}
+    assert "sub-quad" in used and "sub-ctx" not in used, used
+    state = mgr.load("latest")
+    assert_same_structure(state["model"], saved[3]["model"])
+
+
 def test_size_rule_starts_a_new_full_checkpoint(tmp_path: Path) -> None:
     mgr = mc.CheckpointManager(
         tmp_path, policy=mc.DeltaPolicy(full_every=None, max_chain_ratio=0.3)

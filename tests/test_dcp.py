@@ -184,16 +184,23 @@ def test_real_weights_and_optimizer_compress(tmp_path: Path, minilm_tensors: Any
     assert all(_equal(got["model"][k], v) for k, v in model.items())
 
 
-def test_delta_against_previous_step(tmp_path: Path, minilm_tensors: Any) -> None:
+@pytest.mark.parametrize("coding", ["compact", "fast"])
+def test_delta_against_previous_step(tmp_path: Path, minilm_tensors: Any, coding: str) -> None:
     model = {k: v.clone() for k, v in list(minilm_tensors.items())[:30] if v.is_floating_point()}
     dcp.save({"model": model}, storage_writer=MithrilWriter(tmp_path / "s1"))
     nxt = {k: v + 1e-4 * torch.randn_like(v) * v.abs() for k, v in model.items()}
-    dcp.save({"model": nxt}, storage_writer=MithrilWriter(tmp_path / "s2", base=tmp_path / "s1"))
+    writer = MithrilWriter(tmp_path / "s2", base=tmp_path / "s1", delta_coding=coding)  # type: ignore[arg-type]
+    dcp.save({"model": nxt}, storage_writer=writer)
     dcp.save({"model": nxt}, storage_writer=MithrilWriter(tmp_path / "full2"))
     delta, full = inspect_dir(tmp_path / "s2"), inspect_dir(tmp_path / "full2")
     assert delta["base"] == "../s1"
     assert delta["files"][0]["base"].startswith("../s1/__0_")
     assert delta["stored_size"] < 0.8 * full["stored_size"]
+    (rank_file,) = (tmp_path / "s2").glob("*.mithril")
+    used = {
+        e for t in mithril.checkpoint.inspect(rank_file)["tensors"].values() for e in t["encodings"]
+    }
+    assert {"compact": "sub-ctx", "fast": "sub-quad"}[coding] in used, used
     got = {"model": {k: torch.empty_like(v) for k, v in nxt.items()}}
     dcp.load(got, storage_reader=MithrilReader(tmp_path / "s2"))
     assert all(_equal(got["model"][k], v) for k, v in nxt.items())

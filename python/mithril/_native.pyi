@@ -44,6 +44,7 @@ def write_file(
     base_path: _Path | None = None,
     base_hint: str | None = None,
     base_tensors: Sequence[_Tensor] | None = None,
+    delta_coding: str | None = None,
 ) -> int: ...
 def rewrite(
     src: _Path,
@@ -53,6 +54,7 @@ def rewrite(
     threads: int | None = None,
     chunk_bytes: int | None = None,
     progress: _Progress | None = None,
+    delta_coding: str | None = None,
 ) -> int: ...
 def write_bytes(
     tensors: Sequence[_Tensor],
@@ -60,6 +62,7 @@ def write_bytes(
     threads: int | None = None,
     chunk_bytes: int | None = None,
     base_tensor: _Tensor | None = None,
+    delta_coding: str | None = None,
 ) -> bytes: ...
 def compress_safetensors(
     src: _Path,
@@ -69,6 +72,7 @@ def compress_safetensors(
     progress: _Progress | None = None,
     base_path: _Path | None = None,
     base_hint: str | None = None,
+    delta_coding: str | None = None,
 ) -> int: ...
 def decompress_safetensors(
     src: _Path,

@@ -1,8 +1,9 @@
 //! `mithril._native` checkpoint functions and the `Reader` class.
 
-use crate::errors::IntoPyResult;
+use crate::errors::{config_error, IntoPyResult};
 use crate::threads;
 use mithril_checkpoint::chunk::EncodeOptions;
+use mithril_checkpoint::delta::DeltaMode;
 use mithril_checkpoint::format::tensor_content_id;
 use mithril_checkpoint::{
     safetensors, writer, BaseRef, BaseTensors, DType, DeltaBase, Error, FileExtras, Reader,
@@ -24,12 +25,23 @@ type TensorInfoTuple = (String, Vec<u64>, u64, u64, Vec<String>);
 /// A tensor handed in from Python: the buffer stays borrowed while Rust reads it.
 type InTensor = (String, String, Vec<u64>, PyBuffer<u8>);
 
-fn options(chunk_bytes: Option<usize>) -> EncodeOptions {
+/// Encoder options from the Python keywords; `delta_coding` is "compact" (the default) or
+/// "fast".
+fn options(chunk_bytes: Option<usize>, delta_coding: Option<&str>) -> PyResult<EncodeOptions> {
     let mut o = EncodeOptions::default();
     if let Some(c) = chunk_bytes {
         o.chunk_bytes = c;
     }
-    o
+    o.delta_mode = match delta_coding {
+        None | Some("compact") => DeltaMode::Compact,
+        Some("fast") => DeltaMode::Fast,
+        Some(other) => {
+            return Err(config_error(format!(
+                "delta_coding must be 'compact' or 'fast', got {other:?}"
+            )))
+        }
+    };
+    Ok(o)
 }
 
 /// Borrow the bytes of each buffer; they must be C-contiguous.
@@ -125,7 +137,7 @@ fn delta_base<'a>(
 #[pyfunction]
 #[pyo3(signature = (
     path, tensors, metadata=None, threads=None, chunk_bytes=None, progress=None,
-    base_path=None, base_hint=None, base_tensors=None,
+    base_path=None, base_hint=None, base_tensors=None, delta_coding=None,
 ))]
 #[allow(clippy::too_many_arguments)]
 fn write_file(
@@ -139,7 +151,9 @@ fn write_file(
     base_path: Option<PathBuf>,
     base_hint: Option<String>,
     base_tensors: Option<Vec<InTensor>>,
+    delta_coding: Option<&str>,
 ) -> PyResult<u64> {
+    let opts = options(chunk_bytes, delta_coding)?;
     let srcs = sources(&tensors)?;
     let base_srcs = base_tensors.as_deref().map(sources).transpose()?;
     let base_reader = open_base(py, &base_path)?;
@@ -148,7 +162,6 @@ fn write_file(
         metadata,
         safetensors_header: None,
     };
-    let opts = options(chunk_bytes);
     let mut p = PyProgress::new(progress);
     let r = py.detach(|| {
         threads::run(threads, || {
@@ -162,7 +175,7 @@ fn write_file(
 
 /// Re-encode a container (chain resolved) as a full file, or as a delta against `base_path`.
 #[pyfunction]
-#[pyo3(signature = (src, dst, base_path=None, base_hint=None, threads=None, chunk_bytes=None, progress=None))]
+#[pyo3(signature = (src, dst, base_path=None, base_hint=None, threads=None, chunk_bytes=None, progress=None, delta_coding=None))]
 #[allow(clippy::too_many_arguments)]
 fn rewrite(
     py: Python<'_>,
@@ -173,11 +186,12 @@ fn rewrite(
     threads: Option<usize>,
     chunk_bytes: Option<usize>,
     progress: Option<Py<PyAny>>,
+    delta_coding: Option<&str>,
 ) -> PyResult<u64> {
+    let opts = options(chunk_bytes, delta_coding)?;
     let reader = py.detach(|| Reader::open_chain(&src, None)).py()?;
     let base_reader = open_base(py, &base_path)?;
     let base = delta_base(&base_reader, base_hint, &None);
-    let opts = options(chunk_bytes);
     let mut p = PyProgress::new(progress);
     let r = py.detach(|| {
         threads::run(threads, || {
@@ -192,7 +206,7 @@ fn rewrite(
 /// A container in memory. With `base_tensor`, tensors of its name, dtype and shape are
 /// stored as a delta against it, and the container records the base tensor's content id.
 #[pyfunction]
-#[pyo3(signature = (tensors, metadata=None, threads=None, chunk_bytes=None, base_tensor=None))]
+#[pyo3(signature = (tensors, metadata=None, threads=None, chunk_bytes=None, base_tensor=None, delta_coding=None))]
 fn write_bytes<'py>(
     py: Python<'py>,
     tensors: Vec<InTensor>,
@@ -200,7 +214,9 @@ fn write_bytes<'py>(
     threads: Option<usize>,
     chunk_bytes: Option<usize>,
     base_tensor: Option<InTensor>,
+    delta_coding: Option<&str>,
 ) -> PyResult<Bound<'py, PyBytes>> {
+    let opts = options(chunk_bytes, delta_coding)?;
     let srcs = sources(&tensors)?;
     let base_list = base_tensor.map(|t| vec![t]);
     let base_srcs = base_list.as_deref().map(sources).transpose()?;
@@ -218,7 +234,6 @@ fn write_bytes<'py>(
         metadata,
         safetensors_header: None,
     };
-    let opts = options(chunk_bytes);
     let bytes = py
         .detach(|| {
             threads::run(threads, || {
@@ -230,7 +245,7 @@ fn write_bytes<'py>(
 }
 
 #[pyfunction]
-#[pyo3(signature = (src, dst, threads=None, chunk_bytes=None, progress=None, base_path=None, base_hint=None))]
+#[pyo3(signature = (src, dst, threads=None, chunk_bytes=None, progress=None, base_path=None, base_hint=None, delta_coding=None))]
 #[allow(clippy::too_many_arguments)]
 fn compress_safetensors(
     py: Python<'_>,
@@ -241,8 +256,9 @@ fn compress_safetensors(
     progress: Option<Py<PyAny>>,
     base_path: Option<PathBuf>,
     base_hint: Option<String>,
+    delta_coding: Option<&str>,
 ) -> PyResult<u64> {
-    let opts = options(chunk_bytes);
+    let opts = options(chunk_bytes, delta_coding)?;
     let base_reader = open_base(py, &base_path)?;
     let base = delta_base(&base_reader, base_hint, &None);
     let mut p = PyProgress::new(progress);
