@@ -23,7 +23,9 @@ category:
 Codecs, same run, same tensors:
 
 * ``mithril delta``  ``compress_tensor(t, base=b)`` (per chunk: XOR or zigzag integer
-  difference of the bit patterns, or the plain codec, whichever is smaller)
+  difference of the bit patterns, or the plain codec, whichever is smaller; floats take the
+  grouped ``sub-ctx`` coding, ``delta_coding="compact"``, the default)
+* ``mithril fast``   the same with ``delta_coding="fast"`` (floats take ``sub-quad``)
 * ``mithril full``   ``compress_tensor(t)``: no delta, for reference
 * ``zstd-3 xor``     zstandard level 3 on the raw XOR of target and base bytes
 * ``zipnn delta``    ``ZipNN(..., delta_compressed_type="byte").compress(t, delta_second_data=b)``
@@ -31,12 +33,12 @@ Codecs, same run, same tensors:
   through zstd-3 in this row
 
 Sizes are % of the raw bytes. Speed, codec only (one thread, the whole state at each step):
-encode and decode MB/s of ``mithril delta`` (base held in memory, as ``CheckpointManager``
-does) and of ``mithril full``; the ``delta/full`` columns are their ratio (≥ 1 means the
-delta is no slower). Speed, end to end (all cores, files on disk, fsync included): seconds
-to save the whole state as a full file (``save_file``) and as a delta (``save_file`` with
+encode and decode MB/s of both Mithril deltas (base held in memory, as ``CheckpointManager``
+does) and of ``mithril full``; the ``/full`` columns are their ratios (≥ 1 means the delta
+is no slower). Speed, end to end (all cores, files on disk, fsync included): seconds to save
+the whole state as a full file (``save_file``) and as each delta (``save_file`` with
 ``base=``, base tensors held in memory as ``CheckpointManager`` does), and to load each back
-(``load_file``; the delta decodes its base too). Every Mithril delta is decoded and checked
+(``load_file``; a delta decodes its base too). Every Mithril delta is decoded and checked
 bit-exact.
 """
 
@@ -62,7 +64,9 @@ import minilm_train
 import mithril.checkpoint as mc
 
 CATEGORIES = ["bf16 weights", "fp32 masters", "exp_avg", "exp_avg_sq", "whole state"]
-CODECS = ["mithril delta", "mithril full", "zstd-3 xor", "zipnn delta"]
+CODECS = ["mithril delta", "mithril fast", "mithril full", "zstd-3 xor", "zipnn delta"]
+MITHRIL_DELTAS = {"mithril delta": "compact", "mithril fast": "fast"}
+TIMED = ["delta", "fast", "full"]
 ZIPNN_DTYPE = {torch.float32: "float32", torch.bfloat16: "bfloat16", torch.float16: "float16"}
 
 
@@ -126,8 +130,8 @@ def xor(t: torch.Tensor, b: torch.Tensor) -> bytes:
 class Measure:
     raw: int = 0
     sizes: dict[str, int] = field(default_factory=lambda: dict.fromkeys(CODECS, 0))
-    enc: dict[str, float] = field(default_factory=lambda: {"delta": 0.0, "full": 0.0})
-    dec: dict[str, float] = field(default_factory=lambda: {"delta": 0.0, "full": 0.0})
+    enc: dict[str, float] = field(default_factory=lambda: dict.fromkeys(TIMED, 0.0))
+    dec: dict[str, float] = field(default_factory=lambda: dict.fromkeys(TIMED, 0.0))
 
 
 def measure(
@@ -138,38 +142,41 @@ def measure(
     for name, t in target.items():
         b = base[name]
         m.raw += t.numel() * t.element_size()
+        for codec, coding in MITHRIL_DELTAS.items():
+            t0 = time.perf_counter()
+            delta = mc.compress_tensor(t, base=b, delta_coding=coding, threads=1)  # type: ignore[arg-type]
+            t1 = time.perf_counter()
+            back = mc.decompress_tensor(delta, base=b, threads=1)
+            t2 = time.perf_counter()
+            if not torch.equal(
+                back.view(-1).view(torch.uint8), t.contiguous().view(-1).view(torch.uint8)
+            ):
+                raise SystemExit(f"FAIL: {coding} delta of {name} does not round-trip bit-exact")
+            m.sizes[codec] += len(delta)
+            if timed:
+                key = "delta" if coding == "compact" else "fast"
+                m.enc[key] += t1 - t0
+                m.dec[key] += t2 - t1
         t0 = time.perf_counter()
-        delta = mc.compress_tensor(t, base=b, threads=1)
-        t1 = time.perf_counter()
-        back = mc.decompress_tensor(delta, base=b, threads=1)
-        t2 = time.perf_counter()
         full = mc.compress_tensor(t, threads=1)
-        t3 = time.perf_counter()
+        t1 = time.perf_counter()
         mc.decompress_tensor(full, threads=1)
-        t4 = time.perf_counter()
-        if not torch.equal(
-            back.view(-1).view(torch.uint8), t.contiguous().view(-1).view(torch.uint8)
-        ):
-            raise SystemExit(f"FAIL: delta of {name} does not round-trip bit-exact")
-        m.sizes["mithril delta"] += len(delta)
+        t2 = time.perf_counter()
         m.sizes["mithril full"] += len(full)
         m.sizes["zstd-3 xor"] += len(zstd.compress(xor(t, b)))
         m.sizes["zipnn delta"] += zipnn.size(t, b)
         if timed:
-            m.enc["delta"] += t1 - t0
-            m.dec["delta"] += t2 - t1
-            m.enc["full"] += t3 - t2
-            m.dec["full"] += t4 - t3
+            m.enc["full"] += t1 - t0
+            m.dec["full"] += t2 - t1
     return m
 
 
 def manager_file_size(
-    model: torch.nn.Module, opt: torch.optim.Optimizer, base_dir: Path, step: int
+    model: torch.nn.Module, opt: torch.optim.Optimizer, base_dir: Path, step: int, coding: str
 ) -> int:
     """Size of a real CheckpointManager delta file of the whole training state."""
-    mgr = mc.CheckpointManager(
-        base_dir, policy=mc.DeltaPolicy(full_every=None, max_chain_ratio=None, base="full")
-    )
+    policy = mc.DeltaPolicy(full_every=None, max_chain_ratio=None, base="full", coding=coding)  # type: ignore[arg-type]
+    mgr = mc.CheckpointManager(base_dir / coding, policy=policy)
     path = mgr.save(step, {"model": model.state_dict(), "optimizer": opt.state_dict()})
     return path.stat().st_size
 
@@ -178,34 +185,44 @@ def manager_file_size(
 class EndToEnd:
     lr: float
     step: int
-    save_full: float
-    save_delta: float
-    load_full: float
-    load_delta: float
+    save: dict[str, float]
+    load: dict[str, float]
 
 
 def end_to_end(
     target: dict[str, torch.Tensor], base_path: Path, base_raw: list[Any], tmp: Path
-) -> tuple[float, float, float, float]:
-    """(save full, save delta, load full, load delta) seconds for one state."""
+) -> tuple[dict[str, float], dict[str, float]]:
+    """Seconds to save and to load one state as a full file and as each delta
+    (keys of ``TIMED``)."""
     from mithril.checkpoint import _sources, _write_file
 
-    full, delta = tmp / "e2e-full.mithril", tmp / "e2e-delta.mithril"
-    t0 = time.perf_counter()
-    mc.save_file(target, full)
-    t1 = time.perf_counter()
-    _write_file(_sources(target), delta, None, base=base_path, base_raw=base_raw)
-    t2 = time.perf_counter()
-    mc.load_file(full)
-    t3 = time.perf_counter()
-    back = mc.load_file(delta)
-    t4 = time.perf_counter()
-    for name, t in target.items():
-        if not torch.equal(
-            back[name].reshape(-1).view(torch.uint8), t.reshape(-1).view(torch.uint8)
-        ):
-            raise SystemExit(f"FAIL: {name} does not load back bit-exact from the delta file")
-    return t1 - t0, t2 - t1, t3 - t2, t4 - t3
+    save: dict[str, float] = {}
+    load: dict[str, float] = {}
+    for key in TIMED:
+        path = tmp / f"e2e-{key}.mithril"
+        t0 = time.perf_counter()
+        if key == "full":
+            mc.save_file(target, path)
+        else:
+            coding = "compact" if key == "delta" else "fast"
+            _write_file(
+                _sources(target),
+                path,
+                None,
+                base=base_path,
+                delta_coding=coding,  # type: ignore[arg-type]
+                base_raw=base_raw,
+            )
+        t1 = time.perf_counter()
+        back = mc.load_file(path)
+        t2 = time.perf_counter()
+        save[key], load[key] = t1 - t0, t2 - t1
+        for name, t in target.items():
+            if not torch.equal(
+                back[name].reshape(-1).view(torch.uint8), t.reshape(-1).view(torch.uint8)
+            ):
+                raise SystemExit(f"FAIL: {name} does not load back bit-exact from {path.name}")
+    return save, load
 
 
 @dataclass
@@ -234,7 +251,10 @@ def run(
                 steps, lr, batch_size=batch, seq_len=seq
             ):
                 state = snapshot(model, opt)
-                manager_size = manager_file_size(model, opt, Path(tmp), step)
+                manager_size = {
+                    codec: manager_file_size(model, opt, Path(tmp), step, coding)
+                    for codec, coding in MITHRIL_DELTAS.items()
+                }
                 if step == 0:
                     base = state
                     base_path = Path(tmp) / "e2e-base.mithril"
@@ -250,7 +270,7 @@ def run(
                     m = measure(state[cat], base[cat], zipnn, timed=cat == "whole state")
                     sizes = dict(m.sizes)
                     if cat == "whole state":
-                        sizes["mithril delta"] = manager_size
+                        sizes.update(manager_size)
                         speeds.append((lr, step, m))
                     rows.append(Row(lr, step, loss, cat, m.raw, sizes))
                 print(f"  lr {lr:g} step {step}: loss {loss:.3f}", file=sys.stderr, flush=True)
@@ -286,64 +306,36 @@ def main(argv: Sequence[str] | None = None) -> int:
     for r in rows:
         best_peer = min(r.sizes["zstd-3 xor"], r.sizes["zipnn delta"])
         cells = [f"{100 * r.sizes[c] / r.raw:.2f} %" for c in CODECS]
-        if r.sizes["mithril delta"] <= best_peer:
-            cells[0] = f"**{cells[0]}**"
+        for i, c in enumerate(CODECS):
+            if c in MITHRIL_DELTAS and r.sizes[c] <= best_peer:
+                cells[i] = f"**{cells[i]}**"
         lines.append([f"{r.lr:g}", str(r.step), r.category, f"{r.raw / 1e6:.1f}", *cells])
     print(table(header, lines, args.markdown))
     print()
-    header = [
-        "lr",
-        "steps",
-        "enc delta MB/s",
-        "enc full MB/s",
-        "enc delta/full",
-        "dec delta MB/s",
-        "dec full MB/s",
-        "dec delta/full",
-    ]
+    header = ["lr", "steps"]
+    for way in ("enc", "dec"):
+        header += [f"{way} {k} MB/s" for k in TIMED]
+        header += [f"{way} delta/full", f"{way} fast/full"]
     lines = []
     for lr, step, m in speeds:
-
-        def rate(s: float, m: Measure = m) -> float:
-            return m.raw / s / 1e6
-
-        lines.append(
-            [
-                f"{lr:g}",
-                str(step),
-                f"{rate(m.enc['delta']):.0f}",
-                f"{rate(m.enc['full']):.0f}",
-                f"{m.enc['full'] / m.enc['delta']:.2f}",
-                f"{rate(m.dec['delta']):.0f}",
-                f"{rate(m.dec['full']):.0f}",
-                f"{m.dec['full'] / m.dec['delta']:.2f}",
-            ]
-        )
+        line = [f"{lr:g}", str(step)]
+        for times in (m.enc, m.dec):
+            line += [f"{m.raw / times[k] / 1e6:.0f}" for k in TIMED]
+            line += [f"{times['full'] / times[k]:.2f}" for k in ("delta", "fast")]
+        lines.append(line)
     print(table(header, lines, args.markdown))
     print()
-    header = [
-        "lr",
-        "steps",
-        "save full s",
-        "save delta s",
-        "save full/delta",
-        "load full s",
-        "load delta s",
-        "load full/delta",
-    ]
-    lines = [
-        [
-            f"{r.lr:g}",
-            str(r.step),
-            f"{r.save_full:.2f}",
-            f"{r.save_delta:.2f}",
-            f"{r.save_full / r.save_delta:.2f}",
-            f"{r.load_full:.2f}",
-            f"{r.load_delta:.2f}",
-            f"{r.load_full / r.load_delta:.2f}",
-        ]
-        for r in e2e
-    ]
+    header = ["lr", "steps"]
+    for way in ("save", "load"):
+        header += [f"{way} {k} s" for k in TIMED]
+        header += [f"{way} full/delta", f"{way} full/fast"]
+    lines = []
+    for r in e2e:
+        line = [f"{r.lr:g}", str(r.step)]
+        for times in (r.save, r.load):
+            line += [f"{times[k]:.2f}" for k in TIMED]
+            line += [f"{times['full'] / times[k]:.2f}" for k in ("delta", "fast")]
+        lines.append(line)
     print(table(header, lines, args.markdown))
     return 0
 

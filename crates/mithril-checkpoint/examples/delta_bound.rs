@@ -69,6 +69,13 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
             code.map(|c| (huffman::encode(syms, &c), c))
         })
         .collect();
+    let raw: usize = chunks.iter().map(|c| c.1.len()).sum();
+    let size = |n: usize| 100.0 * n as f64 / raw as f64;
+    println!(
+        "symbols alone, as % of the raw chunks (differences above 254 not counted): rANS {:.2} %, Huffman {:.2} %",
+        size(coded.iter().flatten().map(|c| c.0.len()).sum()),
+        size(huffman_coded.iter().flatten().map(|c| c.0.len()).sum()),
+    );
     let rate = |a: Instant, b: Instant| elements as f64 / (b - a).as_secs_f64() / 1e6;
     println!("{elements} elements in {} chunks", chunks.len());
     for round in 0..3 {

@@ -1,10 +1,12 @@
 //! Single-thread delta codec throughput against the plain codec, on two safetensors files of
-//! the same model at two training steps (every float tensor, ~1 MiB chunks).
-//! `cargo run --release --example delta_speed -- base.safetensors new.safetensors`
+//! the same model at two training steps (every float tensor, ~1 MiB chunks), in the delta
+//! coding given (`compact`, the default, or `fast`).
+//! `cargo run --release --example delta_speed -- base.safetensors new.safetensors [fast]`
 
 use mithril_checkpoint::chunk::{
     chunk_lengths, decode_chunk, encode_chunk, encode_chunk_delta, EncodeOptions,
 };
+use mithril_checkpoint::delta::DeltaMode;
 use mithril_checkpoint::safetensors::parse_header;
 use std::time::Instant;
 
@@ -18,7 +20,14 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         parse_header(&base_bytes, base_path)?,
         parse_header(&new_bytes, new_path)?,
     );
-    let opts = EncodeOptions::default();
+    let opts = EncodeOptions {
+        delta_mode: match args.get(3).map(String::as_str) {
+            None | Some("compact") => DeltaMode::Compact,
+            Some("fast") => DeltaMode::Fast,
+            Some(other) => return Err(format!("unknown delta coding {other:?}").into()),
+        },
+        ..EncodeOptions::default()
+    };
     // (dtype, base chunk, new chunk)
     let mut pairs = Vec::new();
     for e in &nh.entries {
