@@ -3,11 +3,11 @@
 //! coding given (`compact`, the default, or `fast`).
 //! `cargo run --release --example delta_speed -- base.safetensors new.safetensors [fast]`
 
-use mithril_checkpoint::chunk::{
-    chunk_lengths, decode_chunk, encode_chunk, encode_chunk_delta, EncodeOptions,
-};
+#[path = "shared/float_pairs.rs"]
+mod float_pairs;
+
+use mithril_checkpoint::chunk::{decode_chunk, encode_chunk, encode_chunk_delta, EncodeOptions};
 use mithril_checkpoint::delta::DeltaMode;
-use mithril_checkpoint::safetensors::parse_header;
 use std::time::Instant;
 
 fn main() -> Result<(), Box<dyn std::error::Error>> {
@@ -15,11 +15,6 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
     let (Some(base_path), Some(new_path)) = (args.get(1), args.get(2)) else {
         return Err("usage: delta_speed BASE NEW".into());
     };
-    let (base_bytes, new_bytes) = (std::fs::read(base_path)?, std::fs::read(new_path)?);
-    let (bh, nh) = (
-        parse_header(&base_bytes, base_path)?,
-        parse_header(&new_bytes, new_path)?,
-    );
     let opts = EncodeOptions {
         delta_mode: match args.get(3).map(String::as_str) {
             None | Some("compact") => DeltaMode::Compact,
@@ -28,23 +23,7 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         },
         ..EncodeOptions::default()
     };
-    // (dtype, base chunk, new chunk)
-    let mut pairs = Vec::new();
-    for e in &nh.entries {
-        let Some(b) = bh.entries.iter().find(|b| b.name == e.name) else {
-            continue;
-        };
-        if e.dtype.float_bits().is_none() || b.dtype != e.dtype || b.shape != e.shape {
-            continue;
-        }
-        let t = &new_bytes[(nh.data_start + e.begin) as usize..(nh.data_start + e.end) as usize];
-        let s = &base_bytes[(bh.data_start + b.begin) as usize..(bh.data_start + b.end) as usize];
-        let mut at = 0;
-        for len in chunk_lengths(t.len(), e.dtype, opts.chunk_bytes) {
-            pairs.push((e.dtype, s[at..at + len].to_vec(), t[at..at + len].to_vec()));
-            at += len;
-        }
-    }
+    let pairs = float_pairs::float_chunk_pairs(base_path, new_path, opts.chunk_bytes)?;
     let total: usize = pairs.iter().map(|p| p.2.len()).sum();
     for round in 0..3 {
         let t0 = Instant::now();

@@ -676,10 +676,9 @@ mod tests {
         }
     }
 
-    /// An Adam-like step: the same value moved everywhere, so the step in ulps depends on the
-    /// exponent of each weight. Grouping by exponent must win and round-trip.
-    #[test]
-    fn same_value_step_groups_by_exponent() {
+    /// Random fp32 weights and the same weights after an Adam-like step: every one moved
+    /// by the same value, so the step in ulps depends on the exponent of each weight.
+    fn same_value_step() -> (Vec<f32>, Vec<f32>) {
         let mut seed = 0x9e37_79b9_7f4a_7c15u64;
         let base: Vec<f32> = (0..1 << 16)
             .map(|_| {
@@ -689,33 +688,35 @@ mod tests {
                 ((seed >> 40) as f32 / (1u64 << 24) as f32 - 0.5) * 0.2
             })
             .collect();
-        let next: Vec<f32> = base
+        let next = base
             .iter()
             .enumerate()
             .map(|(i, v)| v - if (i * 7) % 3 == 0 { 1e-4 } else { -1e-4 })
             .collect();
-        let b: Vec<u8> = base.iter().flat_map(|v| v.to_le_bytes()).collect();
-        let t: Vec<u8> = next.iter().flat_map(|v| v.to_le_bytes()).collect();
+        (base, next)
+    }
+
+    fn le_bytes(v: &[f32]) -> Vec<u8> {
+        v.iter().flat_map(|x| x.to_le_bytes()).collect()
+    }
+
+    /// Grouping by exponent must win on the same-value step and round-trip.
+    #[test]
+    fn same_value_step_groups_by_exponent() {
+        let (base, next) = same_value_step();
+        let (b, t) = (le_bytes(&base), le_bytes(&next));
         let (_, plain) = roundtrip(&t, &b, DType::U32);
         let (op, grouped) = roundtrip(&t, &b, DType::F32);
         assert_eq!(op, DeltaOp::SubCtx);
         assert!(grouped < plain * 3 / 4, "{grouped} vs {plain}");
     }
 
-    /// The same Adam-like step in fast mode: quads, a little larger than grouped, far
-    /// smaller than the data; integer dtypes ignore the mode.
+    /// The same step in fast mode: quads, larger than grouped, far smaller than the data,
+    /// in fp32 and bf16; integer dtypes ignore the mode.
     #[test]
     fn fast_mode_codes_float_steps_as_quads() {
-        let base: Vec<f32> = (0..1 << 16)
-            .map(|i| ((i as f32) * 0.37).sin() * 0.05)
-            .collect();
-        let next: Vec<f32> = base
-            .iter()
-            .enumerate()
-            .map(|(i, v)| v - if (i * 7) % 3 == 0 { 1e-4 } else { -1e-4 })
-            .collect();
-        let b: Vec<u8> = base.iter().flat_map(|v| v.to_le_bytes()).collect();
-        let t: Vec<u8> = next.iter().flat_map(|v| v.to_le_bytes()).collect();
+        let (base, next) = same_value_step();
+        let (b, t) = (le_bytes(&base), le_bytes(&next));
         let (op, fast) = roundtrip_as(&t, &b, DType::F32, DeltaMode::Fast);
         assert_eq!(op, DeltaOp::SubQuad);
         assert!(fast < t.len() / 2, "{fast}");
