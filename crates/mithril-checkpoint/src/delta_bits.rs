@@ -162,7 +162,9 @@ mod tests {
     #[test]
     fn bit_stream_roundtrips_and_detects_overrun() {
         let mut w = BitWriter::with_capacity(0);
-        let vals: Vec<(u32, u32)> = (0..1000u32).map(|i| (i * 2654435761, i % 29)).collect();
+        let vals: Vec<(u32, u32)> = (0..1000u32)
+            .map(|i| (i.wrapping_mul(2654435761), i % 29))
+            .collect();
         for &(v, b) in &vals {
             w.put(v, b);
         }
