@@ -7,8 +7,8 @@
 
 use crate::error::{corrupt, Result};
 
-/// Differences below this are their own symbol.
-const EXACT: u32 = 32;
+/// Differences below this are their own symbol, with no extra bits.
+pub const EXACT: u32 = 32;
 /// Bit length of the smallest difference that is not its own symbol.
 const FIRST_LEN: u32 = EXACT.trailing_zeros() + 1;
 /// Bits after the leading one that a symbol keeps.

@@ -19,7 +19,7 @@
 //! differences.
 
 use crate::delta::Word;
-use crate::delta_bits::{max_symbol, symbol_of, BitReader, BitWriter, SYMBOLS};
+use crate::delta_bits::{max_symbol, symbol_of, BitReader, BitWriter, EXACT, SYMBOLS};
 use crate::error::{corrupt, Result};
 use crate::float::{push_stream, push_symbols, read_symbols, StreamReader, METHOD_RAW};
 use crate::huffman;
@@ -225,6 +225,13 @@ const BLOCK_QUADS: usize = 2048;
 #[inline(always)]
 fn escaped_diffs<T: Word, P: Packed>(bits: &mut BitReader, e: &[u16]) -> P {
     let mut lanes = [0u64; QUAD];
+    if (e.iter().fold(0, |a, &s| a | s) as u32) < EXACT {
+        // No extra bits (the usual escape of a 16-bit step: a difference below 32).
+        for (lane, &s) in lanes.iter_mut().zip(e) {
+            *lane = T::from_u64(s as u64).add_unzigzag(T::ZERO).to_u64();
+        }
+        return P::pack(lanes);
+    }
     for (lane, &s) in lanes.iter_mut().zip(e) {
         let (value, extra) = SYMBOLS[s as usize];
         *lane = T::from_u64((value + bits.take(extra)) as u64)
@@ -361,7 +368,7 @@ fn decode_with<T: Word, P: Packed>(
     if full < inout.len() {
         let q = quads[quads.len() - 1];
         let add = if q == ESCAPE {
-            escaped_diffs::<T, P>(&mut bits, escapes)
+            escaped_diffs::<T, P>(&mut bits, &escapes[..QUAD.min(escapes.len())])
         } else {
             table[q as usize]
         };
