@@ -205,17 +205,17 @@ packed!(u64, 0x8000_8000_8000_8000);
 packed!(u128, 0x8000_0000_8000_0000_8000_0000_8000_0000);
 
 /// Per quad symbol: its four differences, unzigzagged, packed; zero for [`ESCAPE`].
-fn quad_table<T: Word, P: Packed>() -> Vec<P> {
-    (0..ESCAPE as u64)
-        .map(|q| {
-            P::pack(std::array::from_fn(|j| {
-                T::from_u64((q >> (2 * j)) & 3)
-                    .add_unzigzag(T::ZERO)
-                    .to_u64()
-            }))
-        })
-        .chain([P::pack([0; QUAD])])
-        .collect()
+fn quad_table<T: Word, P: Packed>() -> [P; QUAD_CARDINALITY] {
+    std::array::from_fn(|q| {
+        if q == ESCAPE as usize {
+            return P::pack([0; QUAD]);
+        }
+        P::pack(std::array::from_fn(|j| {
+            T::from_u64((q as u64 >> (2 * j)) & 3)
+                .add_unzigzag(T::ZERO)
+                .to_u64()
+        }))
+    })
 }
 
 /// Quads per decoding block: small enough to stay in cache between the block's passes.
@@ -244,11 +244,12 @@ fn escaped_diffs<T: Word, P: Packed>(bits: &mut BitReader, e: &[u16]) -> P {
 /// Add every quad of `block` from `table` (an escape adds zero) and note the escapes'
 /// indices in `at` (one longer than `qs`); returns how many there are.
 #[inline(never)]
-fn add_plain_quads<P: Packed>(block: &mut [u8], qs: &[u16], table: &[P], at: &mut [u32]) -> usize {
-    let table: &[P; QUAD_CARDINALITY] = match table.try_into() {
-        Ok(t) => t,
-        Err(_) => return 0,
-    };
+fn add_plain_quads<P: Packed>(
+    block: &mut [u8],
+    qs: &[u16],
+    table: &[P; QUAD_CARDINALITY],
+    at: &mut [u32],
+) -> usize {
     let mut found = 0usize;
     for (i, (el, &q)) in block.chunks_exact_mut(P::BYTES).zip(qs).enumerate() {
         P::load(el)
