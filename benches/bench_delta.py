@@ -65,8 +65,10 @@ import mithril.checkpoint as mc
 
 CATEGORIES = ["bf16 weights", "fp32 masters", "exp_avg", "exp_avg_sq", "whole state"]
 CODECS = ["mithril delta", "mithril fast", "mithril full", "zstd-3 xor", "zipnn delta"]
-MITHRIL_DELTAS = {"mithril delta": "compact", "mithril fast": "fast"}
-TIMED = ["delta", "fast", "full"]
+# Timing key -> delta coding; each has the size column "mithril <key>".
+DELTA_CODINGS = {"delta": "compact", "fast": "fast"}
+MITHRIL_DELTAS = {f"mithril {key}": coding for key, coding in DELTA_CODINGS.items()}
+TIMED = [*DELTA_CODINGS, "full"]
 ZIPNN_DTYPE = {torch.float32: "float32", torch.bfloat16: "bfloat16", torch.float16: "float16"}
 
 
@@ -142,7 +144,7 @@ def measure(
     for name, t in target.items():
         b = base[name]
         m.raw += t.numel() * t.element_size()
-        for codec, coding in MITHRIL_DELTAS.items():
+        for key, coding in DELTA_CODINGS.items():
             t0 = time.perf_counter()
             delta = mc.compress_tensor(t, base=b, delta_coding=coding, threads=1)  # type: ignore[arg-type]
             t1 = time.perf_counter()
@@ -152,9 +154,8 @@ def measure(
                 back.view(-1).view(torch.uint8), t.contiguous().view(-1).view(torch.uint8)
             ):
                 raise SystemExit(f"FAIL: {coding} delta of {name} does not round-trip bit-exact")
-            m.sizes[codec] += len(delta)
+            m.sizes[f"mithril {key}"] += len(delta)
             if timed:
-                key = "delta" if coding == "compact" else "fast"
                 m.enc[key] += t1 - t0
                 m.dec[key] += t2 - t1
         t0 = time.perf_counter()
@@ -204,7 +205,7 @@ def end_to_end(
         if key == "full":
             mc.save_file(target, path)
         else:
-            coding = "compact" if key == "delta" else "fast"
+            coding = DELTA_CODINGS[key]
             _write_file(
                 _sources(target),
                 path,
