@@ -5,44 +5,112 @@ use crate::error::{Error, Result};
 use std::fs::{File, OpenOptions};
 use std::io::{Seek, SeekFrom, Write};
 use std::path::{Path, PathBuf};
+use std::sync::mpsc::{sync_channel, SyncSender, TrySendError};
+use std::thread::JoinHandle;
 
-/// Bytes written between two writeback requests.
-const WRITEBACK_STEP: u64 = 16 << 20;
+/// Bytes written between two background syncs.
+const SYNC_STEP: u64 = 8 << 20;
 
-/// A writer over a file that asks the kernel to start writing each `WRITEBACK_STEP` of data
-/// to disk as soon as it is written. Without it the kernel keeps up to a tenth of memory
-/// dirty before writing anything, and the final fsync then waits for all of it; with it the
-/// disk works while the encoder does, and the fsync finds little left to do.
-pub struct EagerWriteback<'a> {
+/// A writer over a file that makes what it has written durable from a helper thread while
+/// the caller goes on producing data. On virtual disks the final fsync otherwise pays for
+/// the whole file at once: asking the kernel to start writeback (`sync_file_range`) only
+/// moves the data into the host's cache, and the flush of that cache is what takes the
+/// time. With a sync under way every `SYNC_STEP`, the flush overlaps the encoding and the
+/// commit's fsync finds little left to do.
+///
+/// A failed background sync is kept and returned by [`SyncAhead::finish`]: Linux reports a
+/// writeback error to one sync call only, so a later fsync could otherwise succeed over
+/// lost data.
+pub struct SyncAhead<'a> {
     file: &'a File,
-    pos: u64,
-    pending_from: u64,
+    since_sync: u64,
+    worker: Option<SyncWorker>,
 }
 
-impl<'a> EagerWriteback<'a> {
+struct SyncWorker {
+    /// A rendezvous channel: a request is taken only when the worker is idle, so at most
+    /// one sync runs and none queue up behind it.
+    request: SyncSender<()>,
+    handle: JoinHandle<std::io::Result<()>>,
+}
+
+impl SyncWorker {
+    fn start(file: &File) -> Option<SyncWorker> {
+        let file = file.try_clone().ok()?;
+        let (request, requests) = sync_channel::<()>(0);
+        let handle = std::thread::Builder::new()
+            .name("mithril-sync".into())
+            .spawn(move || {
+                while requests.recv().is_ok() {
+                    file.sync_data()?;
+                }
+                Ok(())
+            })
+            .ok()?;
+        Some(SyncWorker { request, handle })
+    }
+
+    fn stop(self) -> std::io::Result<()> {
+        drop(self.request);
+        self.handle
+            .join()
+            .unwrap_or_else(|_| Err(std::io::Error::other("the background sync thread panicked")))
+    }
+}
+
+impl<'a> SyncAhead<'a> {
     pub fn new(file: &'a File) -> Self {
-        EagerWriteback {
+        SyncAhead {
             file,
-            pos: 0,
-            pending_from: 0,
+            since_sync: 0,
+            worker: None,
         }
     }
 
-    fn start_writeback(&mut self) {
-        if self.pos > self.pending_from {
-            start_writeback(self.file, self.pending_from, self.pos - self.pending_from);
+    fn maybe_sync(&mut self) {
+        if self.since_sync < SYNC_STEP {
+            return;
         }
-        self.pending_from = self.pos;
+        if self.worker.is_none() {
+            // Without a thread (none could be started) the commit's fsync does all the work.
+            self.worker = SyncWorker::start(self.file);
+        }
+        let started = match &self.worker {
+            Some(w) => match w.request.try_send(()) {
+                Ok(()) => true,
+                Err(TrySendError::Full(())) => false, // a sync is running: ask again later
+                Err(TrySendError::Disconnected(())) => true, // it failed: `finish` reports it
+            },
+            None => true,
+        };
+        if started {
+            self.since_sync = 0;
+        }
+    }
+
+    /// Wait for the background sync and report its error, if any. The data written since
+    /// its start is not yet durable: the caller still fsyncs the file.
+    pub fn finish(mut self) -> std::io::Result<()> {
+        match self.worker.take() {
+            Some(w) => w.stop(),
+            None => Ok(()),
+        }
     }
 }
 
-impl Write for EagerWriteback<'_> {
+impl Drop for SyncAhead<'_> {
+    fn drop(&mut self) {
+        if let Some(w) = self.worker.take() {
+            let _ = w.stop();
+        }
+    }
+}
+
+impl Write for SyncAhead<'_> {
     fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
         let n = self.file.write(buf)?;
-        self.pos += n as u64;
-        if self.pos >= self.pending_from + WRITEBACK_STEP {
-            self.start_writeback();
-        }
+        self.since_sync += n as u64;
+        self.maybe_sync();
         Ok(n)
     }
 
@@ -51,32 +119,11 @@ impl Write for EagerWriteback<'_> {
     }
 }
 
-impl Seek for EagerWriteback<'_> {
+impl Seek for SyncAhead<'_> {
     fn seek(&mut self, to: SeekFrom) -> std::io::Result<u64> {
-        self.start_writeback();
-        self.pos = self.file.seek(to)?;
-        self.pending_from = self.pos;
-        Ok(self.pos)
+        self.file.seek(to)
     }
 }
-
-/// Start (not wait for) writeback of a byte range; a hint, so failures are ignored: the
-/// final fsync reports any real error.
-#[cfg(target_os = "linux")]
-fn start_writeback(file: &File, offset: u64, len: u64) {
-    use std::os::fd::AsRawFd;
-    let (Ok(offset), Ok(len)) = (i64::try_from(offset), i64::try_from(len)) else {
-        return;
-    };
-    // SAFETY: sync_file_range only reads its integer arguments; the descriptor is open for
-    // as long as `file` is borrowed.
-    unsafe {
-        libc::sync_file_range(file.as_raw_fd(), offset, len, libc::SYNC_FILE_RANGE_WRITE);
-    }
-}
-
-#[cfg(not(target_os = "linux"))]
-fn start_writeback(_file: &File, _offset: u64, _len: u64) {}
 
 pub struct AtomicFile {
     file: File,
@@ -147,5 +194,60 @@ impl Drop for AtomicFile {
         if !self.committed {
             let _ = std::fs::remove_file(&self.tmp);
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::io::Read;
+
+    fn pattern(len: usize) -> Vec<u8> {
+        (0..len).map(|i| (i * 31 % 251) as u8).collect()
+    }
+
+    #[test]
+    fn sync_ahead_keeps_every_byte_through_background_syncs() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("out");
+        let data = pattern(3 * SYNC_STEP as usize + 12345);
+        {
+            let file = File::create(&path).unwrap();
+            let mut w = std::io::BufWriter::with_capacity(1 << 16, SyncAhead::new(&file));
+            w.seek(SeekFrom::Start(100)).unwrap();
+            w.write_all(&data[100..]).unwrap();
+            w.seek(SeekFrom::Start(0)).unwrap();
+            w.write_all(&data[..100]).unwrap();
+            let Ok(inner) = w.into_inner() else {
+                panic!("flush failed")
+            };
+            inner.finish().unwrap();
+        }
+        assert_eq!(std::fs::read(&path).unwrap(), data);
+    }
+
+    #[test]
+    fn a_failed_background_sync_is_reported_by_finish() {
+        // fsync of a pipe fails with EINVAL: a stand-in for a disk that reports a write error.
+        let (mut rx, tx) = std::io::pipe().unwrap();
+        let file = File::from(std::os::fd::OwnedFd::from(tx));
+        let drain = std::thread::spawn(move || {
+            let mut sink = Vec::new();
+            rx.read_to_end(&mut sink).map(|_| sink.len())
+        });
+        let mut w = SyncAhead::new(&file);
+        let piece = pattern(1 << 20);
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(20);
+        while !w.worker.as_ref().is_some_and(|k| k.handle.is_finished()) {
+            assert!(
+                std::time::Instant::now() < deadline,
+                "no background sync ran"
+            );
+            w.write_all(&piece).unwrap();
+        }
+        let err = w.finish().unwrap_err();
+        assert_eq!(err.kind(), std::io::ErrorKind::InvalidInput, "{err}");
+        drop(file);
+        assert!(drain.join().unwrap().unwrap() > SYNC_STEP as usize);
     }
 }

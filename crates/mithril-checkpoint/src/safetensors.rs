@@ -4,7 +4,7 @@
 //! file written back is byte-identical. A container made any other way gets a fresh
 //! header laid out as the safetensors library lays it out.
 
-use crate::atomic::AtomicFile;
+use crate::atomic::{AtomicFile, SyncAhead};
 use crate::chunk::EncodeOptions;
 use crate::dtype::{byte_size, DType};
 use crate::error::{format_err, Error, Result};
@@ -243,7 +243,7 @@ pub fn decompress(src: &Path, dst: &Path, progress: Progress) -> Result<u64> {
     let tmp = out.tmp_path().to_path_buf();
     let io = |e| Error::io(&tmp, e);
     {
-        let mut w = std::io::BufWriter::with_capacity(1 << 20, out.file());
+        let mut w = std::io::BufWriter::with_capacity(1 << 20, SyncAhead::new(out.file()));
         w.write_all(&(text.len() as u64).to_le_bytes())
             .map_err(io)?;
         w.write_all(text.as_bytes()).map_err(io)?;
@@ -256,7 +256,10 @@ pub fn decompress(src: &Path, dst: &Path, progress: Progress) -> Result<u64> {
             done += t.raw_len;
             progress(done, total)?;
         }
-        w.flush().map_err(io)?;
+        w.into_inner()
+            .map_err(|e| io(e.into_error()))?
+            .finish()
+            .map_err(io)?;
     }
     out.commit()?;
     Ok(8 + text.len() as u64 + total)

@@ -1,7 +1,7 @@
 //! Writing a container: chunks are encoded in parallel windows and streamed to disk after a
 //! reserved index area, so memory stays bounded by the window, not by the checkpoint.
 
-use crate::atomic::{AtomicFile, EagerWriteback};
+use crate::atomic::{AtomicFile, SyncAhead};
 use crate::chunk::{chunk_lengths, encode_chunk, encode_chunk_delta, EncodeOptions, EncodedChunk};
 use crate::dtype::{byte_size, DType};
 use crate::error::{Error, Result};
@@ -267,7 +267,7 @@ pub fn write_file(
 ) -> Result<u64> {
     let mut out = AtomicFile::create(path)?;
     let tmp = out.tmp_path().to_path_buf();
-    let mut buffered = std::io::BufWriter::with_capacity(1 << 20, EagerWriteback::new(out.file()));
+    let mut buffered = std::io::BufWriter::with_capacity(1 << 20, SyncAhead::new(out.file()));
     let size =
         write_to(&mut buffered, tensors, extras, opts, base, progress).map_err(|e| match e {
             Error::Io { source, .. } => Error::io(&tmp, source),
@@ -275,7 +275,9 @@ pub fn write_file(
         })?;
     buffered
         .into_inner()
-        .map_err(|e| Error::io(&tmp, e.into_error()))?;
+        .map_err(|e| Error::io(&tmp, e.into_error()))?
+        .finish()
+        .map_err(|e| Error::io(&tmp, e))?;
     out.commit()?;
     Ok(size)
 }

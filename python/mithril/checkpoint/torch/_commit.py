@@ -177,7 +177,7 @@ def encode(
             for index, item in storage.items()
         ],
     }
-    return json.dumps(doc, indent=1)
+    return json.dumps(doc, separators=(",", ":"))
 
 
 def write(directory: Path, text: str) -> None:
