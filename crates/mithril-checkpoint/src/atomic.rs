@@ -5,18 +5,18 @@ use crate::error::{Error, Result};
 use std::fs::{File, OpenOptions};
 use std::io::{Seek, SeekFrom, Write};
 use std::path::{Path, PathBuf};
-use std::sync::mpsc::{sync_channel, SyncSender, TrySendError};
+use std::sync::mpsc::{sync_channel, SyncSender};
 use std::thread::JoinHandle;
 
-/// Bytes written between two background syncs.
-const SYNC_STEP: u64 = 8 << 20;
+/// Bytes written without a flush after which a background sync is requested anyway.
+const SYNC_STEP: u64 = 4 << 20;
 
 /// A writer over a file that makes what it has written durable from a helper thread while
 /// the caller goes on producing data. On virtual disks the final fsync otherwise pays for
 /// the whole file at once: asking the kernel to start writeback (`sync_file_range`) only
 /// moves the data into the host's cache, and the flush of that cache is what takes the
-/// time. With a sync under way every `SYNC_STEP`, the flush overlaps the encoding and the
-/// commit's fsync finds little left to do.
+/// time. With a sync requested at every `flush` and every `SYNC_STEP` of data, the disk
+/// works while the encoder does, and the commit's fsync finds little left to do.
 ///
 /// A failed background sync is kept and returned by [`SyncAhead::finish`]: Linux reports a
 /// writeback error to one sync call only, so a later fsync could otherwise succeed over
@@ -28,8 +28,8 @@ pub struct SyncAhead<'a> {
 }
 
 struct SyncWorker {
-    /// A rendezvous channel: a request is taken only when the worker is idle, so at most
-    /// one sync runs and none queue up behind it.
+    /// Room for one request: at most one sync runs and one waits behind it (it will cover
+    /// everything written by the time it starts), so requests never pile up.
     request: SyncSender<()>,
     handle: JoinHandle<std::io::Result<()>>,
 }
@@ -37,7 +37,7 @@ struct SyncWorker {
 impl SyncWorker {
     fn start(file: &File) -> Option<SyncWorker> {
         let file = file.try_clone().ok()?;
-        let (request, requests) = sync_channel::<()>(0);
+        let (request, requests) = sync_channel::<()>(1);
         let handle = std::thread::Builder::new()
             .name("mithril-sync".into())
             .spawn(move || {
@@ -67,25 +67,21 @@ impl<'a> SyncAhead<'a> {
         }
     }
 
-    fn maybe_sync(&mut self) {
-        if self.since_sync < SYNC_STEP {
+    /// Ask the helper thread to sync what has been written so far, starting it if needed.
+    fn request_sync(&mut self) {
+        if self.since_sync == 0 {
             return;
         }
         if self.worker.is_none() {
             // Without a thread (none could be started) the commit's fsync does all the work.
             self.worker = SyncWorker::start(self.file);
         }
-        let started = match &self.worker {
-            Some(w) => match w.request.try_send(()) {
-                Ok(()) => true,
-                Err(TrySendError::Full(())) => false, // a sync is running: ask again later
-                Err(TrySendError::Disconnected(())) => true, // it failed: `finish` reports it
-            },
-            None => true,
-        };
-        if started {
-            self.since_sync = 0;
+        if let Some(w) = &self.worker {
+            // Full: a sync is already waiting to start and will cover these bytes too.
+            // Disconnected: the last sync failed, and `finish` reports it.
+            let _ = w.request.try_send(());
         }
+        self.since_sync = 0;
     }
 
     /// Wait for the background sync and report its error, if any. The data written since
@@ -110,12 +106,18 @@ impl Write for SyncAhead<'_> {
     fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
         let n = self.file.write(buf)?;
         self.since_sync += n as u64;
-        self.maybe_sync();
+        if self.since_sync >= SYNC_STEP {
+            self.request_sync();
+        }
         Ok(n)
     }
 
+    /// Flushing also starts a background sync of everything written: a writer that flushes
+    /// after each batch gets the disk working on that batch at once.
     fn flush(&mut self) -> std::io::Result<()> {
-        self.file.flush()
+        self.file.flush()?;
+        self.request_sync();
+        Ok(())
     }
 }
 

@@ -129,6 +129,7 @@ fn write_window<W: Write>(
         *offset += chunk.data.len() as u64;
         raw += chunk.raw_len as u64;
     }
+    sink.flush().map_err(output_io)?;
     Ok(raw)
 }
 
@@ -191,7 +192,13 @@ pub fn write_to<W: Write + Seek + Send>(
         }
     }
     let total: u64 = tensors.iter().map(|t| t.data.len() as u64).sum();
-    let window = (rayon::current_num_threads() * 4).max(1);
+    // The first window is one chunk per thread, so that the disk gets its first bytes (and
+    // the background sync its first work) after one chunk's encoding time, not four.
+    let threads = rayon::current_num_threads().max(1);
+    let (first, rest) = jobs.split_at(threads.min(jobs.len()));
+    let batches = std::iter::once(first)
+        .filter(|b| !b.is_empty())
+        .chain(rest.chunks(threads * 4));
     let mut done = 0u64;
     let mut offset = 0u64;
     // Base bytes of the tensors the current window touches.
@@ -199,7 +206,7 @@ pub fn write_to<W: Write + Seek + Send>(
     // Each window is encoded while the one before it is written, so that the sink's
     // write calls (page-cache copies, or a slow disk) overlap the encoding.
     let mut pending: Option<(&[Job], Vec<EncodedChunk>)> = None;
-    for batch in jobs.chunks(window) {
+    for batch in batches {
         if let Some(b) = base {
             for (ti, _, _) in batch {
                 if !base_bytes.contains_key(ti) {
