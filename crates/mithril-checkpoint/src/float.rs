@@ -181,7 +181,7 @@ fn append_coded_symbols<T: Symbol>(
         return Some(METHOD_HUFFMAN);
     }
     let table = rans::FreqTable::from_counts(counts)?;
-    out.extend_from_slice(&rans::encode(syms, &table));
+    rans::encode_into(syms, &table, out);
     Some(METHOD_RANS)
 }
 

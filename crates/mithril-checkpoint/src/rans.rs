@@ -288,36 +288,35 @@ fn read_u32(data: &[u8], at: usize) -> Option<u32> {
     Some(u32::from_le_bytes([b[0], b[1], b[2], b[3]]))
 }
 
-/// Per-symbol encoder constants. Division by the frequency is done with an exact
-/// multiply-and-shift (Granlund-Montgomery round-up method, valid for all 32-bit states).
+/// Per-symbol encoder constants. Division by the frequency is a multiplication by its
+/// inverse in f64, exact for every 32-bit state (see [`EncSymbol::quotient`]).
 #[derive(Clone, Copy, Default)]
 struct EncSymbol {
     x_max: u32,
     cum: u32,
     complement: u32,
-    magic: u64,
-    shift: u32,
+    inverse: f64,
 }
+
+/// Added to x / freq before truncation; see [`EncSymbol::quotient`].
+const QUOTIENT_BIAS: f64 = 1.0 / (1u32 << 14) as f64;
 
 impl EncSymbol {
     fn new(cum: u32, freq: u32) -> Self {
-        let shift = 32 - (freq - 1).leading_zeros(); // ceil(log2 freq); 0 for freq = 1
-        let magic = ((1u128 << (32 + shift)) / freq as u128 + 1) as u64;
         EncSymbol {
             x_max: ((RANS_L >> PROB_BITS) << 16) * freq,
             cum,
             complement: PROB_SCALE - freq,
-            magic,
-            shift,
+            inverse: 1.0 / freq as f64,
         }
     }
 
-    /// `x / freq`, exactly. A fixed 32-bit shift of the 128-bit product, then a 64-bit
-    /// variable shift: a variable 128-bit shift compiles to a slow shrd/test/cmov sequence.
+    /// `x / freq`, exactly: x < 2^32 and freq <= 2^12, so x * (1/freq) in f64 is within
+    /// 2^-20 of x / freq, whose fraction lies in [0, 1 - 2^-12]; adding 2^-14 before
+    /// truncating keeps every quotient exact (`quotient_is_exact` checks it).
     #[inline(always)]
     fn quotient(&self, x: u32) -> u32 {
-        let hi = ((x as u128 * self.magic as u128) >> 32) as u64;
-        (hi >> self.shift) as u32
+        (x as f64 * self.inverse + QUOTIENT_BIAS) as u32
     }
 
     /// Encode one symbol into state `x`, writing a renormalisation word to `out[*pos]`
@@ -337,6 +336,41 @@ impl EncSymbol {
 
 /// Encode `syms` with `table` (which must cover every symbol in `syms`).
 pub fn encode<T: Symbol>(syms: &[T], table: &FreqTable) -> Vec<u8> {
+    let mut out = Vec::new();
+    encode_into(syms, table, &mut out);
+    out
+}
+
+/// Streams up to this many symbols take their renormalisation words from a per-thread
+/// buffer kept for the next stream; longer ones allocate their own.
+const WORDS_KEEP: usize = 4 << 20;
+
+std::thread_local! {
+    /// Renormalisation words, reused from stream to stream: a fresh zeroed buffer of two
+    /// bytes per symbol cost page faults on every chunk. The encoder writes each word it
+    /// keeps before reading it, so stale contents never reach the output.
+    static WORDS: std::cell::RefCell<Vec<u16>> = const { std::cell::RefCell::new(Vec::new()) };
+}
+
+/// [`encode`], appended to `out`.
+pub fn encode_into<T: Symbol>(syms: &[T], table: &FreqTable, out: &mut Vec<u8>) {
+    // At most one word per symbol, plus room for the unconditional store of the last one.
+    let need = syms.len() + 1;
+    if need > WORDS_KEEP {
+        return encode_with(syms, table, &mut vec![0u16; need], out);
+    }
+    WORDS.with(|cell| match cell.try_borrow_mut() {
+        Ok(mut words) => {
+            if words.len() < need {
+                words.resize(need, 0);
+            }
+            encode_with(syms, table, &mut words[..need], out)
+        }
+        Err(_) => encode_with(syms, table, &mut vec![0u16; need], out),
+    })
+}
+
+fn encode_with<T: Symbol>(syms: &[T], table: &FreqTable, words: &mut [u16], out: &mut Vec<u8>) {
     let top = table.symbols.last().map_or(0, |&s| s as usize + 1);
     let mut enc = vec![EncSymbol::default(); top];
     let mut cum = 0u32;
@@ -345,28 +379,29 @@ pub fn encode<T: Symbol>(syms: &[T], table: &FreqTable) -> Vec<u8> {
         cum += f as u32;
     }
     let mut states = [RANS_L; LANES];
-    // At most one word per symbol, plus room for the unconditional store of the last one.
-    let mut words = vec![0u16; syms.len() + 1];
     let mut pos = 0usize;
     let full = syms.len() / LANES * LANES;
     for (lane, s) in syms[full..].iter().enumerate().rev() {
-        states[lane] = enc[s.index()].put(states[lane], &mut words, &mut pos);
+        states[lane] = enc[s.index()].put(states[lane], words, &mut pos);
     }
     for group in syms[..full].chunks_exact(LANES).rev() {
         for lane in (0..LANES).rev() {
-            states[lane] = enc[group[lane].index()].put(states[lane], &mut words, &mut pos);
+            states[lane] = enc[group[lane].index()].put(states[lane], words, &mut pos);
         }
     }
-    words.truncate(pos);
-    let mut out = Vec::with_capacity(2 + 4 * table.symbols.len() + 4 * LANES + 2 * words.len());
-    table.write(&mut out);
+    out.reserve(2 + 4 * table.symbols.len() + 4 * LANES + 2 * pos);
+    table.write(out);
     for s in states {
         out.extend_from_slice(&s.to_le_bytes());
     }
-    for w in words.iter().rev() {
-        out.extend_from_slice(&w.to_le_bytes());
+    let start = out.len();
+    out.resize(start + 2 * pos, 0);
+    for (dst, w) in out[start..]
+        .chunks_exact_mut(2)
+        .zip(words[..pos].iter().rev())
+    {
+        dst.copy_from_slice(&w.to_le_bytes());
     }
-    out
 }
 
 /// Decode exactly `out.len()` symbols from `data`, refusing anything that is not a stream
@@ -581,23 +616,35 @@ pub(crate) mod tests {
     }
 
     #[test]
-    fn magic_division_is_exact() {
-        for f in [1u32, 2, 3, 5, 7, 100, 2047, 2048, 2049, 4095] {
+    fn quotient_is_exact() {
+        // The hardest cases are the ends of each quotient's range, x = k*f and k*f + f - 1,
+        // largest near 2^32; every frequency is checked there and at pseudo-random states.
+        let mut seed = 0x9e37_79b9_7f4a_7c15u64;
+        for f in 1..=PROB_SCALE {
             let e = EncSymbol::new(0, f);
-            for x in [
-                0u32,
-                1,
-                f - 1,
-                f,
-                f + 1,
-                65535,
-                1 << 20,
-                u32::MAX / 2,
-                u32::MAX - 1,
-                u32::MAX,
-            ] {
+            let top = u32::MAX / f;
+            for k in [0, 1, 2, 3, 1000, top / 2, top.saturating_sub(1), top] {
+                for x in [
+                    (k * f).checked_sub(1),
+                    Some(k * f),
+                    (k * f).checked_add(f - 1),
+                ]
+                .into_iter()
+                .flatten()
+                {
+                    assert_eq!(e.quotient(x), x / f, "x={x} f={f}");
+                }
+            }
+            for _ in 0..64 {
+                seed ^= seed << 13;
+                seed ^= seed >> 7;
+                seed ^= seed << 17;
+                let x = (seed >> 32) as u32;
                 assert_eq!(e.quotient(x), x / f, "x={x} f={f}");
             }
+        }
+        for x in [u32::MAX, u32::MAX - 1, 0] {
+            assert_eq!(EncSymbol::new(0, 1).quotient(x), x);
         }
     }
 
