@@ -311,7 +311,7 @@ impl EncSymbol {
         }
     }
 
-    /// `x / freq`, exactly: x < 2^32 and freq <= 2^12, so x * (1/freq) in f64 is within
+    /// `x / freq`, exactly: x < 2^32 and freq < 2^12, so x * (1/freq) in f64 is within
     /// 2^-20 of x / freq, whose fraction lies in [0, 1 - 2^-12]; adding 2^-14 before
     /// truncating keeps every quotient exact (`quotient_is_exact` checks it).
     #[inline(always)]
@@ -620,7 +620,8 @@ pub(crate) mod tests {
         // The hardest cases are the ends of each quotient's range, x = k*f and k*f + f - 1,
         // largest near 2^32; every frequency is checked there and at pseudo-random states.
         let mut seed = 0x9e37_79b9_7f4a_7c15u64;
-        for f in 1..=PROB_SCALE {
+        // A table of two or more symbols gives each a frequency below PROB_SCALE.
+        for f in 1..PROB_SCALE {
             let e = EncSymbol::new(0, f);
             let top = u32::MAX / f;
             for k in [0, 1, 2, 3, 1000, top / 2, top.saturating_sub(1), top] {
