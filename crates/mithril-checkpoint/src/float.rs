@@ -16,7 +16,9 @@ use crate::error::{corrupt, Result};
 use crate::huffman;
 use crate::rans;
 use crate::rans::Symbol;
+use crate::scratch;
 use std::borrow::Cow;
+use std::cell::RefCell;
 
 pub(crate) const METHOD_RAW: u8 = 0;
 pub(crate) const METHOD_CONST: u8 = 1;
@@ -369,34 +371,20 @@ fn looks_random(sample: &[u32], taken: usize, width: u32) -> bool {
     rans::entropy_bits(sample) / taken.max(1) as f64 >= width as f64 - SAMPLE_RANDOM_MARGIN
 }
 
-/// Chunks up to this many elements split into per-thread buffers that are kept for the next
-/// chunk; larger ones allocate their own, so that no thread holds on to a huge buffer.
-const SCRATCH_KEEP_ELEMENTS: usize = 4 << 20;
-
 std::thread_local! {
     /// The heads and remainder bytes of the split, reused from chunk to chunk: a chunk
     /// neither allocates nor zeroes them, since the split overwrites every value it hands on.
-    static SPLIT_SCRATCH: std::cell::RefCell<(Vec<u16>, Vec<u8>)> =
-        const { std::cell::RefCell::new((Vec::new(), Vec::new())) };
+    static SPLIT_HEADS: RefCell<Vec<u16>> = const { RefCell::new(Vec::new()) };
+    static SPLIT_BYTES: RefCell<Vec<u8>> = const { RefCell::new(Vec::new()) };
 }
 
 /// Run `f` with a buffer of `heads` values and one of `bytes` bytes (contents unspecified).
 fn with_scratch<R>(heads: usize, bytes: usize, f: impl FnOnce(&mut [u16], &mut [u8]) -> R) -> R {
-    if heads > SCRATCH_KEEP_ELEMENTS {
+    if heads > scratch::KEEP_ELEMENTS {
         return f(&mut vec![0u16; heads], &mut vec![0u8; bytes]);
     }
-    SPLIT_SCRATCH.with(|cell| match cell.try_borrow_mut() {
-        Ok(mut bufs) => {
-            let (h, b) = &mut *bufs;
-            if h.len() < heads {
-                h.resize(heads, 0);
-            }
-            if b.len() < bytes {
-                b.resize(bytes, 0);
-            }
-            f(&mut h[..heads], &mut b[..bytes])
-        }
-        Err(_) => f(&mut vec![0u16; heads], &mut vec![0u8; bytes]),
+    scratch::with_buffer(&SPLIT_HEADS, heads, |h| {
+        scratch::with_buffer(&SPLIT_BYTES, bytes, |b| f(h, b))
     })
 }
 

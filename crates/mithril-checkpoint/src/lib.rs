@@ -22,6 +22,7 @@ pub mod rans;
 mod rans_avx2;
 pub mod reader;
 pub mod safetensors;
+mod scratch;
 pub mod writer;
 
 pub use chunk::{EncodeOptions, Encoding};

@@ -341,10 +341,6 @@ pub fn encode<T: Symbol>(syms: &[T], table: &FreqTable) -> Vec<u8> {
     out
 }
 
-/// Streams up to this many symbols take their renormalisation words from a per-thread
-/// buffer kept for the next stream; longer ones allocate their own.
-const WORDS_KEEP: usize = 4 << 20;
-
 std::thread_local! {
     /// Renormalisation words, reused from stream to stream: a fresh zeroed buffer of two
     /// bytes per symbol cost page faults on every chunk. The encoder writes each word it
@@ -356,18 +352,10 @@ std::thread_local! {
 pub fn encode_into<T: Symbol>(syms: &[T], table: &FreqTable, out: &mut Vec<u8>) {
     // At most one word per symbol, plus room for the unconditional store of the last one.
     let need = syms.len() + 1;
-    if need > WORDS_KEEP {
+    if need > crate::scratch::KEEP_ELEMENTS {
         return encode_with(syms, table, &mut vec![0u16; need], out);
     }
-    WORDS.with(|cell| match cell.try_borrow_mut() {
-        Ok(mut words) => {
-            if words.len() < need {
-                words.resize(need, 0);
-            }
-            encode_with(syms, table, &mut words[..need], out)
-        }
-        Err(_) => encode_with(syms, table, &mut vec![0u16; need], out),
-    })
+    crate::scratch::with_buffer(&WORDS, need, |words| encode_with(syms, table, words, out))
 }
 
 fn encode_with<T: Symbol>(syms: &[T], table: &FreqTable, words: &mut [u16], out: &mut Vec<u8>) {
