@@ -53,11 +53,35 @@ pub enum DeltaMode {
 /// so that no group pays a coding table for a handful of elements.
 const MIN_GROUP: u32 = 2048;
 
-pub trait Word: Copy {
+/// An unsigned integer read from and written to little-endian bytes.
+pub trait LeWord: Copy {
     const BYTES: usize;
-    const ZERO: Self;
     fn load(b: &[u8]) -> Self;
     fn store(self, b: &mut [u8]);
+}
+
+macro_rules! le_word {
+    ($($u:ty),*) => {$(
+        impl LeWord for $u {
+            const BYTES: usize = std::mem::size_of::<$u>();
+            #[inline(always)]
+            fn load(b: &[u8]) -> Self {
+                let mut a = [0u8; std::mem::size_of::<$u>()];
+                a.copy_from_slice(b);
+                <$u>::from_le_bytes(a)
+            }
+            #[inline(always)]
+            fn store(self, b: &mut [u8]) {
+                b.copy_from_slice(&self.to_le_bytes());
+            }
+        }
+    )*};
+}
+
+le_word!(u8, u16, u32, u64, u128);
+
+pub trait Word: LeWord {
+    const ZERO: Self;
     fn xor(self, o: Self) -> Self;
     /// zigzag(self - base)
     fn sub_zigzag(self, base: Self) -> Self;
@@ -78,18 +102,7 @@ pub trait Word: Copy {
 macro_rules! word {
     ($u:ty, $i:ty) => {
         impl Word for $u {
-            const BYTES: usize = std::mem::size_of::<$u>();
             const ZERO: Self = 0;
-            #[inline(always)]
-            fn load(b: &[u8]) -> Self {
-                let mut a = [0u8; std::mem::size_of::<$u>()];
-                a.copy_from_slice(b);
-                <$u>::from_le_bytes(a)
-            }
-            #[inline(always)]
-            fn store(self, b: &mut [u8]) {
-                b.copy_from_slice(&self.to_le_bytes());
-            }
             #[inline(always)]
             fn xor(self, o: Self) -> Self {
                 self ^ o

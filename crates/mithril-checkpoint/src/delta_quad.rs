@@ -18,7 +18,7 @@
 //! last quad of a chunk whose length is not a multiple of four is padded with zero
 //! differences.
 
-use crate::delta::Word;
+use crate::delta::{LeWord, Word};
 use crate::delta_bits::{max_symbol, symbol_of, BitReader, BitWriter, EXACT, SYMBOLS};
 use crate::error::{corrupt, Result};
 use crate::float::{push_stream, push_symbols, read_symbols, StreamReader, METHOD_RAW};
@@ -156,10 +156,7 @@ impl QuadPlan {
 
 /// Four elements in one integer, added lane by lane with no carry between lanes: a quad
 /// is one load, one add and one store.
-trait Packed: Copy {
-    const BYTES: usize;
-    fn load(b: &[u8]) -> Self;
-    fn store(self, b: &mut [u8]);
+trait Packed: LeWord {
     fn lanes_add(self, o: Self) -> Self;
     /// Lane `j` set to `lanes[j]` (each within the lane width).
     fn pack(lanes: [u64; QUAD]) -> Self;
@@ -169,17 +166,6 @@ trait Packed: Copy {
 macro_rules! packed {
     ($p:ty, $high:expr) => {
         impl Packed for $p {
-            const BYTES: usize = std::mem::size_of::<$p>();
-            #[inline(always)]
-            fn load(b: &[u8]) -> Self {
-                let mut a = [0u8; std::mem::size_of::<$p>()];
-                a.copy_from_slice(b);
-                <$p>::from_le_bytes(a)
-            }
-            #[inline(always)]
-            fn store(self, b: &mut [u8]) {
-                b.copy_from_slice(&self.to_le_bytes());
-            }
             #[inline(always)]
             fn lanes_add(self, o: Self) -> Self {
                 const HIGH: $p = $high;
@@ -187,14 +173,14 @@ macro_rules! packed {
             }
             #[inline(always)]
             fn pack(lanes: [u64; QUAD]) -> Self {
-                let bits = 8 * <Self as Packed>::BYTES / QUAD;
+                let bits = 8 * <Self as LeWord>::BYTES / QUAD;
                 lanes
                     .iter()
                     .enumerate()
                     .fold(0, |acc, (j, &v)| acc | (v as $p) << (bits * j))
             }
             fn is_zero_from(self, lane: usize) -> bool {
-                let bits = 8 * <Self as Packed>::BYTES / QUAD;
+                let bits = 8 * <Self as LeWord>::BYTES / QUAD;
                 (self >> (bits * lane)) == 0
             }
         }
