@@ -29,7 +29,7 @@ from mithril.checkpoint.torch import (
 from mithril.checkpoint.torch import _writer as writer_module
 from torch.distributed.checkpoint import FileSystemReader
 from torch.distributed.checkpoint.api import CheckpointException
-from torch.distributed.checkpoint.default_planner import DefaultLoadPlanner
+from torch.distributed.checkpoint.default_planner import DefaultLoadPlanner, DefaultSavePlanner
 
 pytestmark = pytest.mark.filterwarnings("ignore:torch.distributed is disabled")
 
@@ -123,6 +123,43 @@ def test_round_trip_every_kind_of_entry(tmp_path: Path) -> None:
         e["name"] for e in commit["storage"] if e["fqn"].endswith(("emb.weight", "head.weight"))
     }
     assert len(tied) == 1, "tied weights are stored once"
+
+
+class NegatingSavePlanner(DefaultSavePlanner):
+    """A save planner that stores every float tensor negated: the writer must ask it for
+    each item's data rather than read the state dict itself."""
+
+    def transform_object(self, write_item: Any, object: Any) -> Any:
+        if isinstance(object, torch.Tensor) and object.is_floating_point():
+            return -object
+        return super().transform_object(write_item, object)
+
+
+def test_a_save_planner_that_transforms_data_is_honoured(tmp_path: Path) -> None:
+    state = {"w": torch.randn(6, 5), "b": torch.randn(5).bfloat16(), "n": torch.arange(4)}
+    dcp.save(state, storage_writer=MithrilWriter(tmp_path / "ck"), planner=NegatingSavePlanner())
+    got = {k: torch.zeros_like(v) for k, v in state.items()}
+    dcp.load(got, storage_reader=MithrilReader(tmp_path / "ck"))
+    assert _equal(got["w"], -state["w"]) and _equal(got["b"], -state["b"])
+    assert _equal(got["n"], state["n"])
+
+
+def test_parameters_and_plain_tensors_round_trip_through_the_default_planner(
+    tmp_path: Path,
+) -> None:
+    torch.manual_seed(1)
+    layer = torch.nn.Linear(12, 7).to(torch.bfloat16)
+    state = {"layer": layer.state_dict(keep_vars=True), "buf": torch.randn(3, 3)}
+    assert isinstance(state["layer"]["weight"], torch.nn.Parameter)
+    dcp.save(state, storage_writer=MithrilWriter(tmp_path / "ck"))
+    got = {
+        "layer": {k: torch.zeros_like(v.detach()) for k, v in state["layer"].items()},
+        "buf": torch.zeros(3, 3),
+    }
+    dcp.load(got, storage_reader=MithrilReader(tmp_path / "ck"))
+    for k, v in state["layer"].items():
+        assert _equal(got["layer"][k], v.detach()), k
+    assert _equal(got["buf"], state["buf"])
 
 
 class StagingPlanner(DefaultLoadPlanner):

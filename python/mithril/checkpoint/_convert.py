@@ -84,6 +84,10 @@ def to_raw(name: str, value: Any) -> RawTensor:
         if t.device.type != "cpu":
             t = t.cpu()
         shape = list(t.shape)
+        if t.dim() > 0 and t.is_contiguous():
+            # One view and one numpy reshape: about half the cost of the general path,
+            # which counts when a checkpoint has hundreds of small tensors.
+            return name, names[value.dtype], shape, t.view(torch.uint8).numpy().reshape(-1)
         flat = t.contiguous().reshape(-1)
         return name, names[value.dtype], shape, flat.view(torch.uint8).numpy()
     if isinstance(value, np.ndarray):
