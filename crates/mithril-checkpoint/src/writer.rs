@@ -133,6 +133,18 @@ fn write_window<W: Write>(
     Ok(raw)
 }
 
+/// How many of the first `jobs` it takes for their raw bytes to reach `target` (at least
+/// one, at most all).
+fn jobs_to_reach(jobs: &[Job], target: usize) -> usize {
+    let mut bytes = 0usize;
+    let mut n = 0usize;
+    while n < jobs.len() && (n == 0 || bytes < target) {
+        bytes += jobs[n].2.len();
+        n += 1;
+    }
+    n
+}
+
 /// Write `tensors` to any seekable sink starting at its position 0.
 pub fn write_to<W: Write + Seek + Send>(
     sink: &mut W,
@@ -192,10 +204,15 @@ pub fn write_to<W: Write + Seek + Send>(
         }
     }
     let total: u64 = tensors.iter().map(|t| t.data.len() as u64).sum();
-    // The first window is one chunk per thread, so that the disk gets its first bytes (and
-    // the background sync its first work) after one chunk's encoding time, not four.
+    // The first window holds about one chunk's worth of bytes per thread (several small
+    // tensors, where the file starts with them), so that the disk gets its first bytes,
+    // and the background sync its first work, after one chunk's encoding time. The later
+    // windows are four chunks per thread, which keeps the threads evenly loaded.
     let threads = rayon::current_num_threads().max(1);
-    let (first, rest) = jobs.split_at(threads.min(jobs.len()));
+    let (first, rest) = jobs.split_at(jobs_to_reach(
+        &jobs,
+        threads.saturating_mul(opts.chunk_bytes),
+    ));
     let batches = std::iter::once(first)
         .filter(|b| !b.is_empty())
         .chain(rest.chunks(threads * 4));
@@ -333,4 +350,36 @@ pub fn rewrite(
         safetensors_header: src.index().safetensors_header.clone(),
     };
     write_file(dst, &sources, &extras, opts, base, progress)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn jobs_of(lens: &[usize]) -> Vec<Job> {
+        let mut at = 0;
+        lens.iter()
+            .enumerate()
+            .map(|(i, &len)| {
+                at += len;
+                (i, 0, at - len..at)
+            })
+            .collect()
+    }
+
+    #[test]
+    fn the_first_window_gathers_small_tensors_up_to_a_chunk_per_thread() {
+        let mib = 1 << 20;
+        // Small tensors first: they share the window with the chunks that follow.
+        assert_eq!(
+            jobs_to_reach(&jobs_of(&[100, 200, mib, mib, mib]), 2 * mib),
+            4
+        );
+        // Whole chunks: one per thread.
+        assert_eq!(jobs_to_reach(&jobs_of(&[mib, mib, mib, mib]), 2 * mib), 2);
+        // Never empty, never past the end.
+        assert_eq!(jobs_to_reach(&jobs_of(&[8 * mib]), 2 * mib), 1);
+        assert_eq!(jobs_to_reach(&jobs_of(&[10, 10]), 2 * mib), 2);
+        assert_eq!(jobs_to_reach(&[], 2 * mib), 0);
+    }
 }
