@@ -160,13 +160,22 @@ pub fn encode_chunk<'a>(raw: &'a [u8], dtype: DType, opts: &EncodeOptions) -> En
 /// Encode one chunk against the same elements of its base tensor: the delta or the plain
 /// encoding, whichever is estimated smaller (both estimates come from histograms, so only
 /// one of them is coded). Integer dtypes have no cheap plain estimate and try both.
+/// Whether every byte is zero. A plain `iter().all` stops at the first non-zero byte and
+/// so is not vectorised (about a byte per cycle); OR-ing fixed blocks is, and stopping
+/// only between blocks costs nothing on the data this sees (all zeros, or non-zero at once).
+fn all_zero(bytes: &[u8]) -> bool {
+    let mut blocks = bytes.chunks_exact(256);
+    let whole = blocks.all(|b| b.iter().fold(0u8, |acc, &x| acc | x) == 0);
+    whole && blocks.remainder().iter().all(|&b| b == 0)
+}
+
 pub fn encode_chunk_delta<'a>(
     raw: &'a [u8],
     base: &[u8],
     dtype: DType,
     opts: &EncodeOptions,
 ) -> EncodedChunk<'a> {
-    if base.iter().all(|&b| b == 0) {
+    if all_zero(base) {
         // XOR or difference against zeros is the data itself: nothing to gain.
         return encode_chunk(raw, dtype, opts);
     }
@@ -265,7 +274,23 @@ pub fn chunk_lengths(len: usize, dtype: DType, target: usize) -> Vec<usize> {
 
 #[cfg(test)]
 mod tests {
-    use super::xxh3_checksum;
+    use super::{all_zero, xxh3_checksum};
+
+    #[test]
+    fn all_zero_sees_a_single_set_bit_anywhere() {
+        for len in [0usize, 1, 255, 256, 257, 1000, 4096] {
+            let mut v = vec![0u8; len];
+            assert!(all_zero(&v), "length {len}");
+            for at in [0, len / 2, len.saturating_sub(1)]
+                .into_iter()
+                .filter(|&a| a < len)
+            {
+                v[at] = 0x10;
+                assert!(!all_zero(&v), "length {len}, byte {at}");
+                v[at] = 0;
+            }
+        }
+    }
 
     /// The checksum is the format's xxh3-64 whatever the implementation: the run-time
     /// dispatched one must agree with the reference crate at every length class (the short,
