@@ -157,9 +157,6 @@ pub fn encode_chunk<'a>(raw: &'a [u8], dtype: DType, opts: &EncodeOptions) -> En
     }
 }
 
-/// Encode one chunk against the same elements of its base tensor: the delta or the plain
-/// encoding, whichever is estimated smaller (both estimates come from histograms, so only
-/// one of them is coded). Integer dtypes have no cheap plain estimate and try both.
 /// Whether every byte is zero. A plain `iter().all` stops at the first non-zero byte and
 /// so is not vectorised (about a byte per cycle); OR-ing fixed blocks is, and stopping
 /// only between blocks costs nothing on the data this sees (all zeros, or non-zero at once).
@@ -169,6 +166,9 @@ fn all_zero(bytes: &[u8]) -> bool {
     whole && blocks.remainder().iter().all(|&b| b == 0)
 }
 
+/// Encode one chunk against the same elements of its base tensor: the delta or the plain
+/// encoding, whichever is estimated smaller (both estimates come from histograms, so only
+/// one of them is coded). Integer dtypes have no cheap plain estimate and try both.
 pub fn encode_chunk_delta<'a>(
     raw: &'a [u8],
     base: &[u8],
