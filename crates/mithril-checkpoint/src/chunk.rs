@@ -166,9 +166,14 @@ fn all_zero(bytes: &[u8]) -> bool {
     whole && blocks.remainder().iter().all(|&b| b == 0)
 }
 
+/// In compact delta coding, a plain estimate above the delta's by at most this fraction of
+/// it is settled by coding the plain chunk (see [`encode_chunk_delta`]).
+const CLOSE_CALL: (usize, usize) = (1, 8);
+
 /// Encode one chunk against the same elements of its base tensor: the delta or the plain
-/// encoding, whichever is estimated smaller (both estimates come from histograms, so only
-/// one of them is coded). Integer dtypes have no cheap plain estimate and try both.
+/// encoding, whichever is smaller. Both sizes are estimated from histograms, so usually
+/// only one is coded; a close call in compact coding codes the plain chunk to settle it.
+/// Integer dtypes have no cheap plain estimate and try both.
 pub fn encode_chunk_delta<'a>(
     raw: &'a [u8],
     base: &[u8],
@@ -180,19 +185,37 @@ pub fn encode_chunk_delta<'a>(
         return encode_chunk(raw, dtype, opts);
     }
     let planned = delta::plan(raw, base, dtype, opts.delta_mode);
-    // A delta at a quarter of the raw size or less is kept without counting the plain
-    // codec's heads: that codec stores the sign and low mantissa bits (half of a 16-bit
-    // float, three quarters of an fp32) raw unless they are nearly constant, so it beats
-    // such a delta only on chunks that are nearly constant themselves.
-    let small_delta = planned.estimate() <= raw.len() / 4;
-    if let (Some(bits), false) = (dtype.float_bits(), small_delta) {
-        if float::estimate(raw, bits, dtype.size()) < planned.estimate() {
-            return encode_chunk(raw, dtype, opts);
+    let estimate = planned.estimate();
+    // A delta at a quarter of the raw size or less is compared with a rough (sparsely
+    // sampled) plain estimate: the plain codec comes near such a delta only on chunks that
+    // are nearly constant or mostly zeros (optimiser moments), never on trained weights,
+    // and a sparse sample shows which.
+    let small_delta = estimate <= raw.len() / 4;
+    // The plain encoding, made up front for a close call, or for integer dtypes, which
+    // have no cheap plain estimate.
+    let mut plain = None;
+    match dtype.float_bits() {
+        Some(bits) => {
+            let plain_estimate = float::estimate(raw, bits, dtype.size(), small_delta);
+            if plain_estimate < estimate {
+                return encode_chunk(raw, dtype, opts);
+            }
+            let close = plain_estimate <= estimate + estimate * CLOSE_CALL.0 / CLOSE_CALL.1;
+            if close && opts.delta_mode == DeltaMode::Compact {
+                // The plain estimate runs high where zstd beats a plane's order-0 entropy
+                // (optimiser moments: up to 40 % high), so a close call is settled by the
+                // plain codec's real size, which is cheaper to get than the delta's.
+                let coded = encode_chunk(raw, dtype, opts);
+                if coded.data.len() <= estimate {
+                    return coded;
+                }
+                plain = Some(coded);
+            }
         }
+        None => plain = Some(encode_chunk(raw, dtype, opts)),
     }
     let (op, payload) = planned.emit();
-    if dtype.float_bits().is_none() {
-        let plain = encode_chunk(raw, dtype, opts);
+    if let Some(plain) = plain {
         if plain.data.len() <= payload.len() {
             return plain;
         }
@@ -274,7 +297,84 @@ pub fn chunk_lengths(len: usize, dtype: DType, target: usize) -> Vec<usize> {
 
 #[cfg(test)]
 mod tests {
-    use super::{all_zero, xxh3_checksum};
+    use super::{
+        all_zero, decode_chunk, encode_chunk, encode_chunk_delta, xxh3_checksum, EncodeOptions,
+    };
+    use crate::delta::DeltaMode;
+    use crate::dtype::DType;
+
+    /// An fp32 chunk shaped like the embedding table's AdamW `exp_avg` between two
+    /// checkpoints nine steps apart: rows (of 384) that no batch touched are zero; rows
+    /// touched before the base and not since have decayed by 0.9^9; rows first touched
+    /// since the base are new values over zeros. Most elements are zero in both, which the
+    /// plain codec stores almost for free, and no row is cheaper as a difference.
+    fn moment_like() -> (Vec<u8>, Vec<u8>) {
+        let mut state = 0x9e37_79b9_7f4a_7c15u64;
+        let mut next = move || {
+            state ^= state << 13;
+            state ^= state >> 7;
+            state ^= state << 17;
+            (state >> 11) as f64 / (1u64 << 53) as f64
+        };
+        let (mut base, mut new) = (Vec::new(), Vec::new());
+        let mut row_kind = 0;
+        for i in 0..(1usize << 18) {
+            if i % 384 == 0 {
+                row_kind = match next() {
+                    r if r < 0.06 => 1,
+                    r if r < 0.16 => 2,
+                    _ => 0,
+                };
+            }
+            // Gradient-like magnitudes: a sign and six decades of exponent.
+            let mut value = || {
+                let sign = if next() < 0.5 { -1.0 } else { 1.0 };
+                (sign * 10f64.powf(-2.0 - 6.0 * next())) as f32
+            };
+            let (b, n) = match row_kind {
+                1 => {
+                    let b = value();
+                    (b, b * 0.387_420_5)
+                }
+                2 => (0.0, value()),
+                _ => (0.0, 0.0),
+            };
+            base.extend_from_slice(&b.to_le_bytes());
+            new.extend_from_slice(&n.to_le_bytes());
+        }
+        (base, new)
+    }
+
+    #[test]
+    fn a_delta_is_not_kept_where_the_plain_encoding_is_smaller() {
+        let (base, new) = moment_like();
+        for mode in [DeltaMode::Compact, DeltaMode::Fast] {
+            let opts = EncodeOptions {
+                delta_mode: mode,
+                ..EncodeOptions::default()
+            };
+            let plain = encode_chunk(&new, DType::F32, &opts);
+            let chosen = encode_chunk_delta(&new, &base, DType::F32, &opts);
+            assert!(
+                chosen.data.len() <= plain.data.len() + plain.data.len() / 50,
+                "{mode:?}: kept {} bytes as {:?}, the plain encoding is {}",
+                chosen.data.len(),
+                chosen.encoding,
+                plain.data.len()
+            );
+            let mut out = base.clone();
+            decode_chunk(
+                chosen.encoding,
+                &chosen.data,
+                DType::F32,
+                chosen.checksum,
+                chosen.raw_checksum,
+                &mut out,
+            )
+            .unwrap();
+            assert!(out == new, "{mode:?}: the round trip is not bit-exact");
+        }
+    }
 
     #[test]
     fn all_zero_sees_a_single_set_bit_anywhere() {
