@@ -166,13 +166,13 @@ fn all_zero(bytes: &[u8]) -> bool {
     whole && blocks.remainder().iter().all(|&b| b == 0)
 }
 
-/// In compact delta coding, a plain estimate above the delta's by at most this fraction of
-/// it is settled by coding the plain chunk (see [`encode_chunk_delta`]).
+/// In compact delta coding, a plain estimate within this fraction of the delta's is a close
+/// call, settled by coding both (see [`encode_chunk_delta`]).
 const CLOSE_CALL: (usize, usize) = (1, 8);
 
 /// Encode one chunk against the same elements of its base tensor: the delta or the plain
 /// encoding, whichever is smaller. Both sizes are estimated from histograms, so usually
-/// only one is coded; a close call in compact coding codes the plain chunk to settle it.
+/// only one is coded; a close call in compact coding codes both.
 /// Integer dtypes have no cheap plain estimate and try both.
 pub fn encode_chunk_delta<'a>(
     raw: &'a [u8],
@@ -197,19 +197,15 @@ pub fn encode_chunk_delta<'a>(
     match dtype.float_bits() {
         Some(bits) => {
             let plain_estimate = float::estimate(raw, bits, dtype.size(), small_delta);
-            if plain_estimate < estimate {
-                return encode_chunk(raw, dtype, opts);
-            }
-            let close = plain_estimate <= estimate + estimate * CLOSE_CALL.0 / CLOSE_CALL.1;
+            let margin = estimate * CLOSE_CALL.0 / CLOSE_CALL.1;
+            let close = plain_estimate.abs_diff(estimate) <= margin;
             if close && opts.delta_mode == DeltaMode::Compact {
-                // The plain estimate runs high where zstd beats a plane's order-0 entropy
-                // (optimiser moments: up to 40 % high), so a close call is settled by the
-                // plain codec's real size, which is cheaper to get than the delta's.
-                let coded = encode_chunk(raw, dtype, opts);
-                if coded.data.len() <= estimate {
-                    return coded;
-                }
-                plain = Some(coded);
+                // Compact coding wants the smaller: a close call codes both. The plain
+                // estimate can be off by more than the gap (zstd beats a plane's order-0
+                // entropy on optimiser moments by up to 40 %).
+                plain = Some(encode_chunk(raw, dtype, opts));
+            } else if plain_estimate < estimate {
+                return encode_chunk(raw, dtype, opts);
             }
         }
         None => plain = Some(encode_chunk(raw, dtype, opts)),
