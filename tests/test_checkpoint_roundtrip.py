@@ -486,6 +486,21 @@ def test_compress_tensor_is_deterministic(small_state_dict):
         assert mc.compress_tensor(t) == mc.compress_tensor(t, threads=1)
 
 
+def test_compress_tensor_from_many_python_threads(small_state_dict):
+    """A one-chunk tensor is encoded on the calling thread with the GIL released, with that
+    thread's scratch buffers and zstd context: concurrent callers get what one caller gets."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    tensors = [t for t in small_state_dict.values() for _ in range(8)]
+    want = [mc.compress_tensor(t, threads=1) for t in tensors]
+    with ThreadPoolExecutor(4) as pool:
+        got = list(pool.map(lambda t: mc.compress_tensor(t, threads=1), tensors))
+        back = list(pool.map(lambda b: mc.decompress_tensor(b, threads=1), got))
+    assert got == want
+    for t, b in zip(tensors, back, strict=True):
+        assert_same_tensor(b, t)
+
+
 def test_save_load_bytes(small_state_dict):
     blob = mc.save(small_state_dict, {"step": "7"})
     assert blob[:8] == b"MITHRIL\0"

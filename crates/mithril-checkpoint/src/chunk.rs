@@ -139,7 +139,7 @@ pub struct EncodedChunk<'a> {
 pub fn encode_chunk<'a>(raw: &'a [u8], dtype: DType, opts: &EncodeOptions) -> EncodedChunk<'a> {
     let coded = match dtype.float_bits() {
         Some(bits) => Some((Encoding::Float, float::encode(raw, bits, dtype.size()))),
-        None => zstd::bulk::compress(raw, opts.zstd_level)
+        None => crate::scratch::zstd_compress(raw, opts.zstd_level)
             .ok()
             .map(|z| (Encoding::Zstd, z)),
     };

@@ -564,7 +564,7 @@ pub(crate) fn encode_plane_counts<'a>(
     // zstd first: where it wins (the repeated rows of an embedding table, optimiser moments),
     // the entropy coder's estimate, known from the counts alone, says so before any coding.
     if try_zstd && bits_per_symbol < ZSTD_TRY_BELOW_BITS - (8 - width) as f64 {
-        if let Ok(z) = zstd::bulk::compress(plane, PLANE_ZSTD_LEVEL) {
+        if let Ok(z) = crate::scratch::zstd_compress(plane, PLANE_ZSTD_LEVEL) {
             if z.len() < best.1.len() {
                 best = (METHOD_ZSTD, Cow::Owned(z));
             }

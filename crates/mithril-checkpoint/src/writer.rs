@@ -106,30 +106,136 @@ fn output_io(source: std::io::Error) -> Error {
 /// One chunk to encode: (tensor index, chunk index, raw byte range).
 type Job = (usize, usize, std::ops::Range<usize>);
 
-/// Append a window's encoded chunks to the sink and record them in the index; returns the
+/// Where an encoded container goes: its chunks in file order, a window at a time, then its
+/// head (header, index and padding up to the first chunk), whose size is known from the
+/// start.
+trait Sink<'a>: Send {
+    /// The chunks will follow a head of `data_offset` bytes.
+    fn start(&mut self, data_offset: u64) -> Result<()>;
+    fn chunk(&mut self, data: Cow<'a, [u8]>) -> Result<()>;
+    /// The end of a window of chunks.
+    fn window_done(&mut self) -> Result<()>;
+    fn head(&mut self, head: Vec<u8>) -> Result<()>;
+}
+
+/// A seekable byte sink: chunks are written after room left for the head, which is written
+/// last over that room.
+struct Stream<'w, W>(&'w mut W);
+
+impl<'a, W: Write + Seek + Send> Sink<'a> for Stream<'_, W> {
+    fn start(&mut self, data_offset: u64) -> Result<()> {
+        self.0
+            .seek(SeekFrom::Start(data_offset))
+            .map_err(output_io)?;
+        Ok(())
+    }
+
+    fn chunk(&mut self, data: Cow<'a, [u8]>) -> Result<()> {
+        self.0.write_all(&data).map_err(output_io)
+    }
+
+    fn window_done(&mut self) -> Result<()> {
+        self.0.flush().map_err(output_io)
+    }
+
+    fn head(&mut self, head: Vec<u8>) -> Result<()> {
+        self.0.seek(SeekFrom::Start(0)).map_err(output_io)?;
+        self.0.write_all(&head).map_err(output_io)?;
+        self.0.flush().map_err(output_io)
+    }
+}
+
+/// A container held in memory as its head and its encoded chunks (see [`assemble`]).
+#[derive(Default)]
+pub struct Assembled<'a> {
+    head: Vec<u8>,
+    chunks: Vec<Cow<'a, [u8]>>,
+}
+
+impl Assembled<'_> {
+    /// The container's size in bytes.
+    pub fn len(&self) -> usize {
+        self.head.len() + self.chunks.iter().map(|c| c.len()).sum::<usize>()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+
+    /// Copy the container into `out`, which must be exactly [`Assembled::len`] bytes long;
+    /// every byte of it is written.
+    pub fn copy_to(&self, out: &mut [u8]) -> Result<()> {
+        if out.len() != self.len() {
+            return Err(Error::Invalid(format!(
+                "a {}-byte container does not fit a {}-byte buffer",
+                self.len(),
+                out.len()
+            )));
+        }
+        let mut at = 0;
+        for piece in std::iter::once(&self.head[..]).chain(self.chunks.iter().map(|c| &c[..])) {
+            out[at..at + piece.len()].copy_from_slice(piece);
+            at += piece.len();
+        }
+        Ok(())
+    }
+
+    /// The container as one buffer.
+    pub fn into_vec(self) -> Vec<u8> {
+        let mut out = Vec::with_capacity(self.len());
+        out.extend_from_slice(&self.head);
+        for c in &self.chunks {
+            out.extend_from_slice(c);
+        }
+        out
+    }
+}
+
+impl<'a> Sink<'a> for Assembled<'a> {
+    fn start(&mut self, _data_offset: u64) -> Result<()> {
+        Ok(())
+    }
+
+    fn chunk(&mut self, data: Cow<'a, [u8]>) -> Result<()> {
+        self.chunks.push(data);
+        Ok(())
+    }
+
+    fn window_done(&mut self) -> Result<()> {
+        Ok(())
+    }
+
+    fn head(&mut self, head: Vec<u8>) -> Result<()> {
+        self.head = head;
+        Ok(())
+    }
+}
+
+/// Hand a window's encoded chunks to the sink and record them in the index; returns the
 /// raw bytes they cover.
-fn write_window<W: Write>(
-    sink: &mut W,
+fn write_window<'a, S: Sink<'a>>(
+    sink: &mut S,
     index: &mut Index,
     offset: &mut u64,
     jobs: &[Job],
-    chunks: Vec<EncodedChunk>,
+    chunks: Vec<EncodedChunk<'a>>,
 ) -> Result<u64> {
     let mut raw = 0u64;
     for ((ti, ci, _), chunk) in jobs.iter().zip(chunks) {
-        sink.write_all(&chunk.data).map_err(output_io)?;
+        let length = chunk.data.len() as u64;
         index.tensors[*ti].chunks[*ci] = ChunkEntry {
             offset: *offset,
-            length: chunk.data.len() as u64,
+            length,
             raw_length: chunk.raw_len as u64,
             encoding: chunk.encoding.name().into(),
             xxh3: hex64(chunk.checksum),
             raw_xxh3: hex64(chunk.raw_checksum),
         };
-        *offset += chunk.data.len() as u64;
+        sink.chunk(chunk.data)?;
+        *offset += length;
         raw += chunk.raw_len as u64;
     }
-    sink.flush().map_err(output_io)?;
+    sink.window_done()?;
     Ok(raw)
 }
 
@@ -145,10 +251,10 @@ fn jobs_to_reach(jobs: &[Job], target: usize) -> usize {
     n
 }
 
-/// Write `tensors` to any seekable sink starting at its position 0.
-pub fn write_to<W: Write + Seek + Send>(
-    sink: &mut W,
-    tensors: &[TensorSource],
+/// Encode `tensors` into `sink`.
+fn write_to<'a, S: Sink<'a>>(
+    sink: &mut S,
+    tensors: &[TensorSource<'a>],
     extras: &FileExtras,
     opts: &EncodeOptions,
     base: Option<&DeltaBase>,
@@ -192,7 +298,7 @@ pub fn write_to<W: Write + Seek + Send>(
         )));
     }
     let data_offset = format::data_offset_for(bound);
-    sink.seek(SeekFrom::Start(data_offset)).map_err(output_io)?;
+    sink.start(data_offset)?;
 
     // Jobs in file order: (tensor, chunk, raw range).
     let mut jobs: Vec<Job> = Vec::new();
@@ -235,18 +341,21 @@ pub fn write_to<W: Write + Seek + Send>(
                 }
             }
         }
+        let encode_one = |(ti, _, range): &Job| {
+            let t = &tensors[*ti];
+            let raw = &t.data[range.clone()];
+            match base_bytes.get(ti) {
+                Some(Some(b)) => encode_chunk_delta(raw, &b[range.clone()], t.dtype, opts),
+                _ => encode_chunk(raw, t.dtype, opts),
+            }
+        };
         let encode = || -> Vec<EncodedChunk> {
-            batch
-                .par_iter()
-                .map(|(ti, _, range)| {
-                    let t = &tensors[*ti];
-                    let raw = &t.data[range.clone()];
-                    match base_bytes.get(ti) {
-                        Some(Some(b)) => encode_chunk_delta(raw, &b[range.clone()], t.dtype, opts),
-                        _ => encode_chunk(raw, t.dtype, opts),
-                    }
-                })
-                .collect()
+            match batch {
+                // A lone chunk stays on this thread, which need not be a pool thread (see
+                // `write_bytes`): rayon would hand it to its global pool and wait.
+                [job] => vec![encode_one(job)],
+                _ => batch.par_iter().map(encode_one).collect(),
+            }
         };
         let encoded = match pending.take() {
             None => encode(),
@@ -274,9 +383,7 @@ pub fn write_to<W: Write + Seek + Send>(
     let mut head = format::encode_header(&json, data_offset, offset);
     head.extend_from_slice(&json);
     head.resize(data_offset as usize, 0);
-    sink.seek(SeekFrom::Start(0)).map_err(output_io)?;
-    sink.write_all(&head).map_err(output_io)?;
-    sink.flush().map_err(output_io)?;
+    sink.head(head)?;
     Ok(data_offset + offset)
 }
 
@@ -292,11 +399,18 @@ pub fn write_file(
     let mut out = AtomicFile::create(path)?;
     let tmp = out.tmp_path().to_path_buf();
     let mut buffered = std::io::BufWriter::with_capacity(1 << 20, SyncAhead::new(out.file()));
-    let size =
-        write_to(&mut buffered, tensors, extras, opts, base, progress).map_err(|e| match e {
-            Error::Io { source, .. } => Error::io(&tmp, source),
-            other => other,
-        })?;
+    let size = write_to(
+        &mut Stream(&mut buffered),
+        tensors,
+        extras,
+        opts,
+        base,
+        progress,
+    )
+    .map_err(|e| match e {
+        Error::Io { source, .. } => Error::io(&tmp, source),
+        other => other,
+    })?;
     buffered
         .into_inner()
         .map_err(|e| Error::io(&tmp, e.into_error()))?
@@ -306,18 +420,28 @@ pub fn write_file(
     Ok(size)
 }
 
-/// Build a container in memory.
+/// Build a container in memory, as its head and encoded chunks: a caller can size a buffer
+/// of its own (a Python `bytes`) and copy it there once. A container of one chunk is built
+/// on the calling thread alone, without rayon.
+pub fn assemble<'a>(
+    tensors: &[TensorSource<'a>],
+    extras: &FileExtras,
+    opts: &EncodeOptions,
+    base: Option<&DeltaBase>,
+) -> Result<Assembled<'a>> {
+    let mut out = Assembled::default();
+    write_to(&mut out, tensors, extras, opts, base, &mut |_, _| Ok(()))?;
+    Ok(out)
+}
+
+/// Build a container in memory, as one buffer.
 pub fn write_bytes(
     tensors: &[TensorSource],
     extras: &FileExtras,
     opts: &EncodeOptions,
     base: Option<&DeltaBase>,
 ) -> Result<Vec<u8>> {
-    // Room for every tensor stored raw: the buffer never grows by copying itself.
-    let room: usize = tensors.iter().map(|t| t.data.len()).sum::<usize>() + (64 << 10);
-    let mut cur = std::io::Cursor::new(Vec::with_capacity(room));
-    write_to(&mut cur, tensors, extras, opts, base, &mut |_, _| Ok(()))?;
-    Ok(cur.into_inner())
+    Ok(assemble(tensors, extras, opts, base)?.into_vec())
 }
 
 /// Rewrite a container (with its chain resolved) as a full file (`base` None: squash) or as
@@ -381,5 +505,74 @@ mod tests {
         assert_eq!(jobs_to_reach(&jobs_of(&[8 * mib]), 2 * mib), 1);
         assert_eq!(jobs_to_reach(&jobs_of(&[10, 10]), 2 * mib), 2);
         assert_eq!(jobs_to_reach(&[], 2 * mib), 0);
+    }
+
+    fn sample_tensors(words: &[Vec<u8>]) -> Vec<TensorSource<'_>> {
+        words
+            .iter()
+            .enumerate()
+            .map(|(i, data)| TensorSource {
+                name: format!("t{i}"),
+                dtype: DType::BF16,
+                shape: vec![data.len() as u64 / 2],
+                data,
+            })
+            .collect()
+    }
+
+    #[test]
+    fn a_container_assembled_in_memory_is_the_file_byte_for_byte() {
+        // Trained-weight-like bf16 (coded), a constant tensor, random bytes (stored raw)
+        // and an empty tensor; small chunks so that tensors span several windows.
+        let mut x = 0x9e37_79b9_u32;
+        let mut next = || {
+            x ^= x << 13;
+            x ^= x >> 17;
+            x ^= x << 5;
+            x
+        };
+        let weights: Vec<u8> = (0..300_000)
+            .flat_map(|_| (0x3c00u16 | (next() & 0x3ff) as u16).to_le_bytes())
+            .collect();
+        let noise: Vec<u8> = (0..50_000).map(|_| next() as u8).collect();
+        let data = vec![weights, vec![7u8; 4096], noise, Vec::new()];
+        let tensors = sample_tensors(&data);
+        let opts = EncodeOptions {
+            chunk_bytes: 64 << 10,
+            ..EncodeOptions::default()
+        };
+        let extras = FileExtras::default();
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("m.mithril");
+        write_file(&path, &tensors, &extras, &opts, None, &mut |_, _| Ok(())).unwrap();
+        let file = std::fs::read(&path).unwrap();
+
+        let assembled = assemble(&tensors, &extras, &opts, None).unwrap();
+        assert_eq!(assembled.len(), file.len());
+        let mut copied = vec![0xa5u8; assembled.len()];
+        assembled.copy_to(&mut copied).unwrap();
+        assert!(copied == file, "copy_to differs from the file");
+        assert!(
+            assembled.into_vec() == file,
+            "into_vec differs from the file"
+        );
+        assert!(write_bytes(&tensors, &extras, &opts, None).unwrap() == file);
+    }
+
+    #[test]
+    fn an_assembled_container_refuses_a_buffer_of_another_size() {
+        let data = vec![vec![1u8, 2, 3, 4]];
+        let tensors = sample_tensors(&data);
+        let assembled = assemble(
+            &tensors,
+            &FileExtras::default(),
+            &EncodeOptions::default(),
+            None,
+        )
+        .unwrap();
+        for len in [0, assembled.len() - 1, assembled.len() + 1] {
+            let err = assembled.copy_to(&mut vec![0u8; len]).unwrap_err();
+            assert!(err.to_string().contains("does not fit"), "{err}");
+        }
     }
 }

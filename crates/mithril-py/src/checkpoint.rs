@@ -2,7 +2,7 @@
 
 use crate::errors::{config_error, IntoPyResult};
 use crate::threads;
-use mithril_checkpoint::chunk::EncodeOptions;
+use mithril_checkpoint::chunk::{chunk_lengths, EncodeOptions};
 use mithril_checkpoint::delta::DeltaMode;
 use mithril_checkpoint::format::tensor_content_id;
 use mithril_checkpoint::{
@@ -234,14 +234,44 @@ fn write_bytes<'py>(
         metadata,
         safetensors_header: None,
     };
-    let bytes = py
+    // One chunk in all is encoded on the calling thread: handing it to a pool thread and
+    // waiting for it costs more than encoding a small tensor.
+    let chunks: usize = srcs
+        .iter()
+        .map(|t| chunk_lengths(t.data.len(), t.dtype, opts.chunk_bytes).len())
+        .sum();
+    let assembled = py
         .detach(|| {
-            threads::run(threads, || {
-                writer::write_bytes(&srcs, &extras, &opts, base.as_ref())
+            threads::run_if_parallel(threads, chunks > 1, || {
+                writer::assemble(&srcs, &extras, &opts, base.as_ref())
             })
         })?
         .py()?;
-    Ok(PyBytes::new(py, &bytes))
+    filled_bytes(py, assembled.len(), |out| assembled.copy_to(out).py())
+}
+
+/// A new `bytes` of `len` bytes, all written by `fill` with the GIL released: one copy from
+/// the encoder's buffers into the object. (`PyBytes::new_with` would zero it first.)
+fn filled_bytes<'py>(
+    py: Python<'py>,
+    len: usize,
+    fill: impl FnOnce(&mut [u8]) -> PyResult<()> + Send,
+) -> PyResult<Bound<'py, PyBytes>> {
+    let size = pyo3::ffi::Py_ssize_t::try_from(len)
+        .map_err(|_| PyValueError::new_err(format!("{len} bytes do not fit a Python bytes")))?;
+    // SAFETY: a NULL source asks CPython for an uninitialised object of `size` bytes, owned
+    // here (an allocation failure is the Python error). Its buffer is `len` bytes long and
+    // stays valid while `bytes` lives; no other code can see the object before it is
+    // returned, so writing it with the GIL released races with nothing. `fill` writes
+    // every byte on success; on failure the object is dropped unseen.
+    unsafe {
+        let ptr = pyo3::ffi::PyBytes_FromStringAndSize(std::ptr::null(), size);
+        let bytes = Bound::from_owned_ptr_or_err(py, ptr)?.cast_into_unchecked::<PyBytes>();
+        let buf = pyo3::ffi::PyBytes_AsString(ptr).cast::<u8>();
+        let out = std::slice::from_raw_parts_mut(buf, len);
+        py.detach(|| fill(out))?;
+        Ok(bytes)
+    }
 }
 
 #[pyfunction]
