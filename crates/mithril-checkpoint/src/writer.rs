@@ -165,6 +165,23 @@ impl Assembled<'_> {
     /// Copy the container into `out`, which must be exactly [`Assembled::len`] bytes long;
     /// every byte of it is written.
     pub fn copy_to(&self, out: &mut [u8]) -> Result<()> {
+        for (dst, src) in self.placed(out)? {
+            dst.copy_from_slice(src);
+        }
+        Ok(())
+    }
+
+    /// [`Assembled::copy_to`], piece by piece on the current rayon pool: writing fresh
+    /// memory is mostly page faults, which the cores take in parallel.
+    pub fn copy_to_parallel(&self, out: &mut [u8]) -> Result<()> {
+        self.placed(out)?
+            .into_par_iter()
+            .for_each(|(dst, src)| dst.copy_from_slice(src));
+        Ok(())
+    }
+
+    /// Every piece beside the part of `out` it goes to.
+    fn placed<'o>(&'o self, out: &'o mut [u8]) -> Result<Vec<(&'o mut [u8], &'o [u8])>> {
         if out.len() != self.len() {
             return Err(Error::Invalid(format!(
                 "a {}-byte container does not fit a {}-byte buffer",
@@ -172,12 +189,14 @@ impl Assembled<'_> {
                 out.len()
             )));
         }
-        let mut at = 0;
+        let mut rest = out;
+        let mut placed = Vec::with_capacity(self.chunks.len() + 1);
         for piece in std::iter::once(&self.head[..]).chain(self.chunks.iter().map(|c| &c[..])) {
-            out[at..at + piece.len()].copy_from_slice(piece);
-            at += piece.len();
+            let (dst, tail) = std::mem::take(&mut rest).split_at_mut(piece.len());
+            placed.push((dst, piece));
+            rest = tail;
         }
-        Ok(())
+        Ok(placed)
     }
 
     /// The container as one buffer.
@@ -552,6 +571,14 @@ mod tests {
         let mut copied = vec![0xa5u8; assembled.len()];
         assembled.copy_to(&mut copied).unwrap();
         assert!(copied == file, "copy_to differs from the file");
+        let mut copied = vec![0x5au8; assembled.len()];
+        let pool = rayon::ThreadPoolBuilder::new()
+            .num_threads(3)
+            .build()
+            .unwrap();
+        pool.install(|| assembled.copy_to_parallel(&mut copied))
+            .unwrap();
+        assert!(copied == file, "copy_to_parallel differs from the file");
         assert!(
             assembled.into_vec() == file,
             "into_vec differs from the file"
@@ -572,6 +599,8 @@ mod tests {
         .unwrap();
         for len in [0, assembled.len() - 1, assembled.len() + 1] {
             let err = assembled.copy_to(&mut vec![0u8; len]).unwrap_err();
+            assert!(err.to_string().contains("does not fit"), "{err}");
+            let err = assembled.copy_to_parallel(&mut vec![0u8; len]).unwrap_err();
             assert!(err.to_string().contains("does not fit"), "{err}");
         }
     }

@@ -247,11 +247,20 @@ fn write_bytes<'py>(
             })
         })?
         .py()?;
-    filled_bytes(py, assembled.len(), |out| assembled.copy_to(out).py())
+    filled_bytes(py, assembled.len(), |out| {
+        if chunks > 1 {
+            threads::run(threads, || assembled.copy_to_parallel(out))?.py()
+        } else {
+            assembled.copy_to(out).py()
+        }
+    })
 }
 
 /// A new `bytes` of `len` bytes, all written by `fill` with the GIL released: one copy from
-/// the encoder's buffers into the object. (`PyBytes::new_with` would zero it first.)
+/// the encoder's buffers into the object. (`PyBytes::new_with` would zero it first.) A large
+/// one asks for huge pages, as decode buffers do: past glibc's mmap threshold (32 MiB at
+/// most) every such object is fresh memory, and its 4 KiB page faults cost more than the
+/// copy.
 fn filled_bytes<'py>(
     py: Python<'py>,
     len: usize,
@@ -268,6 +277,7 @@ fn filled_bytes<'py>(
         let ptr = pyo3::ffi::PyBytes_FromStringAndSize(std::ptr::null(), size);
         let bytes = Bound::from_owned_ptr_or_err(py, ptr)?.cast_into_unchecked::<PyBytes>();
         let buf = pyo3::ffi::PyBytes_AsString(ptr).cast::<u8>();
+        mithril_checkpoint::error::advise_huge_pages(buf, len);
         let out = std::slice::from_raw_parts_mut(buf, len);
         py.detach(|| fill(out))?;
         Ok(bytes)
