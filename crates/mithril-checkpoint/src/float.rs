@@ -122,12 +122,41 @@ fn store<const W: usize>(b: &mut [u8], w: u32) {
     }
 }
 
+/// Bins of [`head_histogram`]'s fixed tables: heads of up to 10 bits (bf16, fp16 and fp32
+/// with their widest heads).
+const HEAD_BINS: usize = 1 << 10;
+
 /// Histogram of the heads of `raw` under `split`.
+///
+/// Four words per step, each counted in its own table, so that runs of equal heads do not
+/// wait on one counter's store; the tables are fixed-size and the heads masked to them, so
+/// no count is bounds-checked. This pass is about a third of a bf16 chunk's encoding.
 fn head_histogram<const W: usize>(raw: &[u8], split: Split) -> Vec<u32> {
-    let heads = raw
-        .chunks_exact(W)
-        .map(|w| split.head(load::<W>(w)) as usize);
-    rans::histogram_by(heads, 1 << split.head_bits)
+    let cardinality = 1usize << split.head_bits;
+    if cardinality > HEAD_BINS {
+        let heads = raw
+            .chunks_exact(W)
+            .map(|w| split.head(load::<W>(w)) as usize);
+        return rans::histogram_by(heads, cardinality);
+    }
+    let mut tables = [[0u32; HEAD_BINS]; 4];
+    let head = |w: &[u8]| split.head(load::<W>(w)) as usize & (HEAD_BINS - 1);
+    let mut quads = raw.chunks_exact(4 * W);
+    for q in &mut quads {
+        let (a, rest) = q.split_at(W);
+        let (b, rest) = rest.split_at(W);
+        let (c, d) = rest.split_at(W);
+        tables[0][head(a)] += 1;
+        tables[1][head(b)] += 1;
+        tables[2][head(c)] += 1;
+        tables[3][head(d)] += 1;
+    }
+    for w in quads.remainder().chunks_exact(W) {
+        tables[0][head(w)] += 1;
+    }
+    (0..cardinality)
+        .map(|i| tables.iter().map(|t| t[i]).sum())
+        .collect()
 }
 
 pub(crate) fn push_stream(out: &mut Vec<u8>, method: u8, data: &[u8]) {
@@ -918,6 +947,58 @@ mod tests {
     use super::*;
     use crate::dtype::DType;
     use proptest::prelude::*;
+
+    #[test]
+    fn the_four_table_head_histogram_counts_what_one_table_counts() {
+        let mut x = 0x2545_f491_4f6c_dd1d_u64;
+        let bytes: Vec<u8> = (0..40_003)
+            .map(|_| {
+                x ^= x << 13;
+                x ^= x >> 7;
+                x ^= x << 17;
+                // Mostly a few exponents (runs of equal heads), sometimes any byte.
+                if x % 5 == 0 {
+                    x as u8
+                } else {
+                    0x3c + (x >> 60) as u8 % 3
+                }
+            })
+            .collect();
+        let wide = FloatBits {
+            exponent: 11,
+            mantissa: 4,
+        };
+        for (bits, word) in [
+            (DType::BF16.float_bits().unwrap(), 2),
+            (DType::F16.float_bits().unwrap(), 2),
+            (DType::F32.float_bits().unwrap(), 4),
+            // Heads wider than the fixed tables take the general path.
+            (wide, 2),
+        ] {
+            for k in [0, bits.mantissa.min(3)] {
+                let split = Split::new(bits, k);
+                // Every remainder of words after the last group of four, and none.
+                for len in (bytes.len() / word - 7..=bytes.len() / word).map(|n| n * word) {
+                    let raw = &bytes[..len];
+                    let one = rans::histogram_by(
+                        raw.chunks_exact(word)
+                            .map(|w| split.head(u32_of(w)) as usize),
+                        1 << split.head_bits,
+                    );
+                    let four = if word == 2 {
+                        head_histogram::<2>(raw, split)
+                    } else {
+                        head_histogram::<4>(raw, split)
+                    };
+                    assert_eq!(four, one, "{bits:?}, k {k}, {len} bytes");
+                }
+            }
+        }
+    }
+
+    fn u32_of(w: &[u8]) -> u32 {
+        w.iter().rev().fold(0, |acc, &b| acc << 8 | b as u32)
+    }
 
     fn roundtrip(raw: &[u8], dtype: DType) -> usize {
         let bits = dtype.float_bits().unwrap();
