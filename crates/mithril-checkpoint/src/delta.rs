@@ -527,6 +527,31 @@ pub fn plan(raw: &[u8], base: &[u8], dtype: DType, mode: DeltaMode) -> Planned {
     }
 }
 
+/// Estimated size of an ungrouped `Sub` delta of `raw` against `base` (elements of `width`
+/// bytes), from the order-0 entropy of its byte planes: no coding, no grouping. Run on a
+/// sample before [`plan`], it tells the deltas that cannot win (optimiser moments, whose
+/// base is a different moment rather than an earlier copy of the same values) from the
+/// ones that do. It overstates what the grouped codings achieve, never the reverse.
+pub fn sub_estimate(raw: &[u8], base: &[u8], width: usize) -> usize {
+    fn planes<T: Word>(raw: &[u8], base: &[u8]) -> usize {
+        let words: Vec<T> = raw
+            .chunks_exact(T::BYTES)
+            .zip(base.chunks_exact(T::BYTES))
+            .map(|(t, b)| T::load(t).sub_zigzag(T::load(b)))
+            .collect();
+        plane_histograms(&words)
+            .iter()
+            .map(|h| (rans::entropy_bits(h) / 8.0).ceil() as usize)
+            .sum()
+    }
+    match width {
+        1 => planes::<u8>(raw, base),
+        2 => planes::<u16>(raw, base),
+        4 => planes::<u32>(raw, base),
+        _ => planes::<u64>(raw, base),
+    }
+}
+
 /// Encode `raw` against `base`: [`plan`], then code it.
 pub fn encode(raw: &[u8], base: &[u8], dtype: DType, mode: DeltaMode) -> (DeltaOp, Vec<u8>) {
     plan(raw, base, dtype, mode).emit()

@@ -546,7 +546,7 @@ fn raw_plane(plane: &[u8], width: u32) -> Cow<'_, [u8]> {
 }
 
 /// Planes at least this long are first judged on a sample.
-const SAMPLE_FROM_LEN: usize = 1 << 16;
+pub(crate) const SAMPLE_FROM_LEN: usize = 1 << 16;
 /// Every `SAMPLE_STRIDE`-th byte is sampled; a prime, so that the sample does not line up
 /// with power-of-two row lengths.
 const SAMPLE_STRIDE: usize = 7;
@@ -613,7 +613,7 @@ pub(crate) fn encode_plane_counts<'a>(
 /// Every how many words [`estimate`] samples a long chunk; a prime, so that the sample
 /// does not line up with power-of-two row lengths. About 2 000 samples of a 1 MiB fp32
 /// chunk put a byte plane's entropy within a tenth of a bit.
-const ESTIMATE_STRIDE: usize = 127;
+pub(crate) const ESTIMATE_STRIDE: usize = 127;
 
 /// Estimated size of [`encode`]'s output, from histograms (no coding). The heads are
 /// counted in full, the remainder planes on a sample; `rough`: the heads on the sample
