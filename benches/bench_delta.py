@@ -40,6 +40,10 @@ the whole state as a full file (``save_file``) and as each delta (``save_file`` 
 ``base=``, base tensors held in memory as ``CheckpointManager`` does), and to load each back
 (``load_file``; a delta decodes its base too). Every Mithril delta is decoded and checked
 bit-exact.
+
+A last table takes the base a training run's chain of checkpoints has: the previous
+checkpoint (step 1 for step 10, step 10 for step 100), whose moments are not zeros. It gives
+the whole state's sizes and codec-only speeds against that base.
 """
 
 from __future__ import annotations
@@ -236,17 +240,29 @@ class Row:
     sizes: dict[str, int]
 
 
+@dataclass
+class Chained:
+    """The whole state at ``step`` measured against the state at ``base_step``."""
+
+    lr: float
+    base_step: int
+    step: int
+    m: Measure
+
+
 def run(
     steps: list[int], lrs: list[float], batch: int, seq: int
-) -> tuple[list[Row], list[tuple[float, int, Measure]]]:
+) -> tuple[list[Row], list[tuple[float, int, Measure]], list[EndToEnd], list[Chained]]:
     from mithril.checkpoint._convert import to_raw
 
     rows: list[Row] = []
     speeds: list[tuple[float, int, Measure]] = []
     e2e: list[EndToEnd] = []
+    chained: list[Chained] = []
     zipnn = Zipnn()
     for lr in lrs:
         base: dict[str, dict[str, torch.Tensor]] = {}
+        previous: tuple[int, dict[str, torch.Tensor]] | None = None
         with tempfile.TemporaryDirectory() as tmp:
             for step, model, opt, loss in minilm_train.train(
                 steps, lr, batch_size=batch, seq_len=seq
@@ -274,8 +290,13 @@ def run(
                         sizes.update(manager_size)
                         speeds.append((lr, step, m))
                     rows.append(Row(lr, step, loss, cat, m.raw, sizes))
+                if previous is not None:
+                    prev_step, prev_state = previous
+                    m = measure(state["whole state"], prev_state, zipnn, timed=True)
+                    chained.append(Chained(lr, prev_step, step, m))
+                previous = (step, state["whole state"])
                 print(f"  lr {lr:g} step {step}: loss {loss:.3f}", file=sys.stderr, flush=True)
-    return rows, speeds, e2e
+    return rows, speeds, e2e, chained
 
 
 def table(header: Sequence[str], lines: Sequence[Sequence[str]], markdown: bool) -> str:
@@ -300,7 +321,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     lrs = [float(s) for s in args.lrs.split(",")]
     torch.set_num_threads(os.cpu_count() or 1)
     print(f"training all-MiniLM-L6-v2 (AdamW, batch {args.batch}x{args.seq}) ...", file=sys.stderr)
-    rows, speeds, e2e = run(steps, lrs, args.batch, args.seq)
+    rows, speeds, e2e, chained = run(steps, lrs, args.batch, args.seq)
 
     header = ["lr", "steps", "category", "raw MB", *CODECS]
     lines = []
@@ -337,6 +358,21 @@ def main(argv: Sequence[str] | None = None) -> int:
             line += [f"{times[k]:.2f}" for k in TIMED]
             line += [f"{times['full'] / times[k]:.2f}" for k in ("delta", "fast")]
         lines.append(line)
+    print(table(header, lines, args.markdown))
+    print()
+    sized = [c for c in CODECS if c != "mithril full"]
+    header = ["lr", "base step", "step", *[f"{c} %" for c in ["mithril full", *sized]]]
+    for way in ("enc", "dec"):
+        header += [f"{way} delta/full", f"{way} fast/full"]
+    lines = []
+    for c in chained:
+        m = c.m
+        line = [f"{c.lr:g}", str(c.base_step), str(c.step)]
+        line += [f"{100 * m.sizes[k] / m.raw:.2f}" for k in ["mithril full", *sized]]
+        for times in (m.enc, m.dec):
+            line += [f"{times['full'] / times[k]:.2f}" for k in ("delta", "fast")]
+        lines.append(line)
+    print("Whole state against the previous checkpoint (codec only, one thread):")
     print(table(header, lines, args.markdown))
     return 0
 
