@@ -345,19 +345,23 @@ mod tests {
     use crate::delta::DeltaMode;
     use crate::dtype::DType;
 
+    /// Uniform values in [0, 1) from an xorshift generator seeded with `seed`.
+    fn uniform(mut state: u64) -> impl FnMut() -> f64 {
+        move || {
+            state ^= state << 13;
+            state ^= state >> 7;
+            state ^= state << 17;
+            (state >> 11) as f64 / (1u64 << 53) as f64
+        }
+    }
+
     /// An fp32 chunk shaped like the embedding table's AdamW `exp_avg` between two
     /// checkpoints nine steps apart: rows (of 384) that no batch touched are zero; rows
     /// touched before the base and not since have decayed by 0.9^9; rows first touched
     /// since the base are new values over zeros. Most elements are zero in both, which the
     /// plain codec stores almost for free, and no row is cheaper as a difference.
     fn moment_like() -> (Vec<u8>, Vec<u8>) {
-        let mut state = 0x9e37_79b9_7f4a_7c15u64;
-        let mut next = move || {
-            state ^= state << 13;
-            state ^= state >> 7;
-            state ^= state << 17;
-            (state >> 11) as f64 / (1u64 << 53) as f64
-        };
+        let mut next = uniform(0x9e37_79b9_7f4a_7c15u64);
         let (mut base, mut new) = (Vec::new(), Vec::new());
         let mut row_kind = 0;
         for i in 0..(1usize << 18) {
@@ -421,13 +425,7 @@ mod tests {
     /// Trained-weight-like fp32 values and the same values one AdamW step earlier (each
     /// moved by about 1e-4 of its magnitude, as a step at lr 1e-4 moves them).
     fn weight_like() -> (Vec<u8>, Vec<u8>) {
-        let mut state = 0x2545_f491_4f6c_dd1du64;
-        let mut next = move || {
-            state ^= state << 13;
-            state ^= state >> 7;
-            state ^= state << 17;
-            (state >> 11) as f64 / (1u64 << 53) as f64
-        };
+        let mut next = uniform(0x2545_f491_4f6c_dd1du64);
         let (mut base, mut new) = (Vec::new(), Vec::new());
         for _ in 0..(1usize << 18) {
             let w = ((next() - 0.5) * 0.1) as f32;
@@ -441,13 +439,7 @@ mod tests {
     /// Dense fp32 second moments of every element at two steps far apart: each is its own
     /// gradient-squared magnitude (eight decades), unrelated to the other.
     fn dense_moments() -> (Vec<u8>, Vec<u8>) {
-        let mut state = 0x853c_49e6_748f_ea9bu64;
-        let mut next = move || {
-            state ^= state << 13;
-            state ^= state >> 7;
-            state ^= state << 17;
-            (state >> 11) as f64 / (1u64 << 53) as f64
-        };
+        let mut next = uniform(0x853c_49e6_748f_ea9bu64);
         let mut value = move || (10f64.powf(-12.0 + 8.0 * next()) as f32).to_le_bytes();
         let base: Vec<u8> = (0..(1usize << 18)).flat_map(|_| value()).collect();
         let new: Vec<u8> = (0..(1usize << 18)).flat_map(|_| value()).collect();
