@@ -11,6 +11,7 @@ use rayon::prelude::*;
 use std::borrow::Cow;
 use std::collections::{BTreeMap, HashMap, HashSet};
 use std::io::{Seek, SeekFrom, Write};
+use std::mem::MaybeUninit;
 use std::path::Path;
 
 /// One tensor to store: its raw little-endian bytes and how to interpret them.
@@ -163,25 +164,25 @@ impl Assembled<'_> {
     }
 
     /// Copy the container into `out`, which must be exactly [`Assembled::len`] bytes long;
-    /// every byte of it is written.
-    pub fn copy_to(&self, out: &mut [u8]) -> Result<()> {
+    /// every byte of it is written, so `out` may start uninitialised (a new Python `bytes`).
+    pub fn copy_to(&self, out: &mut [MaybeUninit<u8>]) -> Result<()> {
         for (dst, src) in self.placed(out)? {
-            dst.copy_from_slice(src);
+            put(dst, src);
         }
         Ok(())
     }
 
     /// [`Assembled::copy_to`], piece by piece on the current rayon pool: writing fresh
     /// memory is mostly page faults, which the cores take in parallel.
-    pub fn copy_to_parallel(&self, out: &mut [u8]) -> Result<()> {
+    pub fn copy_to_parallel(&self, out: &mut [MaybeUninit<u8>]) -> Result<()> {
         self.placed(out)?
             .into_par_iter()
-            .for_each(|(dst, src)| dst.copy_from_slice(src));
+            .for_each(|(dst, src)| put(dst, src));
         Ok(())
     }
 
     /// Every piece beside the part of `out` it goes to.
-    fn placed<'o>(&'o self, out: &'o mut [u8]) -> Result<Vec<(&'o mut [u8], &'o [u8])>> {
+    fn placed<'o>(&'o self, out: &'o mut [MaybeUninit<u8>]) -> Result<Vec<Placed<'o>>> {
         if out.len() != self.len() {
             return Err(Error::Invalid(format!(
                 "a {}-byte container does not fit a {}-byte buffer",
@@ -207,6 +208,16 @@ impl Assembled<'_> {
             out.extend_from_slice(c);
         }
         out
+    }
+}
+
+/// A piece of a container and the part of the output it is copied to.
+type Placed<'o> = (&'o mut [MaybeUninit<u8>], &'o [u8]);
+
+/// Copy `src` into `dst` (the same length); the compiler makes this one memcpy.
+fn put(dst: &mut [MaybeUninit<u8>], src: &[u8]) {
+    for (d, &s) in dst.iter_mut().zip(src) {
+        d.write(s);
     }
 }
 
@@ -568,17 +579,26 @@ mod tests {
 
         let assembled = assemble(&tensors, &extras, &opts, None).unwrap();
         assert_eq!(assembled.len(), file.len());
-        let mut copied = vec![0xa5u8; assembled.len()];
+        // Buffers filled beforehand, so that every byte can be read back safely; a byte
+        // that the copy missed would keep the filler.
+        let read = |buf: &[MaybeUninit<u8>]| -> Vec<u8> {
+            // SAFETY: every element was initialised when the buffer was made.
+            buf.iter().map(|b| unsafe { b.assume_init() }).collect()
+        };
+        let mut copied = vec![MaybeUninit::new(0xa5u8); assembled.len()];
         assembled.copy_to(&mut copied).unwrap();
-        assert!(copied == file, "copy_to differs from the file");
-        let mut copied = vec![0x5au8; assembled.len()];
+        assert!(read(&copied) == file, "copy_to differs from the file");
+        let mut copied = vec![MaybeUninit::new(0x5au8); assembled.len()];
         let pool = rayon::ThreadPoolBuilder::new()
             .num_threads(3)
             .build()
             .unwrap();
         pool.install(|| assembled.copy_to_parallel(&mut copied))
             .unwrap();
-        assert!(copied == file, "copy_to_parallel differs from the file");
+        assert!(
+            read(&copied) == file,
+            "copy_to_parallel differs from the file"
+        );
         assert!(
             assembled.into_vec() == file,
             "into_vec differs from the file"
@@ -598,9 +618,10 @@ mod tests {
         )
         .unwrap();
         for len in [0, assembled.len() - 1, assembled.len() + 1] {
-            let err = assembled.copy_to(&mut vec![0u8; len]).unwrap_err();
+            let mut buf = vec![MaybeUninit::new(0u8); len];
+            let err = assembled.copy_to(&mut buf).unwrap_err();
             assert!(err.to_string().contains("does not fit"), "{err}");
-            let err = assembled.copy_to_parallel(&mut vec![0u8; len]).unwrap_err();
+            let err = assembled.copy_to_parallel(&mut buf).unwrap_err();
             assert!(err.to_string().contains("does not fit"), "{err}");
         }
     }

@@ -17,6 +17,7 @@ use pyo3::pybacked::PyBackedBytes;
 use pyo3::types::{PyBytes, PyDict};
 use rayon::prelude::*;
 use std::collections::BTreeMap;
+use std::mem::MaybeUninit;
 use std::path::PathBuf;
 
 /// (dtype, shape, raw bytes, stored bytes, chunk encodings) of one stored tensor.
@@ -264,21 +265,22 @@ fn write_bytes<'py>(
 fn filled_bytes<'py>(
     py: Python<'py>,
     len: usize,
-    fill: impl FnOnce(&mut [u8]) -> PyResult<()> + Send,
+    fill: impl FnOnce(&mut [MaybeUninit<u8>]) -> PyResult<()> + Send,
 ) -> PyResult<Bound<'py, PyBytes>> {
     let size = pyo3::ffi::Py_ssize_t::try_from(len)
         .map_err(|_| PyValueError::new_err(format!("{len} bytes do not fit a Python bytes")))?;
     // SAFETY: a NULL source asks CPython for an uninitialised object of `size` bytes, owned
     // here (an allocation failure is the Python error). Its buffer is `len` bytes long and
-    // stays valid while `bytes` lives; no other code can see the object before it is
-    // returned, so writing it with the GIL released races with nothing. `fill` writes
-    // every byte on success; on failure the object is dropped unseen.
+    // stays valid while `bytes` lives, and is handed on as `MaybeUninit` bytes; no other
+    // code can see the object before it is returned, so writing it with the GIL released
+    // races with nothing. `fill` writes every byte on success; on failure the object is
+    // dropped unseen.
     unsafe {
         let ptr = pyo3::ffi::PyBytes_FromStringAndSize(std::ptr::null(), size);
         let bytes = Bound::from_owned_ptr_or_err(py, ptr)?.cast_into_unchecked::<PyBytes>();
         let buf = pyo3::ffi::PyBytes_AsString(ptr).cast::<u8>();
         mithril_checkpoint::error::advise_huge_pages(buf, len);
-        let out = std::slice::from_raw_parts_mut(buf, len);
+        let out = std::slice::from_raw_parts_mut(buf.cast::<MaybeUninit<u8>>(), len);
         py.detach(|| fill(out))?;
         Ok(bytes)
     }
