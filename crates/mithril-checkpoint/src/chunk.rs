@@ -166,12 +166,8 @@ fn all_zero(bytes: &[u8]) -> bool {
     whole && blocks.remainder().iter().all(|&b| b == 0)
 }
 
-/// A float chunk whose sampled, ungrouped difference is estimated at this fraction of the
-/// plain encoding or more is stored plain without planning a delta (see
-/// [`delta_cannot_win`]).
-const DELTA_HOPELESS: (usize, usize) = (1, 1);
-
-/// Whether a sample shows that no delta of this float chunk is worth planning. Optimiser
+/// Whether a sample shows that no delta of this float chunk is worth planning: its
+/// ungrouped difference estimates at the plain encoding's size or above. Optimiser
 /// moments against the moments of an earlier step are often such chunks: their planned
 /// deltas and plain encodings come within a fraction of a percent of each other, and
 /// planning the delta took most of their encoding time. On a real MiniLM fine-tuning run
@@ -201,7 +197,7 @@ fn delta_cannot_win(raw: &[u8], base: &[u8], dtype: DType) -> bool {
     let (raw, base) = (gather(raw), gather(base));
     let delta = delta::sub_estimate(&raw, &base, width);
     let plain = float::estimate(&raw, bits, width, true);
-    delta * DELTA_HOPELESS.1 >= plain * DELTA_HOPELESS.0
+    delta >= plain
 }
 
 /// [`delta_cannot_win`]'s sample: this many runs of [`SAMPLE_RUN`] elements.
@@ -448,20 +444,19 @@ mod tests {
 
     #[test]
     fn a_sparse_sample_tells_moments_from_weights_before_any_delta_is_planned() {
-        let cannot_win = |new: &[u8], base: &[u8], dtype: DType| delta_cannot_win(new, base, dtype);
         let (base, new) = dense_moments();
-        assert!(cannot_win(&new, &base, DType::F32), "moments");
+        assert!(delta_cannot_win(&new, &base, DType::F32), "moments");
         let (base, new) = weight_like();
-        assert!(!cannot_win(&new, &base, DType::F32), "fp32 weights");
+        assert!(!delta_cannot_win(&new, &base, DType::F32), "fp32 weights");
         let to_bf16 =
             |v: &[u8]| -> Vec<u8> { v.chunks_exact(4).flat_map(|w| [w[2], w[3]]).collect() };
         assert!(
-            !cannot_win(&to_bf16(&new), &to_bf16(&base), DType::BF16),
+            !delta_cannot_win(&to_bf16(&new), &to_bf16(&base), DType::BF16),
             "bf16 weights"
         );
         // Short chunks are always planned.
         let (base, new) = dense_moments();
-        assert!(!cannot_win(&new[..4000], &base[..4000], DType::F32));
+        assert!(!delta_cannot_win(&new[..4000], &base[..4000], DType::F32));
         // The moments themselves are stored plain, bit-exact, without a planned delta.
         let opts = EncodeOptions::default();
         let chosen = encode_chunk_delta(&new, &base, DType::F32, &opts);

@@ -981,8 +981,14 @@ mod tests {
                 for len in (bytes.len() / word - 7..=bytes.len() / word).map(|n| n * word) {
                     let raw = &bytes[..len];
                     let one = rans::histogram_by(
-                        raw.chunks_exact(word)
-                            .map(|w| split.head(u32_of(w)) as usize),
+                        raw.chunks_exact(word).map(|w| {
+                            let w = if word == 2 {
+                                load::<2>(w)
+                            } else {
+                                load::<4>(w)
+                            };
+                            split.head(w) as usize
+                        }),
                         1 << split.head_bits,
                     );
                     let four = if word == 2 {
@@ -994,10 +1000,6 @@ mod tests {
                 }
             }
         }
-    }
-
-    fn u32_of(w: &[u8]) -> u32 {
-        w.iter().rev().fold(0, |acc, &b| acc << 8 | b as u32)
     }
 
     fn roundtrip(raw: &[u8], dtype: DType) -> usize {

@@ -154,9 +154,14 @@ pub struct Assembled<'a> {
 }
 
 impl Assembled<'_> {
+    /// The container's bytes in order: the head, then every chunk.
+    fn pieces(&self) -> impl Iterator<Item = &[u8]> {
+        std::iter::once(&self.head[..]).chain(self.chunks.iter().map(|c| &c[..]))
+    }
+
     /// The container's size in bytes.
     pub fn len(&self) -> usize {
-        self.head.len() + self.chunks.iter().map(|c| c.len()).sum::<usize>()
+        self.pieces().map(<[u8]>::len).sum()
     }
 
     pub fn is_empty(&self) -> bool {
@@ -192,7 +197,7 @@ impl Assembled<'_> {
         }
         let mut rest = out;
         let mut placed = Vec::with_capacity(self.chunks.len() + 1);
-        for piece in std::iter::once(&self.head[..]).chain(self.chunks.iter().map(|c| &c[..])) {
+        for piece in self.pieces() {
             let (dst, tail) = std::mem::take(&mut rest).split_at_mut(piece.len());
             placed.push((dst, piece));
             rest = tail;
@@ -203,9 +208,8 @@ impl Assembled<'_> {
     /// The container as one buffer.
     pub fn into_vec(self) -> Vec<u8> {
         let mut out = Vec::with_capacity(self.len());
-        out.extend_from_slice(&self.head);
-        for c in &self.chunks {
-            out.extend_from_slice(c);
+        for piece in self.pieces() {
+            out.extend_from_slice(piece);
         }
         out
     }
