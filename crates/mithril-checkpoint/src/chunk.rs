@@ -160,7 +160,7 @@ pub fn encode_chunk<'a>(raw: &'a [u8], dtype: DType, opts: &EncodeOptions) -> En
 /// Whether every byte is zero. A plain `iter().all` stops at the first non-zero byte and
 /// so is not vectorised (about a byte per cycle); OR-ing fixed blocks is, and stopping
 /// only between blocks costs nothing on the data this sees (all zeros, or non-zero at once).
-fn all_zero(bytes: &[u8]) -> bool {
+pub fn all_zero(bytes: &[u8]) -> bool {
     let mut blocks = bytes.chunks_exact(256);
     let whole = blocks.all(|b| b.iter().fold(0u8, |acc, &x| acc | x) == 0);
     whole && blocks.remainder().iter().all(|&b| b == 0)
@@ -174,14 +174,20 @@ fn all_zero(bytes: &[u8]) -> bool {
 /// (steps 0, 1, 10 and 100), trained weights sample at 0.82 of plain or less; moments at
 /// 0.77 to 1.05, since the grouped codings find structure in the embedding's moments that
 /// an ungrouped difference does not. Skipping every moment chunk that samples at plain or
-/// above stored 0.02-0.17 % more of the moments' bytes. Short chunks are always planned.
+/// above stored 0.02-0.17 % more of the moments' bytes (`examples/delta_sample.rs`). Short
+/// chunks are always planned.
 fn delta_cannot_win(raw: &[u8], base: &[u8], dtype: DType) -> bool {
-    let Some(bits) = dtype.float_bits() else {
-        return false;
-    };
+    sampled_delta_and_plain(raw, base, dtype).is_some_and(|(delta, plain)| delta >= plain)
+}
+
+/// The estimates [`delta_cannot_win`] compares, in bytes of its sample: an ungrouped
+/// difference of `raw` against `base`, and `raw`'s plain encoding. `None` for a chunk that
+/// is not a float dtype or is too short to sample (always planned).
+pub fn sampled_delta_and_plain(raw: &[u8], base: &[u8], dtype: DType) -> Option<(usize, usize)> {
+    let bits = dtype.float_bits()?;
     let width = dtype.size();
     if raw.len() / width < float::SAMPLE_FROM_LEN {
-        return false;
+        return None;
     }
     // Short runs spread over the chunk: the chunk is not in cache yet, and whole cache lines
     // in sequence cost a fraction of the misses of a strided sample.
@@ -195,9 +201,10 @@ fn delta_cannot_win(raw: &[u8], base: &[u8], dtype: DType) -> bool {
         out
     };
     let (raw, base) = (gather(raw), gather(base));
-    let delta = delta::sub_estimate(&raw, &base, width);
-    let plain = float::estimate(&raw, bits, width, true);
-    delta >= plain
+    Some((
+        delta::sub_estimate(&raw, &base, width),
+        float::estimate(&raw, bits, width, true),
+    ))
 }
 
 /// [`delta_cannot_win`]'s sample: this many runs of [`SAMPLE_RUN`] elements.
