@@ -17,6 +17,8 @@ Modes, on the pretrained all-MiniLM-L6-v2 weights (bf16 and fp32):
 * ``compress``  ``write_bytes`` of each tensor on its own, one thread (``compress_tensor``)
 * ``save1`` / ``save2``  ``write_bytes`` of the whole state dict on one / two threads (``save``)
 * ``small``  ``write_bytes`` of one 384-element tensor (a LayerNorm weight), 20 000 calls
+* ``decompress``  each tensor's blob (made by the first build) read into a fresh
+  ``torch.empty`` buffer, one thread, as ``decompress_tensor`` does
 
 Prints the minimum and median seconds of each build per dtype.
 """
@@ -43,6 +45,14 @@ def load_build(path: str) -> Any:
     return module
 
 
+def decompress(native: Any, blob: bytes) -> torch.Tensor:
+    """Decode a one-tensor blob into fresh memory on one thread."""
+    reader = native.Reader.from_bytes(blob)
+    out = torch.empty(reader.info("")[2], dtype=torch.uint8)
+    reader.read_into("", out.numpy(), 1)
+    return out
+
+
 def main(argv: list[str]) -> int:
     if len(argv) < 4:
         print(__doc__)
@@ -62,6 +72,9 @@ def main(argv: list[str]) -> int:
             calls = [([to_raw("", ln)], 1)] * 20_000
         elif mode in ("save1", "save2"):
             calls = [([to_raw(k, t) for k, t in tensors.items()], int(mode[-1]))]
+        elif mode == "decompress":
+            first = builds[0][1]
+            blobs = [first.write_bytes([to_raw("", t)], None, 1, None, None) for t in tensors.values()]
         else:
             raise SystemExit(f"unknown mode {mode!r}")
         times: dict[str, list[float]] = {p: [] for p, _ in builds}
@@ -70,7 +83,10 @@ def main(argv: list[str]) -> int:
                 gc.collect()
                 gc.disable()
                 start = time.perf_counter()
-                out = [native.write_bytes(srcs, None, n, None, None) for srcs, n in calls]
+                if mode == "decompress":
+                    out = [decompress(native, b) for b in blobs]
+                else:
+                    out = [native.write_bytes(srcs, None, n, None, None) for srcs, n in calls]
                 times[path].append(time.perf_counter() - start)
                 gc.enable()
                 del out

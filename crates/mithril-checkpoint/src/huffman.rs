@@ -227,22 +227,23 @@ impl Code {
     }
 
     /// Two-symbol decoding table: for every 11-bit window, the first symbol and, when its
-    /// code fits in the bits left, the second: `s1 | s2 << 16 | bits << 32 | count << 40`.
-    fn pair_table(single: &[u32; TABLE_SIZE]) -> Box<[u64; TABLE_SIZE]> {
+    /// code fits in the bits left, the second. Each entry is laid out for the fewest
+    /// operations in the decoding loop: the bits taken in its low byte (the shift count
+    /// `shrx` reads), the symbols as `write_pair` stores them in bits 16..48, and how many
+    /// symbols it holds in its top byte.
+    fn pair_table<T: Symbol>(single: &[u32; TABLE_SIZE]) -> Box<[u64; TABLE_SIZE]> {
         let mut table = Box::new([0u64; TABLE_SIZE]);
         for (v, slot) in table.iter_mut().enumerate() {
             let first = single[v];
             let len1 = first >> 16;
             let second = single[v >> len1];
             let len2 = second >> 16;
-            *slot = if len1 + len2 <= MAX_CODE_BITS {
-                (first & 0xffff) as u64
-                    | ((second & 0xffff) as u64) << 16
-                    | ((len1 + len2) as u64) << 32
-                    | 2 << 40
+            let (symbols, bits, count) = if len1 + len2 <= MAX_CODE_BITS {
+                (T::pack_pair(first as u16, second as u16), len1 + len2, 2)
             } else {
-                (first & 0xffff) as u64 | (len1 as u64) << 32 | 1 << 40
+                (T::pack_pair(first as u16, 0), len1, 1)
             };
+            *slot = (symbols as u64) << 16 | bits as u64 | count << 56;
         }
         table
     }
@@ -466,15 +467,16 @@ fn decode_pairs<T: Symbol>(
     pairs: &[u64; TABLE_SIZE],
 ) -> ([usize; SEGMENTS], [usize; SEGMENTS]) {
     #[cfg(target_arch = "x86_64")]
-    if std::arch::is_x86_feature_detected!("bmi2") {
-        // SAFETY: the CPU supports BMI2 (checked just above).
+    if std::arch::is_x86_feature_detected!("bmi2") && std::arch::is_x86_feature_detected!("lzcnt")
+    {
+        // SAFETY: the CPU supports BMI2 and LZCNT (checked just above).
         return unsafe { decode_pairs_bmi2(streams, outs, pairs) };
     }
     decode_pairs_body(streams, outs, pairs)
 }
 
 #[cfg(target_arch = "x86_64")]
-#[target_feature(enable = "bmi2")]
+#[target_feature(enable = "bmi2,lzcnt")]
 unsafe fn decode_pairs_bmi2<T: Symbol>(
     streams: [&[u8]; SEGMENTS],
     outs: [&mut [T]; SEGMENTS],
@@ -483,6 +485,13 @@ unsafe fn decode_pairs_bmi2<T: Symbol>(
     decode_pairs_body(streams, outs, pairs)
 }
 
+/// Marks the top of a round's window. A round takes at most `PER_WINDOW * 11 = 55` bits
+/// and its lookups read no bit above 54, so the marker never reaches a table index (it
+/// replaces a data bit only when the window starts on a byte boundary, and that bit is
+/// read in the next round). After the round the marker has moved down by the bits taken,
+/// which `leading_zeros` then gives back: no running bit count per lookup.
+const MARKER: u64 = 1 << 63;
+
 #[inline(always)]
 fn decode_pairs_body<T: Symbol>(
     streams: [&[u8]; SEGMENTS],
@@ -490,12 +499,19 @@ fn decode_pairs_body<T: Symbol>(
     pairs: &[u64; TABLE_SIZE],
 ) -> ([usize; SEGMENTS], [usize; SEGMENTS]) {
     let mut pos = [0usize; SEGMENTS];
-    let mut done = [0usize; SEGMENTS];
     let room = outs.iter().map(|o| o.len()).min().unwrap_or(0);
     let Some(last_round_start) = room.checked_sub(ROUND_ROOM) else {
-        return (pos, done);
+        return (pos, [0; SEGMENTS]);
     };
-    let out_ptrs = outs.map(|o| o.as_mut_ptr());
+    let starts = outs.map(|o| o.as_mut_ptr());
+    // SAFETY: `last_round_start` is below every segment's length.
+    let last_starts = starts.map(|p| unsafe { p.add(last_round_start) });
+    let mut at = starts;
+    // Symbols written to each segment so far.
+    let done = |at: [*mut T; SEGMENTS]| -> [usize; SEGMENTS] {
+        // SAFETY: both pointers lie in the same output slice, `at` at or after `starts`.
+        std::array::from_fn(|s| unsafe { at[s].offset_from(starts[s]) } as usize)
+    };
     loop {
         let mut windows = [0u64; SEGMENTS];
         for s in 0..SEGMENTS {
@@ -503,24 +519,28 @@ fn decode_pairs_body<T: Symbol>(
                 .get(pos[s] >> 3..)
                 .and_then(|b| b.first_chunk::<8>())
             else {
-                return (pos, done);
+                return (pos, done(at));
             };
-            if done[s] > last_round_start {
-                return (pos, done);
+            if at[s] > last_starts[s] {
+                return (pos, done(at));
             }
-            windows[s] = u64::from_le_bytes(*bytes) >> (pos[s] & 7);
+            windows[s] = u64::from_le_bytes(*bytes) >> (pos[s] & 7) | MARKER;
         }
         for _ in 0..PER_WINDOW {
             for s in 0..SEGMENTS {
                 let e = pairs[(windows[s] & WINDOW_MASK) as usize];
-                // SAFETY: `done[s]` was at most `room - ROUND_ROOM` when this round began
-                // and grows by at most 2 per lookup, so both elements lie inside `outs[s]`.
-                unsafe { T::write_pair(out_ptrs[s].add(done[s]), e as u32) };
-                let bits = (e >> 32) & 0xff;
-                windows[s] >>= bits;
-                pos[s] += bits as usize;
-                done[s] += (e >> 40) as usize;
+                // SAFETY: segment `s` had at most `room - ROUND_ROOM` symbols when this
+                // round began and grows by at most 2 per lookup, so both elements lie
+                // inside `outs[s]`.
+                unsafe {
+                    T::write_pair(at[s], (e >> 16) as u32);
+                    at[s] = at[s].add((e >> 56) as usize);
+                }
+                windows[s] >>= e & 63;
             }
+        }
+        for s in 0..SEGMENTS {
+            pos[s] += windows[s].leading_zeros() as usize;
         }
     }
 }
@@ -566,7 +586,7 @@ pub fn decode<T: Symbol>(data: &[u8], out: &mut [T], cardinality: usize) -> Resu
         &streams[..],
         &mut out.chunks_mut(seg_len).collect::<Vec<_>>()[..],
     ) {
-        let pairs = Code::pair_table(&table);
+        let pairs = Code::pair_table::<T>(&table);
         let (p, d) = decode_pairs([s0, s1, s2, s3], [o0, o1, o2, o3], &pairs);
         pos.copy_from_slice(&p);
         done.copy_from_slice(&d);

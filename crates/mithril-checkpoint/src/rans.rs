@@ -33,7 +33,13 @@ pub trait Symbol: Copy + Default + Send + Sync + 'static {
     fn index(self) -> usize;
     fn from_index(v: u16) -> Self;
 
-    /// Store the two symbols `pair & 0xffff` and `pair >> 16` at `at[0]` and `at[1]`.
+    /// Two symbols packed the way [`Symbol::write_pair`] stores them.
+    #[inline(always)]
+    fn pack_pair(first: u16, second: u16) -> u32 {
+        first as u32 | (second as u32) << 16
+    }
+
+    /// Store the two symbols of `pair` (made by [`Symbol::pack_pair`]) at `at[0]` and `at[1]`.
     ///
     /// # Safety
     /// `at` must be valid for writes of two elements.
@@ -57,12 +63,14 @@ impl Symbol for u8 {
     fn from_index(v: u16) -> Self {
         v as u8
     }
-    #[cfg(target_endian = "little")]
+    #[inline(always)]
+    fn pack_pair(first: u16, second: u16) -> u32 {
+        (first & 0xff) as u32 | ((second & 0xff) as u32) << 8
+    }
     #[inline(always)]
     unsafe fn write_pair(at: *mut Self, pair: u32) {
-        let bytes = (pair & 0xff) as u16 | ((pair >> 8) & 0xff00) as u16;
         // SAFETY: the caller guarantees two writable bytes; one unaligned 16-bit store.
-        unsafe { at.cast::<u16>().write_unaligned(bytes) }
+        unsafe { at.cast::<[u8; 2]>().write_unaligned((pair as u16).to_le_bytes()) }
     }
 }
 
