@@ -128,9 +128,12 @@ const HEAD_BINS: usize = 1 << 10;
 
 /// Histogram of the heads of `raw` under `split`.
 ///
-/// Four words per step, each counted in its own table, so that runs of equal heads do not
-/// wait on one counter's store; the tables are fixed-size and the heads masked to them, so
-/// no count is bounds-checked. This pass is about a third of a bf16 chunk's encoding.
+/// Sixteen bytes per step, read as two 64-bit words whose elements are shifted out in
+/// registers, each element counted in one of four tables in turn so that runs of equal
+/// heads do not wait on one counter's store; the tables are fixed-size and the heads masked
+/// to them, so no count is bounds-checked. The pass is bound by the operations per element
+/// (the number of tables barely matters), which is why the elements are not loaded one by
+/// one. It is about a fifth of a bf16 chunk's encoding.
 fn head_histogram<const W: usize>(raw: &[u8], split: Split) -> Vec<u32> {
     let cardinality = 1usize << split.head_bits;
     if cardinality > HEAD_BINS {
@@ -140,18 +143,28 @@ fn head_histogram<const W: usize>(raw: &[u8], split: Split) -> Vec<u32> {
         return rans::histogram_by(heads, cardinality);
     }
     let mut tables = [[0u32; HEAD_BINS]; 4];
-    let head = |w: &[u8]| split.head(load::<W>(w)) as usize & (HEAD_BINS - 1);
-    let mut quads = raw.chunks_exact(4 * W);
-    for q in &mut quads {
-        let (a, rest) = q.split_at(W);
-        let (b, rest) = rest.split_at(W);
-        let (c, d) = rest.split_at(W);
-        tables[0][head(a)] += 1;
-        tables[1][head(b)] += 1;
-        tables[2][head(c)] += 1;
-        tables[3][head(d)] += 1;
+    let mask = (cardinality - 1) as u64 & (HEAD_BINS as u64 - 1);
+    let low = split.low;
+    let word = |b: &[u8]| u64::from_le_bytes([b[0], b[1], b[2], b[3], b[4], b[5], b[6], b[7]]);
+    let mut steps = raw.chunks_exact(16);
+    for q in &mut steps {
+        let (x, y) = (word(&q[..8]) >> low, word(&q[8..]) >> low);
+        if W == 2 {
+            for v in [x, y] {
+                tables[0][(v & mask) as usize] += 1;
+                tables[1][(v >> 16 & mask) as usize] += 1;
+                tables[2][(v >> 32 & mask) as usize] += 1;
+                tables[3][(v >> 48 & mask) as usize] += 1;
+            }
+        } else {
+            tables[0][(x & mask) as usize] += 1;
+            tables[1][(x >> 32 & mask) as usize] += 1;
+            tables[2][(y & mask) as usize] += 1;
+            tables[3][(y >> 32 & mask) as usize] += 1;
+        }
     }
-    for w in quads.remainder().chunks_exact(W) {
+    let head = |w: &[u8]| split.head(load::<W>(w)) as usize & (HEAD_BINS - 1);
+    for w in steps.remainder().chunks_exact(W) {
         tables[0][head(w)] += 1;
     }
     (0..cardinality)
