@@ -248,21 +248,18 @@ impl Code {
         table
     }
 
-    /// Encoding table indexed by symbol value: `codeword | length << 16` (0 when absent).
-    fn encode_table(&self) -> Vec<u32> {
+    /// Encoding table indexed by symbol value: the codeword in the top bits, its length in
+    /// the low byte (0 when absent). See [`BitWriter`].
+    fn encode_table(&self) -> Vec<u64> {
         let top = self.symbols.last().map_or(0, |&s| s as usize + 1);
-        let mut table = vec![0u32; top];
+        let mut table = vec![0u64; top];
         for ((&s, &l), w) in self.symbols.iter().zip(&self.lengths).zip(self.codewords()) {
-            table[s as usize] = w | (l as u32) << 16;
+            table[s as usize] = (w as u64) << (64 - l as u32) | l as u64;
         }
         table
     }
 }
 
-/// Code lengths for `weights` (increasing), none longer than `max_len`, minimising the
-/// weighted length. Package-merge: at each of `max_len` levels the leaves are merged with
-/// the pairs of the level below; the 2n-2 cheapest items of the top level decide, level by
-/// level, how many of the lightest leaves gain one bit.
 fn package_merge(weights: &[u64], max_len: usize) -> Vec<u8> {
     let n = weights.len();
     let mut is_leaf_by_level: Vec<Vec<bool>> = Vec::with_capacity(max_len);
@@ -329,35 +326,47 @@ fn read_u16(data: &[u8], at: usize) -> Option<u16> {
 
 /// LSB-first bit writer state; the bytes go to a slice the caller passes in, so that the
 /// state stays in registers.
+///
+/// The pending bits fill the accumulator from the top: a code enters by shifting the
+/// accumulator right by its length and or-ing in the table entry, whose codeword sits in
+/// the top bits and whose length sits in the low byte. `shrx` takes the shift count from
+/// the entry's low six bits and the bit count grows by the whole entry (only its low byte
+/// is read), so a code costs a shift, an or and an add. The lengths or-ed in stay in the
+/// low four bits and only move down, below the pending bits as long as at most 60 are
+/// pending: 7 left over and [`PER_FLUSH`] codes of at most 11 bits.
 #[derive(Clone, Copy, Default)]
 struct BitWriter {
     at: usize,
     acc: u64,
-    bits: u32,
+    bits: u64,
 }
 
+/// Codes between two flushes of the writer.
+const PER_FLUSH: usize = 4;
+
 impl BitWriter {
-    /// Append one `codeword | length << 16`; at most `PER_WINDOW` between flushes.
+    /// Append one table entry; at most [`PER_FLUSH`] between flushes.
     #[inline(always)]
-    fn put(&mut self, code: u32) {
-        self.acc |= ((code & 0xffff) as u64) << self.bits;
-        self.bits += code >> 16;
+    fn put(&mut self, entry: u64) {
+        self.acc = self.acc >> (entry & 63) | entry;
+        self.bits = self.bits.wrapping_add(entry);
     }
 
-    /// Store the whole bytes of the accumulator (at most 62 bits are pending) into `out`,
-    /// which has room for the segment's worst case.
+    /// Store the whole bytes of the pending bits into `out`, which has room for the
+    /// segment's worst case.
     #[inline(always)]
     fn flush(&mut self, out: &mut [u8]) {
+        let pending = self.bits & 0xff;
+        // With nothing pending the shift is by 0 and the bytes stored are not counted.
+        let bytes = self.acc >> (64 - pending & 63);
         if let Some(w) = out
             .get_mut(self.at..)
             .and_then(|w| w.first_chunk_mut::<8>())
         {
-            *w = self.acc.to_le_bytes();
+            *w = bytes.to_le_bytes();
         }
-        let bytes = self.bits >> 3;
-        self.at += bytes as usize;
-        self.acc >>= bytes * 8;
-        self.bits &= 7;
+        self.at += (pending >> 3) as usize;
+        self.bits = pending & 7;
     }
 
     /// Bytes used once the last partial byte is stored.
@@ -407,7 +416,7 @@ pub fn encode_into<T: Symbol>(syms: &[T], code: &Code, out: &mut Vec<u8>) {
 /// bytes of the last store); returns the bytes used.
 /// One segment at a time: the accumulator chain is one shift-or per symbol, shorter than
 /// the loads that feed it, so interleaving segments would only add register pressure.
-fn encode_segment<T: Symbol>(syms: &[T], table: &[u32], out: &mut [u8]) -> usize {
+fn encode_segment<T: Symbol>(syms: &[T], table: &[u64], out: &mut [u8]) -> usize {
     #[cfg(target_arch = "x86_64")]
     if std::arch::is_x86_feature_detected!("bmi2") {
         // SAFETY: the CPU supports BMI2 (checked just above).
@@ -418,14 +427,14 @@ fn encode_segment<T: Symbol>(syms: &[T], table: &[u32], out: &mut [u8]) -> usize
 
 #[cfg(target_arch = "x86_64")]
 #[target_feature(enable = "bmi2")]
-unsafe fn encode_segment_bmi2<T: Symbol>(syms: &[T], table: &[u32], out: &mut [u8]) -> usize {
+unsafe fn encode_segment_bmi2<T: Symbol>(syms: &[T], table: &[u64], out: &mut [u8]) -> usize {
     encode_segment_body(syms, table, out)
 }
 
 #[inline(always)]
-fn encode_segment_body<T: Symbol>(syms: &[T], table: &[u32], out: &mut [u8]) -> usize {
+fn encode_segment_body<T: Symbol>(syms: &[T], table: &[u64], out: &mut [u8]) -> usize {
     let mut w = BitWriter::default();
-    let mut groups = syms.chunks_exact(PER_WINDOW);
+    let mut groups = syms.chunks_exact(PER_FLUSH);
     for group in &mut groups {
         for s in group {
             w.put(table[s.index()]);
