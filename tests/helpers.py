@@ -31,10 +31,12 @@ def raw_bytes(t: torch.Tensor) -> bytes:
 
 
 def assert_same_tensor(got: Any, want: torch.Tensor) -> None:
-    """Same dtype, same shape, identical bytes (NaN payloads and signed zeros included)."""
+    """Same dtype, same shape, identical bytes (NaN payloads and signed zeros included), and
+    the strides of a fresh contiguous tensor, as torch would make it."""
     assert isinstance(got, torch.Tensor), type(got)
     assert got.dtype == want.dtype
     assert tuple(got.shape) == tuple(want.shape)
+    assert got.stride() == torch.empty(want.shape, dtype=want.dtype).stride()
     assert raw_bytes(got) == raw_bytes(want)
 
 

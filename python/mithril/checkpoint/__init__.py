@@ -22,8 +22,9 @@ from mithril import _native
 from mithril.checkpoint._convert import (
     RawTensor,
     default_framework,
-    empty_raw,
+    empty_tensor,
     from_raw,
+    on_device,
     to_raw,
 )
 from mithril.errors import BaseCheckpointError, ConfigError, MithrilError
@@ -259,24 +260,23 @@ class safe_open:  # noqa: N801 - mirrors safetensors.safe_open
 
     def get_tensor(self, name: str) -> Any:
         """Decode tensor ``name`` (raises :class:`mithril.TensorNotFoundError` if absent)."""
-        dtype, shape, raw_len, *_ = self._reader.info(name)
-        owner, buf = empty_raw(raw_len, self._framework, f"tensor {name!r}")
+        dtype, shape, *_ = self._reader.info(name)
+        t, buf = empty_tensor(dtype, shape, self._framework, f"tensor {name!r}")
         self._reader.read_into(name, buf, self._threads)
-        return from_raw(owner, dtype, shape, self._framework, self._device)
+        return on_device(t, self._device)
 
     def _get_all(self) -> dict[str, Any]:
         """Every tensor, decoded concurrently (tensors as well as their chunks), each straight
         into the memory of the tensor returned."""
         names = self.keys()
         infos = [self._reader.info(name) for name in names]
-        buffers = [
-            empty_raw(info[2], self._framework, f"tensor {name!r}")
+        tensors = [
+            empty_tensor(info[0], info[1], self._framework, f"tensor {name!r}")
             for name, info in zip(names, infos, strict=True)
         ]
-        self._reader.read_many_into(names, [buf for _, buf in buffers], self._threads)
+        self._reader.read_many_into(names, [buf for _, buf in tensors], self._threads)
         return {
-            name: from_raw(owner, info[0], info[1], self._framework, self._device)
-            for name, info, (owner, _) in zip(names, infos, buffers, strict=True)
+            name: on_device(t, self._device) for name, (t, _) in zip(names, tensors, strict=True)
         }
 
 
@@ -345,7 +345,7 @@ def decompress_tensor(
         raise ConfigError(
             f"not a compress_tensor() blob: it holds {len(names)} named tensor(s); use load()"
         )
-    dtype, shape, raw_len, *_ = reader.info("")
+    dtype, shape, *_ = reader.info("")
     if reader.base_ref() is not None and base is None:
         raise BaseCheckpointError("this blob is a delta: pass the base tensor it was made against")
     framework = framework or default_framework()
@@ -353,9 +353,9 @@ def decompress_tensor(
         _, _, _, buf = to_raw("", base)
         raw = reader.read_with_base("", buf, threads)
         return from_raw(raw, dtype, shape, framework)
-    owner, out = empty_raw(raw_len, framework, "compress_tensor() blob")
+    t, out = empty_tensor(dtype, shape, framework, "compress_tensor() blob")
     reader.read_into("", out, threads)
-    return from_raw(owner, dtype, shape, framework)
+    return t
 
 
 def inspect(filename: PathLike) -> dict[str, Any]:

@@ -108,29 +108,68 @@ def to_raw(name: str, value: Any) -> RawTensor:
     )
 
 
-def empty_raw(nbytes: int, framework: str, what: str) -> tuple[Any, np.ndarray]:
-    """An uninitialised byte buffer for a decoder to fill in place: ``(owner, bytes)``,
-    where ``owner`` is a torch uint8 tensor for ``framework="pt"`` (else the numpy array
-    itself) and ``bytes`` a numpy view of its memory. Decoding into it skips the zeroing a
-    fresh zeroed buffer costs, and the owner becomes the tensor without a copy. A size the
-    allocator refuses (a hostile file can claim any) is a ``MemoryError`` naming ``what``."""
+# torch dtypes that numpy lacks (or that older torch cannot take from numpy) are allocated
+# as a signed integer array of the same width and viewed as their dtype.
+_CARRIERS = {
+    1: np.dtype(np.int8),
+    2: np.dtype(np.int16),
+    4: np.dtype(np.int32),
+    8: np.dtype(np.int64),
+}
+_FROM_NUMPY_AS_IS = ("BOOL", "U8", "I8", "I16", "I32", "I64", "F16", "F32", "F64")
+
+
+def empty_tensor(dtype: str, shape: list[int], framework: str, what: str) -> tuple[Any, np.ndarray]:
+    """An uninitialised tensor of ``dtype`` and ``shape`` (torch for ``framework="pt"``,
+    numpy for ``"np"``) and a flat uint8 numpy view of its memory, for a decoder to fill in
+    place: ``(tensor, bytes)``.
+
+    The memory is a numpy array, which the torch tensor shares (as safetensors' tensors
+    share theirs, they cannot be resized). Allocating it as torch bytes, then viewing and
+    reshaping them took three torch calls per tensor, about 10 us, which over the hundred
+    small tensors of a checkpoint is a tenth of decoding them. A size the allocator
+    refuses (a hostile file can claim any) is a ``MemoryError`` naming ``what``.
+    """
+    torch = None
+    if framework in ("pt", "torch"):
+        torch = _torch()
+        if torch is None:
+            raise ConfigError("framework='pt' needs torch; install mithril[torch] or use 'np'")
+        by_name = _torch_dtypes_by_name(torch)
+        if dtype not in by_name:
+            raise ConfigError(f"dtype {dtype} is not available in this torch build")
+        torch_dtype = by_name[dtype]
+        as_is = dtype in _FROM_NUMPY_AS_IS
+        np_dtype = _NAME_TO_NUMPY[dtype] if as_is else _CARRIERS[torch_dtype.itemsize]
+    elif framework in ("np", "numpy"):
+        if dtype not in _NAME_TO_NUMPY:
+            raise ConfigError(f"dtype {dtype} has no numpy equivalent; use framework='pt'")
+        np_dtype = _NAME_TO_NUMPY[dtype]
+    else:
+        raise ConfigError(f"unknown framework {framework!r} (expected 'pt' or 'np')")
     try:
-        if framework in ("pt", "torch"):
-            torch = _torch()
-            if torch is not None:
-                owner = torch.empty(nbytes, dtype=torch.uint8)
-                return owner, owner.numpy()
-        raw = np.empty(nbytes, dtype=np.uint8)
-        return raw, raw
-    except (MemoryError, RuntimeError) as e:
-        raise MemoryError(f"{what}: cannot allocate {nbytes} bytes ({e})") from None
+        a = np.empty(shape, dtype=np_dtype)
+    except (MemoryError, ValueError) as e:
+        raise MemoryError(f"{what}: cannot allocate {dtype} of shape {shape} ({e})") from None
+    buf = a.reshape(-1).view(np.uint8)
+    if torch is None:
+        return a, buf
+    if a.size == 0:  # numpy gives empty arrays strides that torch would copy
+        return torch.empty(shape, dtype=torch_dtype), buf
+    t = torch.from_numpy(a)
+    return (t if as_is else t.view(torch_dtype)), buf
+
+
+def on_device(t: Any, device: str) -> Any:
+    """``t`` on ``device`` (a torch device name; ``"cpu"`` leaves it where it is)."""
+    return t if device == "cpu" else t.to(device)
 
 
 def from_raw(
     raw: Any, dtype: str, shape: list[int], framework: str = "pt", device: str = "cpu"
 ) -> Any:
-    """Wrap decoded bytes (a uint8 numpy array, or the torch owner from :func:`empty_raw`)
-    as a torch tensor (``framework="pt"``) or numpy array (``"np"``)."""
+    """Wrap decoded bytes (a uint8 numpy array or torch tensor) as a torch tensor
+    (``framework="pt"``) or numpy array (``"np"``)."""
     if framework in ("pt", "torch"):
         torch = _torch()
         if torch is None:
