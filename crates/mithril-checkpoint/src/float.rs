@@ -299,13 +299,14 @@ fn encode_words<const W: usize>(raw: &[u8], bits: FloatBits) -> Vec<u8> {
     // one pass with the heads. A sample that is not random is not taken again below.
     let mut sampled_not_random = false;
     if W == 2 && matches!(split.rem_bits, 6 | 7) && n >= SAMPLE_FROM_LEN {
+        let stride = sample_stride(n);
         let sampled = rans::histogram_by(
             raw.chunks_exact(W)
-                .step_by(sample_stride(n))
+                .step_by(stride)
                 .map(|w| split.rem(load::<W>(w)) as usize),
             1 << split.rem_bits,
         );
-        if !looks_random(&sampled, n.div_ceil(sample_stride(n)), split.rem_bits) {
+        if !looks_random(&sampled, n.div_ceil(stride), split.rem_bits) {
             sampled_not_random = true;
         } else if matches!(split.rem_bits, 6 | 7) {
             return with_scratch(n, packed_room(n), |heads, packed| {
@@ -582,11 +583,9 @@ const SAMPLE_RANDOM_MARGIN: f64 = 0.04;
 /// raw without the full count.
 pub(crate) fn encode_plane(plane: &[u8], width: u32, slack: f64) -> (u8, Cow<'_, [u8]>) {
     if plane.len() >= SAMPLE_FROM_LEN {
-        let sample = rans::histogram_by(
-            plane.iter().step_by(sample_stride(plane.len())).map(|&b| b as usize),
-            256,
-        );
-        if looks_random(&sample, plane.len().div_ceil(sample_stride(plane.len())), width) {
+        let stride = sample_stride(plane.len());
+        let sample = rans::histogram_by(plane.iter().step_by(stride).map(|&b| b as usize), 256);
+        if looks_random(&sample, plane.len().div_ceil(stride), width) {
             return (METHOD_RAW, raw_plane(plane, width));
         }
     }

@@ -476,8 +476,7 @@ fn decode_pairs<T: Symbol>(
     pairs: &[u64; TABLE_SIZE],
 ) -> ([usize; SEGMENTS], [usize; SEGMENTS]) {
     #[cfg(target_arch = "x86_64")]
-    if std::arch::is_x86_feature_detected!("bmi2") && std::arch::is_x86_feature_detected!("lzcnt")
-    {
+    if std::arch::is_x86_feature_detected!("bmi2") && std::arch::is_x86_feature_detected!("lzcnt") {
         // SAFETY: the CPU supports BMI2 and LZCNT (checked just above).
         return unsafe { decode_pairs_bmi2(streams, outs, pairs) };
     }

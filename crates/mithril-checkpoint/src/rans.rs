@@ -70,7 +70,10 @@ impl Symbol for u8 {
     #[inline(always)]
     unsafe fn write_pair(at: *mut Self, pair: u32) {
         // SAFETY: the caller guarantees two writable bytes; one unaligned 16-bit store.
-        unsafe { at.cast::<[u8; 2]>().write_unaligned((pair as u16).to_le_bytes()) }
+        unsafe {
+            at.cast::<[u8; 2]>()
+                .write_unaligned((pair as u16).to_le_bytes())
+        }
     }
 }
 
