@@ -747,6 +747,25 @@ pub(crate) fn unpack_bits(data: &[u8], width: u32, out: &mut [u8]) -> Result<()>
             data.len()
         )));
     }
+    let mut done = 0;
+    #[cfg(target_arch = "x86_64")]
+    if crate::float_avx2::available() {
+        // SAFETY: AVX2 is present (checked just above).
+        done = unsafe {
+            match w {
+                1 => crate::float_avx2::unpack_bytes::<1>(data, out),
+                2 => crate::float_avx2::unpack_bytes::<2>(data, out),
+                3 => crate::float_avx2::unpack_bytes::<3>(data, out),
+                4 => crate::float_avx2::unpack_bytes::<4>(data, out),
+                5 => crate::float_avx2::unpack_bytes::<5>(data, out),
+                6 => crate::float_avx2::unpack_bytes::<6>(data, out),
+                7 => crate::float_avx2::unpack_bytes::<7>(data, out),
+                _ => 0,
+            }
+        };
+    }
+    // Whole groups of eight values from there on; `done` is a multiple of 32.
+    let (data, out) = (&data[done / 8 * w..], &mut out[done..]);
     let whole = out.len() / 8;
     let (groups, rest) = out.split_at_mut(whole * 8);
     let (body, tail) = data.split_at(whole * w);
@@ -1261,7 +1280,7 @@ mod tests {
     #[test]
     fn bit_packing_roundtrips() {
         for width in 1..=8u32 {
-            for n in [0usize, 1, 3, 5, 31, 32, 33, 100] {
+            for n in [0usize, 1, 3, 5, 31, 32, 33, 100, 255, 256, 1000, 4099] {
                 let vals: Vec<u8> = (0..n)
                     .map(|i| (i as u8).wrapping_mul(37) & ((1u16 << width) - 1) as u8)
                     .collect();

@@ -70,6 +70,40 @@ pub(crate) unsafe fn join_packed<const WIDTH: usize>(
     }
 }
 
+/// Unpack values of `WIDTH` (1 to 7) bits, packed as by `float::pack_bits`, into one byte
+/// each, 32 at a time; returns how many values were written (the caller does the rest).
+/// The fp32 split keeps the remainder's top bits in such a plane, so every fp32 chunk
+/// with heads of one or two mantissa bits unpacks one.
+///
+/// # Safety
+/// The CPU must support AVX2.
+#[target_feature(enable = "avx2")]
+pub(crate) unsafe fn unpack_bytes<const WIDTH: usize>(packed: &[u8], out: &mut [u8]) -> usize {
+    let (shuffle, multiply) = unpack_controls(WIDTH);
+    // SAFETY (whole function): the loop condition keeps 32 output bytes and, for the
+    // second group of 16 values, `WIDTH + 16` packed bytes from its first byte in bounds.
+    unsafe {
+        let shuffle = _mm256_broadcastsi128_si256(_mm_loadu_si128(shuffle.as_ptr().cast()));
+        let multiply = _mm256_broadcastsi128_si256(_mm_loadu_si128(multiply.as_ptr().cast()));
+        let align = _mm_cvtsi32_si128(16 - WIDTH as i32);
+        let values = |src: *const u8| {
+            let bytes = _mm256_loadu2_m128i(src.add(WIDTH).cast(), src.cast());
+            let pairs = _mm256_shuffle_epi8(bytes, shuffle);
+            _mm256_srl_epi16(_mm256_mullo_epi16(pairs, multiply), align)
+        };
+        let mut done = 0usize;
+        while done + 32 <= out.len() && (done / 8) * WIDTH + 3 * WIDTH + 16 <= packed.len() {
+            let src = packed.as_ptr().add(done / 8 * WIDTH);
+            let (a, b) = (values(src), values(src.add(2 * WIDTH)));
+            // packus works within 128-bit lanes: a0 b0 a1 b1, put back in order.
+            let bytes = _mm256_permute4x64_epi64::<0b11_01_10_00>(_mm256_packus_epi16(a, b));
+            _mm256_storeu_si256(out.as_mut_ptr().add(done).cast(), bytes);
+            done += 32;
+        }
+        done
+    }
+}
+
 /// Split 16-bit words into heads and packed remainders of `WIDTH` (6 or 7) bits, 32 words
 /// at a time; returns how many words were done. `packed` needs `4 * WIDTH + 4` bytes of
 /// room per 32 words (the last store runs 4 bytes past its group; the next overwrites them).
