@@ -358,7 +358,7 @@ impl BitWriter {
     fn flush(&mut self, out: &mut [u8]) {
         let pending = self.bits & 0xff;
         // With nothing pending the shift is by 0 and the bytes stored are not counted.
-        let bytes = self.acc >> (64 - pending & 63);
+        let bytes = self.acc >> ((64 - pending) & 63);
         if let Some(w) = out
             .get_mut(self.at..)
             .and_then(|w| w.first_chunk_mut::<8>())
