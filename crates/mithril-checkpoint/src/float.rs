@@ -694,7 +694,23 @@ fn sampled_entropy_bytes<const W: usize>(
 /// Pack values of `width` (1..=8) bits, LSB first: 8 values make `width` bytes.
 pub(crate) fn pack_bits(vals: &[u8], width: u32) -> Vec<u8> {
     let w = width as usize;
-    let mut out = Vec::with_capacity((vals.len() * w).div_ceil(8) + 8);
+    let need = (vals.len() * w).div_ceil(8);
+    let mut out = Vec::with_capacity(need + 8);
+    let mut done = 0;
+    #[cfg(target_arch = "x86_64")]
+    if matches!(w, 6 | 7) && vals.len() >= 64 && crate::float_avx2::available() {
+        out.resize(need + 4, 0);
+        // SAFETY: AVX2 is present (checked just above).
+        done = unsafe {
+            if w == 6 {
+                crate::float_avx2::pack_bytes::<6>(vals, &mut out)
+            } else {
+                crate::float_avx2::pack_bytes::<7>(vals, &mut out)
+            }
+        };
+        out.truncate(done / 8 * w);
+    }
+    let vals = &vals[done..];
     // Whole groups of 8 values take exactly `w` bytes; a constant width lets each group be
     // one fixed-size store instead of a call to memcpy.
     match w {
@@ -1285,6 +1301,15 @@ mod tests {
                     .map(|i| (i as u8).wrapping_mul(37) & ((1u16 << width) - 1) as u8)
                     .collect();
                 let packed = pack_bits(&vals, width);
+                // The format: values LSB first, each `width` bits, zero padding.
+                let mut reference = vec![0u8; (n * width as usize).div_ceil(8)];
+                for (i, &v) in vals.iter().enumerate() {
+                    for b in 0..width as usize {
+                        let bit = i * width as usize + b;
+                        reference[bit / 8] |= ((v >> b) & 1) << (bit % 8);
+                    }
+                }
+                assert_eq!(packed, reference, "width {width}, {n} values");
                 let mut out = vec![0u8; n];
                 unpack_bits(&packed, width, &mut out).unwrap();
                 assert_eq!(out, vals);

@@ -104,6 +104,91 @@ pub(crate) unsafe fn unpack_bytes<const WIDTH: usize>(packed: &[u8], out: &mut [
     }
 }
 
+/// Packs 32 byte values of `WIDTH` (6 or 7) bits into `4 * WIDTH` bytes.
+struct Packer<const WIDTH: usize> {
+    pair_weights: __m256i,
+    quad_weights: __m256i,
+    keep: __m256i,
+}
+
+impl<const WIDTH: usize> Packer<WIDTH> {
+    #[target_feature(enable = "avx2")]
+    fn new() -> Self {
+        if WIDTH == 6 {
+            Packer {
+                pair_weights: _mm256_set1_epi16(1 | (64 << 8)),
+                quad_weights: _mm256_set1_epi32(1 | (4096 << 16)),
+                keep: _mm256_setr_epi8(
+                    0, 1, 2, 4, 5, 6, 8, 9, 10, 12, 13, 14, -1, -1, -1, -1, 0, 1, 2, 4, 5, 6, 8, 9,
+                    10, 12, 13, 14, -1, -1, -1, -1,
+                ),
+            }
+        } else {
+            Packer {
+                pair_weights: _mm256_set1_epi16(1 | (128 << 8)),
+                quad_weights: _mm256_set1_epi32(1 | (16384 << 16)),
+                keep: _mm256_setr_epi8(
+                    0, 1, 2, 3, 4, 5, 6, 8, 9, 10, 11, 12, 13, 14, -1, -1, 0, 1, 2, 3, 4, 5, 6, 8,
+                    9, 10, 11, 12, 13, 14, -1, -1,
+                ),
+            }
+        }
+    }
+
+    /// Pack the 32 values of `bytes` (in order) to `dst`, writing `4 * WIDTH + 4` bytes:
+    /// the last 4 are spare, for the next group to overwrite.
+    ///
+    /// # Safety
+    /// `dst` must be valid for writes of `4 * WIDTH + 4` bytes.
+    #[target_feature(enable = "avx2")]
+    unsafe fn store(&self, bytes: __m256i, dst: *mut u8) {
+        // The weights go in as the unsigned operand: 128 does not fit a signed byte.
+        let pairs = _mm256_maddubs_epi16(self.pair_weights, bytes);
+        let quads = _mm256_madd_epi16(pairs, self.quad_weights);
+        let joined = if WIDTH == 6 {
+            quads
+        } else {
+            // Two 28-bit quads per 64-bit lane become one 56-bit run.
+            let lo = _mm256_and_si256(quads, _mm256_set1_epi64x(0x0FFF_FFFF));
+            let hi = _mm256_and_si256(
+                _mm256_srli_epi64::<4>(quads),
+                _mm256_set1_epi64x(0x00FF_FFFF_F000_0000),
+            );
+            _mm256_or_si256(lo, hi)
+        };
+        let compact = _mm256_shuffle_epi8(joined, self.keep);
+        // SAFETY: the two 16-byte stores end at `2 * WIDTH + 16 <= 4 * WIDTH + 4` bytes.
+        unsafe {
+            _mm_storeu_si128(dst.cast(), _mm256_castsi256_si128(compact));
+            _mm_storeu_si128(
+                dst.add(2 * WIDTH).cast(),
+                _mm256_extracti128_si256::<1>(compact),
+            );
+        }
+    }
+}
+
+/// Pack byte values of `WIDTH` (6 or 7) bits as `float::pack_bits` does, 32 at a time;
+/// returns how many values were packed. `packed` needs `4 * WIDTH + 4` bytes of room per
+/// 32 values. The fp32 split's top remainder plane is such a plane.
+///
+/// # Safety
+/// The CPU must support AVX2.
+#[target_feature(enable = "avx2")]
+pub(crate) unsafe fn pack_bytes<const WIDTH: usize>(vals: &[u8], packed: &mut [u8]) -> usize {
+    let packer = Packer::<WIDTH>::new();
+    let mut done = 0usize;
+    // SAFETY: the loop condition keeps 32 values and `4 * WIDTH + 4` packed bytes in bounds.
+    unsafe {
+        while done + 32 <= vals.len() && (done / 8) * WIDTH + 4 * WIDTH + 4 <= packed.len() {
+            let bytes = _mm256_loadu_si256(vals.as_ptr().add(done).cast());
+            packer.store(bytes, packed.as_mut_ptr().add(done / 8 * WIDTH));
+            done += 32;
+        }
+    }
+    done
+}
+
 /// Split 16-bit words into heads and packed remainders of `WIDTH` (6 or 7) bits, 32 words
 /// at a time; returns how many words were done. `packed` needs `4 * WIDTH + 4` bytes of
 /// room per 32 words (the last store runs 4 bytes past its group; the next overwrites them).
@@ -124,26 +209,7 @@ pub(crate) unsafe fn split_packed<const WIDTH: usize>(
     unsafe {
         let low_mask = _mm256_set1_epi16(((1 << low) - 1) as i16);
         let head_mask = _mm256_set1_epi16(((1 << (15 - low)) - 1) as i16);
-        let (pair_weights, quad_weights, keep) = if WIDTH == 6 {
-            (
-                _mm256_set1_epi16(1 | (64 << 8)),
-                _mm256_set1_epi32(1 | (4096 << 16)),
-                _mm256_setr_epi8(
-                    0, 1, 2, 4, 5, 6, 8, 9, 10, 12, 13, 14, -1, -1, -1, -1, 0, 1, 2, 4, 5, 6, 8, 9,
-                    10, 12, 13, 14, -1, -1, -1, -1,
-                ),
-            )
-        } else {
-            (
-                _mm256_set1_epi16(1 | (128 << 8)),
-                _mm256_set1_epi32(1 | (16384 << 16)),
-                _mm256_setr_epi8(
-                    0, 1, 2, 3, 4, 5, 6, 8, 9, 10, 11, 12, 13, 14, -1, -1, 0, 1, 2, 3, 4, 5, 6, 8,
-                    9, 10, 11, 12, 13, 14, -1, -1,
-                ),
-            )
-        };
-        let lane_bytes = 2 * WIDTH;
+        let packer = Packer::<WIDTH>::new();
         let mut done = 0usize;
         while done + 32 <= n && (done / 8) * WIDTH + 4 * WIDTH + 4 <= packed.len() {
             let src = raw.as_ptr().add(2 * done);
@@ -164,27 +230,7 @@ pub(crate) unsafe fn split_packed<const WIDTH: usize>(
             );
             // packus interleaves the 128-bit lanes; the permute puts the 32 bytes in order.
             let bytes = _mm256_permute4x64_epi64::<0xD8>(_mm256_packus_epi16(r0, r1));
-            // The weights go in as the unsigned operand: 128 does not fit a signed byte.
-            let pairs = _mm256_maddubs_epi16(pair_weights, bytes);
-            let quads = _mm256_madd_epi16(pairs, quad_weights);
-            let joined = if WIDTH == 6 {
-                quads
-            } else {
-                // Two 28-bit quads per 64-bit lane become one 56-bit run.
-                let lo = _mm256_and_si256(quads, _mm256_set1_epi64x(0x0FFF_FFFF));
-                let hi = _mm256_and_si256(
-                    _mm256_srli_epi64::<4>(quads),
-                    _mm256_set1_epi64x(0x00FF_FFFF_F000_0000),
-                );
-                _mm256_or_si256(lo, hi)
-            };
-            let compact = _mm256_shuffle_epi8(joined, keep);
-            let dst = packed.as_mut_ptr().add(done / 8 * WIDTH);
-            _mm_storeu_si128(dst.cast(), _mm256_castsi256_si128(compact));
-            _mm_storeu_si128(
-                dst.add(lane_bytes).cast(),
-                _mm256_extracti128_si256::<1>(compact),
-            );
+            packer.store(bytes, packed.as_mut_ptr().add(done / 8 * WIDTH));
             done += 32;
         }
         done
