@@ -260,6 +260,10 @@ impl Code {
     }
 }
 
+/// Code lengths for `weights` (increasing), none longer than `max_len`, minimising the
+/// weighted length. Package-merge: at each of `max_len` levels the leaves are merged with
+/// the pairs of the level below; the 2n-2 cheapest items of the top level decide, level by
+/// level, how many of the lightest leaves gain one bit.
 fn package_merge(weights: &[u64], max_len: usize) -> Vec<u8> {
     let n = weights.len();
     let mut is_leaf_by_level: Vec<Vec<bool>> = Vec::with_capacity(max_len);
