@@ -74,7 +74,9 @@ def main(argv: list[str]) -> int:
             calls = [([to_raw(k, t) for k, t in tensors.items()], int(mode[-1]))]
         elif mode == "decompress":
             first = builds[0][1]
-            blobs = [first.write_bytes([to_raw("", t)], None, 1, None, None) for t in tensors.values()]
+            blobs = [
+                first.write_bytes([to_raw("", t)], None, 1, None, None) for t in tensors.values()
+            ]
         else:
             raise SystemExit(f"unknown mode {mode!r}")
         times: dict[str, list[float]] = {p: [] for p, _ in builds}
