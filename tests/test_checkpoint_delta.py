@@ -417,3 +417,26 @@ def test_a_delta_cannot_replace_its_own_base(run, tmp_path: Path) -> None:
         mc.rebase(tmp_path / "s2.mithril", p0, p0)
     assert p0.read_bytes() == before
     assert_same_state(mc.load_file(p0), s0)
+
+
+def test_delta_blob_decodes_into_a_caller_buffer_only_apart_from_its_base() -> None:
+    """The native call behind ``decompress_tensor(base=...)`` copies base bytes only into
+    the chunks stored as deltas, in place in the output: an output that overlaps the base,
+    or is not the tensor's size, is refused before anything is written."""
+    from mithril import _native
+
+    x = torch.linspace(-1, 1, 70_000)
+    y = x + 1e-4
+    blob = mc.compress_tensor(y, base=x)
+    reader = _native.Reader.from_bytes(blob)
+    assert {"sub", "sub-ctx", "xor"} & set(reader.info("")[4]), "no chunk is a delta"
+    base = x.numpy().view(np.uint8)
+    out = np.zeros(base.size, np.uint8)
+    reader.read_with_base_into("", base, out, 1)
+    assert out.tobytes() == y.numpy().tobytes()
+    with pytest.raises(ValueError, match="overlaps the base"):
+        reader.read_with_base_into("", base, base, 1)
+    before = base.tobytes()
+    with pytest.raises(mithril.MithrilError, match="output buffer"):
+        reader.read_with_base_into("", base, np.zeros(base.size - 4, np.uint8), 1)
+    assert base.tobytes() == before

@@ -249,12 +249,15 @@ impl Reader {
         base.decode_tensor(bt, out)
     }
 
-    /// Apply a delta tensor to base bytes held by the caller (`inout`: base in, tensor out).
-    /// The base must be the tensor whose [`format::tensor_content_id`] the file records.
-    pub fn read_with_base(&self, name: &str, inout: &mut [u8]) -> Result<()> {
+    /// Decode a delta tensor into `out` against base bytes held by the caller, both exactly
+    /// the tensor's raw size. The base must be the tensor whose [`format::tensor_content_id`]
+    /// the file records. Only chunks stored as deltas read it: each such chunk's base bytes
+    /// are copied into its place in `out` and the chunk is applied there, while the chunks
+    /// stored whole decode as in a plain file.
+    pub fn read_with_base(&self, name: &str, base: &[u8], out: &mut [u8]) -> Result<()> {
         let t = self.tensor(name)?;
         if let Some(want) = &self.index.base {
-            let got = format::tensor_content_id(t.dtype, &t.shape, inout);
+            let got = format::tensor_content_id(t.dtype, &t.shape, base);
             if got != want.id {
                 return Err(Error::Base(format!(
                     "{}: tensor {:?}: the base given is not the one this delta was made against",
@@ -262,8 +265,28 @@ impl Reader {
                 )));
             }
         }
-        check_len(t, inout, "base")?;
-        self.decode_chunks(t, inout)
+        check_len(t, base, "base")?;
+        check_len(t, out, "output buffer")?;
+        let data = &self.backing.bytes()[self.data_offset as usize..];
+        let mut pieces = Vec::with_capacity(t.chunks.len());
+        let (mut bases, mut outs) = (base, out);
+        for c in &t.chunks {
+            let (b, b_tail) = bases.split_at(c.raw_length as usize);
+            let (o, o_tail) = std::mem::take(&mut outs).split_at_mut(c.raw_length as usize);
+            pieces.push((c, b, o));
+            (bases, outs) = (b_tail, o_tail);
+        }
+        let decode = |(i, (c, b, o)): (usize, (&Chunk, &[u8], &mut [u8]))| {
+            if c.encoding.is_delta() {
+                o.copy_from_slice(b);
+            }
+            self.decode_one(data, t, i, c, o)
+        };
+        if pieces.len() <= 1 {
+            pieces.into_iter().enumerate().try_for_each(decode)
+        } else {
+            pieces.into_par_iter().enumerate().try_for_each(decode)
+        }
     }
 
     fn decode_chunks(&self, t: &TensorInfo, out: &mut [u8]) -> Result<()> {

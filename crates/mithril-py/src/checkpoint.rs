@@ -388,19 +388,45 @@ impl PyReader {
     }
 
     /// Decode a delta tensor against a base tensor held by the caller (see
-    /// `write_bytes(base_tensor=...)`); returns a new uint8 array.
-    #[pyo3(signature = (name, base, threads=None))]
-    fn read_with_base<'py>(
+    /// `write_bytes(base_tensor=...)`) straight into a caller's writable, C-contiguous
+    /// buffer of exactly its raw size.
+    #[pyo3(signature = (name, base, out, threads=None))]
+    fn read_with_base_into(
         &self,
-        py: Python<'py>,
+        py: Python<'_>,
         name: &str,
         base: PyBuffer<u8>,
+        out: PyBuffer<u8>,
         threads: Option<usize>,
-    ) -> PyResult<Bound<'py, PyArray1<u8>>> {
-        let mut out = base.to_vec(py)?;
-        py.detach(|| threads::run(threads, || self.inner.read_with_base(name, &mut out)))?
-            .py()?;
-        Ok(PyArray1::from_vec(py, out))
+    ) -> PyResult<()> {
+        if !base.is_c_contiguous() {
+            return Err(PyValueError::new_err(format!(
+                "tensor {name:?}: the base buffer is not C-contiguous"
+            )));
+        }
+        let (addr, len) = writable_target(name, &out)?;
+        let (base_addr, base_len) = (base.buf_ptr() as usize, base.len_bytes());
+        if base_len > 0 && base_addr < addr + len && addr < base_addr + base_len {
+            return Err(PyValueError::new_err(format!(
+                "tensor {name:?}: the output buffer overlaps the base"
+            )));
+        }
+        py.detach(|| {
+            // SAFETY: `base` and `out` hold their buffer exports until this call returns,
+            // which keeps both exporters' memory alive and in place; `out` was checked
+            // writable and contiguous, `base` contiguous, and the two do not overlap.
+            let out = unsafe { std::slice::from_raw_parts_mut(addr as *mut u8, len) };
+            let base: &[u8] = if base_len == 0 {
+                &[]
+            } else {
+                unsafe { std::slice::from_raw_parts(base_addr as *const u8, base_len) }
+            };
+            let chunks = self.inner.tensor(name).map_or(0, |t| t.chunks.len());
+            threads::run_if_parallel(threads, chunks > 1, || {
+                self.inner.read_with_base(name, base, out)
+            })
+        })?
+        .py()
     }
 
     #[staticmethod]

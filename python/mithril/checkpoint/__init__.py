@@ -23,7 +23,6 @@ from mithril.checkpoint._convert import (
     RawTensor,
     default_framework,
     empty_tensor,
-    from_raw,
     on_device,
     to_raw,
 )
@@ -349,12 +348,12 @@ def decompress_tensor(
     if reader.base_ref() is not None and base is None:
         raise BaseCheckpointError("this blob is a delta: pass the base tensor it was made against")
     framework = framework or default_framework()
+    t, out = empty_tensor(dtype, shape, framework, "compress_tensor() blob")
     if base is not None:
         _, _, _, buf = to_raw("", base)
-        raw = reader.read_with_base("", buf, threads)
-        return from_raw(raw, dtype, shape, framework)
-    t, out = empty_tensor(dtype, shape, framework, "compress_tensor() blob")
-    reader.read_into("", out, threads)
+        reader.read_with_base_into("", buf, out, threads)
+    else:
+        reader.read_into("", out, threads)
     return t
 
 

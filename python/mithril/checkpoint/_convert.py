@@ -165,28 +165,6 @@ def on_device(t: Any, device: str) -> Any:
     return t if device == "cpu" else t.to(device)
 
 
-def from_raw(
-    raw: Any, dtype: str, shape: list[int], framework: str = "pt", device: str = "cpu"
-) -> Any:
-    """Wrap decoded bytes (a uint8 numpy array or torch tensor) as a torch tensor
-    (``framework="pt"``) or numpy array (``"np"``)."""
-    if framework in ("pt", "torch"):
-        torch = _torch()
-        if torch is None:
-            raise ConfigError("framework='pt' needs torch; install mithril[torch] or use 'np'")
-        by_name = _torch_dtypes_by_name(torch)
-        if dtype not in by_name:
-            raise ConfigError(f"dtype {dtype} is not available in this torch build")
-        base = raw if isinstance(raw, torch.Tensor) else torch.from_numpy(raw)
-        t = base.view(by_name[dtype]).reshape(shape)
-        return t if device == "cpu" else t.to(device)
-    if framework in ("np", "numpy"):
-        if dtype not in _NAME_TO_NUMPY:
-            raise ConfigError(f"dtype {dtype} has no numpy equivalent; use framework='pt'")
-        return raw.view(_NAME_TO_NUMPY[dtype]).reshape(shape)
-    raise ConfigError(f"unknown framework {framework!r} (expected 'pt' or 'np')")
-
-
 @functools.cache
 def _torch_dtypes_by_name(torch: Any) -> dict[str, Any]:
     return {v: k for k, v in _torch_names(torch).items()}
