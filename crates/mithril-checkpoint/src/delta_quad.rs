@@ -270,21 +270,16 @@ fn apply_escapes<T: Word, P: Packed>(
     *bits = reader;
 }
 
-/// Add escaped quads to every quad of `elems`, in order.
+/// Add escaped quads to every quad of `elems`, in order: with every quad escaped, each
+/// element takes its own symbol, so the elements are added one by one, without packing
+/// each quad's four differences into lanes first.
 #[inline(never)]
-fn apply_escapes_in_order<T: Word, P: Packed>(
-    elems: &mut [u8],
-    escapes: &[u16],
-    bits: &mut BitReader,
-) {
+fn apply_escapes_in_order<T: Word>(elems: &mut [u8], escapes: &[u16], bits: &mut BitReader) {
     let mut reader = *bits;
-    for (el, e) in elems
-        .chunks_exact_mut(P::BYTES)
-        .zip(escapes.chunks_exact(QUAD))
-    {
-        P::load(el)
-            .lanes_add(escaped_diffs::<T, P>(&mut reader, e))
-            .store(el);
+    for (el, &s) in elems.chunks_exact_mut(T::BYTES).zip(escapes) {
+        let (value, extra) = SYMBOLS[s as usize];
+        let d = T::from_u64((value + reader.take(extra)) as u64);
+        d.add_unzigzag(T::load(el)).store(el);
     }
     *bits = reader;
 }
@@ -337,7 +332,7 @@ fn decode_with<T: Word, P: Packed>(
     if escaped == quads.len() {
         // Every quad escaped (wide differences, as in fp32): no plain pass.
         let (these, rest) = escapes.split_at((full / P::BYTES * QUAD).min(escapes.len()));
-        apply_escapes_in_order::<T, P>(&mut inout[..full], these, &mut bits);
+        apply_escapes_in_order::<T>(&mut inout[..full], these, &mut bits);
         escapes = rest;
     } else {
         let mut at = [0u32; BLOCK_QUADS + 1];
