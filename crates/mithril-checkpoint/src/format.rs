@@ -89,15 +89,18 @@ pub fn content_id_of(file: &[u8]) -> String {
 }
 
 /// Content id of one in-memory tensor, for deltas made against a tensor rather than a file.
+///
+/// It hashes the whole tensor, so it uses `twox-hash`, which picks its AVX2 loop at run
+/// time (the `xxhash-rust` crate chooses at compile time, SSE2 in a portable wheel).
 pub fn tensor_content_id(dtype: DType, shape: &[u64], data: &[u8]) -> String {
-    let mut h = xxhash_rust::xxh3::Xxh3::new();
-    h.update(dtype.name().as_bytes());
+    let mut h = twox_hash::XxHash3_128::new();
+    h.write(dtype.name().as_bytes());
     for d in shape {
-        h.update(&d.to_le_bytes());
+        h.write(&d.to_le_bytes());
     }
-    h.update(&(shape.len() as u64).to_le_bytes());
-    h.update(data);
-    format!("{:032x}", h.digest128())
+    h.write(&(shape.len() as u64).to_le_bytes());
+    h.write(data);
+    format!("{:032x}", h.finish_128())
 }
 
 pub fn hex64(v: u64) -> String {
@@ -360,5 +363,37 @@ pub fn validate(index: &Index, data_len: u64) -> Result<Vec<TensorInfo>> {
 impl From<serde_json::Error> for Error {
     fn from(e: serde_json::Error) -> Self {
         format_err(format!("JSON: {e}"))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Tensor content ids are stored in delta files, so they must stay the format's
+    /// xxh3-128 whatever the implementation: the run-time dispatched hasher must agree with
+    /// the reference crate at every length class of xxh3 (short, mid-size, long, and a
+    /// partial last stripe), fed in the pieces `tensor_content_id` writes.
+    #[test]
+    fn tensor_content_id_is_reference_xxh3_128() {
+        let data: Vec<u8> = (0..300_000u32)
+            .map(|i| (i.wrapping_mul(2654435761) >> 13) as u8)
+            .collect();
+        for len in (0..=260).chain([1023, 1024, 1025, 4096, 65_537, 299_999]) {
+            let d = &data[..len];
+            let shape = [len as u64 / 2, 2];
+            let mut reference = Vec::new();
+            reference.extend_from_slice(b"BF16");
+            for s in shape {
+                reference.extend_from_slice(&s.to_le_bytes());
+            }
+            reference.extend_from_slice(&2u64.to_le_bytes());
+            reference.extend_from_slice(d);
+            assert_eq!(
+                tensor_content_id(DType::BF16, &shape, d),
+                format!("{:032x}", xxhash_rust::xxh3::xxh3_128(&reference)),
+                "length {len}"
+            );
+        }
     }
 }
