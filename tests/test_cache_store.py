@@ -75,7 +75,10 @@ def test_verify_catches_every_damaged_blob(tmp_path: Path, run_cli) -> None:  # 
     names = [store.put(os.urandom(100 + i)) for i in range(20)]
     for n in names[::3]:
         p = blob_path(store, n)
-        p.write_bytes(p.read_bytes()[:-1] + b"\0")
+        data = p.read_bytes()
+        # Flip the last byte: setting it to a fixed value leaves a blob whose last byte
+        # already had that value undamaged (one random blob in 256).
+        p.write_bytes(data[:-1] + bytes([data[-1] ^ 0xFF]))
     code, stdout, _ = run_cli("cache", "verify", "--dir", tmp_path, "--json")
     report = json.loads(stdout)
     assert code == 1 and sorted(report["corrupt"]) == sorted(names[::3])
