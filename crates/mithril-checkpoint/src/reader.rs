@@ -223,7 +223,7 @@ impl Reader {
         if t.chunks.iter().any(|c| c.encoding.is_delta()) {
             self.read_base_into(t, out)?;
         }
-        self.decode_chunks(t, out)
+        self.decode_chunks(t, out, None)
     }
 
     /// Fill `out` with the base's bytes of tensor `t`, which must have the same dtype and shape.
@@ -267,39 +267,30 @@ impl Reader {
         }
         check_len(t, base, "base")?;
         check_len(t, out, "output buffer")?;
-        let data = &self.backing.bytes()[self.data_offset as usize..];
-        let mut pieces = Vec::with_capacity(t.chunks.len());
-        let (mut bases, mut outs) = (base, out);
-        for c in &t.chunks {
-            let (b, b_tail) = bases.split_at(c.raw_length as usize);
-            let (o, o_tail) = std::mem::take(&mut outs).split_at_mut(c.raw_length as usize);
-            pieces.push((c, b, o));
-            (bases, outs) = (b_tail, o_tail);
-        }
-        let decode = |(i, (c, b, o)): (usize, (&Chunk, &[u8], &mut [u8]))| {
-            if c.encoding.is_delta() {
-                o.copy_from_slice(b);
-            }
-            self.decode_one(data, t, i, c, o)
-        };
-        if pieces.len() <= 1 {
-            pieces.into_iter().enumerate().try_for_each(decode)
-        } else {
-            pieces.into_par_iter().enumerate().try_for_each(decode)
-        }
+        self.decode_chunks(t, out, Some(base))
     }
 
-    fn decode_chunks(&self, t: &TensorInfo, out: &mut [u8]) -> Result<()> {
+    /// Decode every chunk of `t` into its place in `out`. With `base` (the tensor's base
+    /// bytes, held apart from `out`), a chunk stored as a delta first gets its base bytes
+    /// copied into place; without it, `out` already holds the base where deltas need one.
+    fn decode_chunks(&self, t: &TensorInfo, out: &mut [u8], base: Option<&[u8]>) -> Result<()> {
         let data = &self.backing.bytes()[self.data_offset as usize..];
         let mut pieces = Vec::with_capacity(t.chunks.len());
         let mut rest = out;
+        let mut at = 0usize;
         for c in &t.chunks {
-            let (piece, tail) = rest.split_at_mut(c.raw_length as usize);
-            pieces.push((c, piece));
+            let len = c.raw_length as usize;
+            let (piece, tail) = rest.split_at_mut(len);
+            pieces.push((c, piece, base.map(|b| &b[at..at + len])));
             rest = tail;
+            at += len;
         }
-        let decode =
-            |(i, (c, piece)): (usize, (&Chunk, &mut [u8]))| self.decode_one(data, t, i, c, piece);
+        let decode = |(i, (c, piece, base)): (usize, Piece<'_, '_>)| {
+            if let (Some(base), true) = (base, c.encoding.is_delta()) {
+                piece.copy_from_slice(base);
+            }
+            self.decode_one(data, t, i, c, piece)
+        };
         // One chunk is decoded on the calling thread: handing it to a pool and waiting costs
         // more than decoding a small tensor.
         if pieces.len() <= 1 {
@@ -357,6 +348,9 @@ impl Reader {
         Ok(checked)
     }
 }
+
+/// A chunk, where it decodes to, and its base bytes when they are held apart.
+type Piece<'c, 'o> = (&'c Chunk, &'o mut [u8], Option<&'o [u8]>);
 
 /// `buf` must be exactly tensor `t`'s raw size.
 fn check_len(t: &TensorInfo, buf: &[u8], what: &str) -> Result<()> {
