@@ -9,7 +9,8 @@
 //! Long streams are cut into four contiguous segments, each with its own bitstream, so the
 //! decoder runs four independent dependency chains. Bits are written LSB first; a code is
 //! stored bit-reversed so that the decoder can index its table with the low bits of a
-//! 64-bit window. Eleven-bit codes let one window feed five symbols.
+//! 64-bit window. Eleven-bit codes let one window feed five table lookups, each of which
+//! yields every code that lies whole in its 11 bits (up to six `u8` or three `u16` symbols).
 //!
 //! Stream layout (little-endian):
 //! ```text
@@ -226,24 +227,29 @@ impl Code {
         table
     }
 
-    /// Two-symbol decoding table: for every 11-bit window, the first symbol and, when its
-    /// code fits in the bits left, the second. Each entry is laid out for the fewest
-    /// operations in the decoding loop: the bits taken in its low byte (the shift count
-    /// `shrx` reads), the symbols as `write_pair` stores them in bits 16..48, and how many
-    /// symbols it holds in its top byte.
-    fn pair_table<T: Symbol>(single: &[u32; TABLE_SIZE]) -> Box<[u64; TABLE_SIZE]> {
+    /// Multi-symbol decoding table: for every 11-bit window, the symbols whose codes lie
+    /// whole inside it, up to [`Symbol::PER_LOOKUP`] of them (six `u8` or three `u16`).
+    /// Float heads take three to five bits a symbol, so one lookup often yields three, and
+    /// the decoder's dependency chains take fewer steps than with at most two. Each entry
+    /// is laid out for the fewest operations in the decoding loop: the bits taken in its
+    /// low byte (the shift count `shrx` reads), the symbols as `write_run` stores them in
+    /// bits 8..56, and how many symbols it holds in its top byte.
+    fn run_table<T: Symbol>(single: &[u32; TABLE_SIZE]) -> Box<[u64; TABLE_SIZE]> {
         let mut table = Box::new([0u64; TABLE_SIZE]);
+        let mut run = Vec::with_capacity(T::PER_LOOKUP);
         for (v, slot) in table.iter_mut().enumerate() {
-            let first = single[v];
-            let len1 = first >> 16;
-            let second = single[v >> len1];
-            let len2 = second >> 16;
-            let (symbols, bits, count) = if len1 + len2 <= MAX_CODE_BITS {
-                (T::pack_pair(first as u16, second as u16), len1 + len2, 2)
-            } else {
-                (T::pack_pair(first as u16, 0), len1, 1)
-            };
-            *slot = (symbols as u64) << 16 | bits as u64 | count << 56;
+            run.clear();
+            let mut bits = 0;
+            while run.len() < T::PER_LOOKUP {
+                let e = single[v >> bits];
+                let len = e >> 16;
+                if bits + len > MAX_CODE_BITS {
+                    break;
+                }
+                run.push(e as u16);
+                bits += len;
+            }
+            *slot = T::pack_run(&run) << 8 | bits as u64 | (run.len() as u64) << 56;
         }
         table
     }
@@ -467,34 +473,37 @@ fn window(data: &[u8], pos: usize) -> u64 {
     word >> (pos & 7)
 }
 
-/// Room a window round needs in every output segment: five lookups of two symbols.
-const ROUND_ROOM: usize = 2 * PER_WINDOW;
+/// Room a window round needs in every output segment: five lookups, the last of which
+/// stores `PER_STORE` elements after at most `PER_LOOKUP` from each one before.
+const fn round_room<T: Symbol>() -> usize {
+    T::PER_LOOKUP * (PER_WINDOW - 1) + T::PER_STORE
+}
 
 /// The four-segment fast loop: every round refills each segment's 64-bit window and takes
-/// five lookups of one or two symbols from it, while every segment has room for a whole
+/// five lookups of one to `PER_LOOKUP` symbols from it, while every segment has room for a whole
 /// round and eight readable bytes at its bit position. Returns each segment's bit position
 /// and symbols written; the caller decodes the rest one symbol at a time.
-fn decode_pairs<T: Symbol>(
+fn decode_runs<T: Symbol>(
     streams: [&[u8]; SEGMENTS],
     outs: [&mut [T]; SEGMENTS],
-    pairs: &[u64; TABLE_SIZE],
+    runs: &[u64; TABLE_SIZE],
 ) -> ([usize; SEGMENTS], [usize; SEGMENTS]) {
     #[cfg(target_arch = "x86_64")]
     if std::arch::is_x86_feature_detected!("bmi2") && std::arch::is_x86_feature_detected!("lzcnt") {
         // SAFETY: the CPU supports BMI2 and LZCNT (checked just above).
-        return unsafe { decode_pairs_bmi2(streams, outs, pairs) };
+        return unsafe { decode_runs_bmi2(streams, outs, runs) };
     }
-    decode_pairs_body(streams, outs, pairs)
+    decode_runs_body(streams, outs, runs)
 }
 
 #[cfg(target_arch = "x86_64")]
 #[target_feature(enable = "bmi2,lzcnt")]
-unsafe fn decode_pairs_bmi2<T: Symbol>(
+unsafe fn decode_runs_bmi2<T: Symbol>(
     streams: [&[u8]; SEGMENTS],
     outs: [&mut [T]; SEGMENTS],
-    pairs: &[u64; TABLE_SIZE],
+    runs: &[u64; TABLE_SIZE],
 ) -> ([usize; SEGMENTS], [usize; SEGMENTS]) {
-    decode_pairs_body(streams, outs, pairs)
+    decode_runs_body(streams, outs, runs)
 }
 
 /// Marks the top of a round's window. A round takes at most `PER_WINDOW * 11 = 55` bits
@@ -505,14 +514,14 @@ unsafe fn decode_pairs_bmi2<T: Symbol>(
 const MARKER: u64 = 1 << 63;
 
 #[inline(always)]
-fn decode_pairs_body<T: Symbol>(
+fn decode_runs_body<T: Symbol>(
     streams: [&[u8]; SEGMENTS],
     outs: [&mut [T]; SEGMENTS],
-    pairs: &[u64; TABLE_SIZE],
+    runs: &[u64; TABLE_SIZE],
 ) -> ([usize; SEGMENTS], [usize; SEGMENTS]) {
     let mut pos = [0usize; SEGMENTS];
     let room = outs.iter().map(|o| o.len()).min().unwrap_or(0);
-    let Some(last_round_start) = room.checked_sub(ROUND_ROOM) else {
+    let Some(last_round_start) = room.checked_sub(round_room::<T>()) else {
         return (pos, [0; SEGMENTS]);
     };
     let starts = outs.map(|o| o.as_mut_ptr());
@@ -540,12 +549,12 @@ fn decode_pairs_body<T: Symbol>(
         }
         for _ in 0..PER_WINDOW {
             for s in 0..SEGMENTS {
-                let e = pairs[(windows[s] & WINDOW_MASK) as usize];
-                // SAFETY: segment `s` had at most `room - ROUND_ROOM` symbols when this
-                // round began and grows by at most 2 per lookup, so both elements lie
-                // inside `outs[s]`.
+                let e = runs[(windows[s] & WINDOW_MASK) as usize];
+                // SAFETY: segment `s` had at most `room - round_room` symbols when this
+                // round began and grows by at most `PER_LOOKUP` per lookup, so every
+                // element the store writes lies inside `outs[s]`.
                 unsafe {
-                    T::write_pair(at[s], (e >> 16) as u32);
+                    T::write_run(at[s], e >> 8);
                     at[s] = at[s].add((e >> 56) as usize);
                 }
                 windows[s] >>= e & 63;
@@ -598,8 +607,8 @@ pub fn decode<T: Symbol>(data: &[u8], out: &mut [T], cardinality: usize) -> Resu
         &streams[..],
         &mut out.chunks_mut(seg_len).collect::<Vec<_>>()[..],
     ) {
-        let pairs = Code::pair_table::<T>(&table);
-        let (p, d) = decode_pairs([s0, s1, s2, s3], [o0, o1, o2, o3], &pairs);
+        let runs = Code::run_table::<T>(&table);
+        let (p, d) = decode_runs([s0, s1, s2, s3], [o0, o1, o2, o3], &runs);
         pos.copy_from_slice(&p);
         done.copy_from_slice(&d);
     }
@@ -692,6 +701,38 @@ mod tests {
             "{bits} vs {free_bits}"
         );
         assert!(bits as f64 >= entropy_bits(&counts));
+    }
+
+    #[test]
+    fn a_lookup_yields_every_whole_code_in_its_window() {
+        // Codes of 1 to 11 bits, so that windows hold from one to six codes.
+        let counts: Vec<u32> = (0..40i32).map(|i| 1 << (24 - i).max(1)).collect();
+        let code = Code::from_counts(&counts).unwrap();
+        let words = code.codewords();
+        let runs = Code::run_table::<u8>(&code.decode_table());
+        let mut seen = [0usize; 7];
+        for (v, &e) in runs.iter().enumerate() {
+            // Match codewords against the window bit by bit, independently of the table.
+            let (mut bits, mut expect) = (0u32, Vec::new());
+            while expect.len() < u8::PER_LOOKUP {
+                let at = (0..code.symbols.len()).find(|&i| {
+                    let len = code.lengths[i] as u32;
+                    bits + len <= MAX_CODE_BITS && (v as u32 >> bits) & ((1 << len) - 1) == words[i]
+                });
+                let Some(i) = at else { break };
+                expect.push(code.symbols[i]);
+                bits += code.lengths[i] as u32;
+            }
+            assert_eq!(e & 0xff, bits as u64, "window {v:#x}");
+            assert_eq!((e >> 56) as usize, expect.len(), "window {v:#x}");
+            assert_eq!(
+                (e >> 8) & ((1 << 48) - 1),
+                u8::pack_run(&expect),
+                "window {v:#x}"
+            );
+            seen[expect.len()] += 1;
+        }
+        assert!(seen[1] > 0 && seen[6] > 0, "{seen:?}");
     }
 
     #[test]

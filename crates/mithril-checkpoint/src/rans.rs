@@ -33,22 +33,44 @@ pub trait Symbol: Copy + Default + Send + Sync + 'static {
     fn index(self) -> usize;
     fn from_index(v: u16) -> Self;
 
-    /// Two symbols packed the way [`Symbol::write_pair`] stores them.
+    /// Most symbols one Huffman table lookup yields: as many as 48 bits hold (six `u8`,
+    /// three `u16`), which leaves a table entry room for its bit and symbol counts.
+    const PER_LOOKUP: usize = 48 / (8 * std::mem::size_of::<Self>());
+    /// Elements one [`Symbol::write_run`] store covers: eight bytes' worth.
+    const PER_STORE: usize = 8 / std::mem::size_of::<Self>();
+
+    /// Up to [`Symbol::PER_LOOKUP`] symbols packed the way [`Symbol::write_run`] stores
+    /// them: the first in the low bits.
     #[inline(always)]
-    fn pack_pair(first: u16, second: u16) -> u32 {
-        first as u32 | (second as u32) << 16
+    fn pack_run(symbols: &[u16]) -> u64 {
+        let width = 8 * std::mem::size_of::<Self>();
+        let mask = (1u64 << width) - 1;
+        symbols
+            .iter()
+            .take(Self::PER_LOOKUP)
+            .enumerate()
+            .fold(0, |acc, (i, &s)| acc | (s as u64 & mask) << (i * width))
     }
 
-    /// Store the two symbols of `pair` (made by [`Symbol::pack_pair`]) at `at[0]` and `at[1]`.
+    /// Store the eight bytes of `run` (made by [`Symbol::pack_run`], perhaps with more
+    /// bits above its symbols) as [`Symbol::PER_STORE`] elements from `at` on, with one
+    /// unaligned store. The caller advances past only the symbols the run holds and
+    /// overwrites the rest with the next run.
     ///
     /// # Safety
-    /// `at` must be valid for writes of two elements.
+    /// `at` must be valid for writes of `PER_STORE` elements.
     #[inline(always)]
-    unsafe fn write_pair(at: *mut Self, pair: u32) {
-        // SAFETY: the caller guarantees two writable elements.
-        unsafe {
-            at.write(Self::from_index(pair as u16));
-            at.add(1).write(Self::from_index((pair >> 16) as u16));
+    unsafe fn write_run(at: *mut Self, run: u64) {
+        if cfg!(target_endian = "little") {
+            // SAFETY: the caller guarantees `PER_STORE` writable elements: eight bytes.
+            unsafe { at.cast::<u64>().write_unaligned(run) }
+        } else {
+            let width = 8 * std::mem::size_of::<Self>();
+            for i in 0..Self::PER_STORE {
+                let v = (run >> (i * width)) as u16;
+                // SAFETY: `i < PER_STORE`, which the caller guarantees writable.
+                unsafe { at.add(i).write(Self::from_index(v)) }
+            }
         }
     }
 }
@@ -63,18 +85,6 @@ impl Symbol for u8 {
     fn from_index(v: u16) -> Self {
         v as u8
     }
-    #[inline(always)]
-    fn pack_pair(first: u16, second: u16) -> u32 {
-        (first & 0xff) as u32 | ((second & 0xff) as u32) << 8
-    }
-    #[inline(always)]
-    unsafe fn write_pair(at: *mut Self, pair: u32) {
-        // SAFETY: the caller guarantees two writable bytes; one unaligned 16-bit store.
-        unsafe {
-            at.cast::<[u8; 2]>()
-                .write_unaligned((pair as u16).to_le_bytes())
-        }
-    }
 }
 
 impl Symbol for u16 {
@@ -86,12 +96,6 @@ impl Symbol for u16 {
     #[inline(always)]
     fn from_index(v: u16) -> Self {
         v
-    }
-    #[cfg(target_endian = "little")]
-    #[inline(always)]
-    unsafe fn write_pair(at: *mut Self, pair: u32) {
-        // SAFETY: the caller guarantees two writable elements; one unaligned 32-bit store.
-        unsafe { at.cast::<u32>().write_unaligned(pair) }
     }
 }
 

@@ -2,7 +2,9 @@
 //! reserved index area, so memory stays bounded by the window, not by the checkpoint.
 
 use crate::atomic::{AtomicFile, SyncAhead};
-use crate::chunk::{chunk_lengths, encode_chunk, encode_chunk_delta, EncodeOptions, EncodedChunk};
+use crate::chunk::{
+    chunk_lengths, encode_chunk, encode_chunk_delta, EncodeOptions, EncodedChunk, Encoding,
+};
 use crate::dtype::{byte_size, DType};
 use crate::error::{Error, Result};
 use crate::format::{self, hex64, BaseRef, ChunkEntry, Index, TensorEntry};
@@ -257,6 +259,13 @@ fn write_window<'a, S: Sink<'a>>(
     let mut raw = 0u64;
     for ((ti, ci, _), chunk) in jobs.iter().zip(chunks) {
         let length = chunk.data.len() as u64;
+        if length > chunk.raw_len as u64 {
+            // The room reserved for the index counts on this never happening.
+            return Err(Error::Invalid(format!(
+                "chunk {ci} of tensor {:?} encoded to {length} bytes, over its {} raw bytes",
+                index.tensors[*ti].name, chunk.raw_len
+            )));
+        }
         index.tensors[*ti].chunks[*ci] = ChunkEntry {
             offset: *offset,
             length,
@@ -300,14 +309,26 @@ fn write_to<'a, S: Sink<'a>>(
         .map(|t| chunk_lengths(t.data.len(), t.dtype, opts.chunk_bytes))
         .collect();
 
-    // Reserve room for the index at its largest possible size (all numbers at u64::MAX).
-    let widest = ChunkEntry {
-        offset: u64::MAX,
-        length: u64::MAX,
-        raw_length: u64::MAX,
-        encoding: "float".into(),
-        xxh3: hex64(u64::MAX),
-        raw_xxh3: hex64(u64::MAX),
+    // Reserve room for the index at its largest possible size. A chunk is never stored
+    // longer than its raw bytes (it falls back to raw), so its length and offset take at
+    // most the digits of its raw length and of the raw bytes before it.
+    let longest_encoding = Encoding::ALL
+        .iter()
+        .map(|e| e.name())
+        .max_by_key(|n| n.len())
+        .unwrap_or("float");
+    let mut raw_before = 0u64;
+    let widest = |len: usize, raw_before: &mut u64| {
+        let entry = ChunkEntry {
+            offset: *raw_before,
+            length: len as u64,
+            raw_length: len as u64,
+            encoding: longest_encoding.into(),
+            xxh3: hex64(u64::MAX),
+            raw_xxh3: hex64(u64::MAX),
+        };
+        *raw_before += len as u64;
+        entry
     };
     let mut index = Index {
         tensors: tensors
@@ -317,7 +338,7 @@ fn write_to<'a, S: Sink<'a>>(
                 name: t.name.clone(),
                 dtype: t.dtype.name().into(),
                 shape: t.shape.clone(),
-                chunks: vec![widest.clone(); p.len()],
+                chunks: p.iter().map(|&len| widest(len, &mut raw_before)).collect(),
             })
             .collect(),
         metadata: extras.metadata.clone(),
@@ -414,6 +435,12 @@ fn write_to<'a, S: Sink<'a>>(
         progress(done, total)?;
     }
     let json = serde_json::to_vec(&index)?;
+    if format::data_offset_for(json.len()) > data_offset {
+        return Err(Error::Invalid(format!(
+            "the index takes {} bytes, more than the room reserved for it",
+            json.len()
+        )));
+    }
     let mut head = format::encode_header(&json, data_offset, offset);
     head.extend_from_slice(&json);
     head.resize(data_offset as usize, 0);
@@ -608,6 +635,40 @@ mod tests {
             "into_vec differs from the file"
         );
         assert!(write_bytes(&tensors, &extras, &opts, None).unwrap() == file);
+    }
+
+    #[test]
+    fn the_room_left_for_the_index_is_close_to_its_size() {
+        // Raw-stored noise (length = raw length) and coded weights (length below it).
+        let noise: Vec<u8> = (0..300_000u32)
+            .map(|i| (i.wrapping_mul(2_654_435_761) >> 13) as u8)
+            .collect();
+        let weights: Vec<u8> = (0..150_000u32)
+            .flat_map(|i| (0x3c00u16 | (i.wrapping_mul(40_503) >> 6 & 0x3ff) as u16).to_le_bytes())
+            .collect();
+        let data = vec![noise, weights, vec![0u8; 2]];
+        let tensors = sample_tensors(&data);
+        let opts = EncodeOptions {
+            chunk_bytes: 16 << 10,
+            ..EncodeOptions::default()
+        };
+        let bytes = write_bytes(&tensors, &FileExtras::default(), &opts, None).unwrap();
+        let field = |at: usize| u64::from_le_bytes(bytes[at..at + 8].try_into().unwrap());
+        let (index_len, data_offset) = (field(16), field(32));
+        let index: Index = serde_json::from_slice(&bytes[48..48 + index_len as usize]).unwrap();
+        let chunks: usize = index.tensors.iter().map(|t| t.chunks.len()).sum();
+        assert!(chunks > 20, "{chunks} chunks");
+        // At most the 64-byte alignment plus, per chunk, the longest encoding name's extra
+        // letters and one digit each of offset and length.
+        let padding = data_offset - 48 - index_len;
+        assert!(
+            padding < 64 + 7 * chunks as u64,
+            "{padding} bytes of padding"
+        );
+        let reader = Reader::from_bytes(bytes).unwrap();
+        for t in &tensors {
+            assert!(reader.read(&t.name).unwrap() == t.data, "tensor {}", t.name);
+        }
     }
 
     #[test]
