@@ -198,21 +198,29 @@ impl Code {
         Ok((Code { symbols, lengths }, at))
     }
 
-    /// Bit-reversed canonical codewords, in the order of `symbols`.
+    /// Bit-reversed canonical codewords, in the order of `symbols`. Canonical codes are
+    /// assigned in order of (length, symbol); `symbols` is increasing, so each length's
+    /// first code is all that is needed, with no sort.
     fn codewords(&self) -> Vec<u32> {
-        let mut order: Vec<usize> = (0..self.symbols.len()).collect();
-        order.sort_unstable_by_key(|&i| (self.lengths[i], self.symbols[i]));
-        let mut words = vec![0u32; self.symbols.len()];
-        let mut next = 0u32;
-        let mut prev_len = 0u32;
-        for i in order {
-            let len = self.lengths[i] as u32;
-            next <<= len - prev_len;
-            prev_len = len;
-            words[i] = next.reverse_bits() >> (32 - len);
-            next += 1;
+        let mut per_len = [0u32; MAX_CODE_BITS as usize + 1];
+        for &l in &self.lengths {
+            per_len[l as usize] += 1;
         }
-        words
+        let mut next = [0u32; MAX_CODE_BITS as usize + 1];
+        let mut code = 0u32;
+        for len in 1..=MAX_CODE_BITS as usize {
+            code = (code + per_len[len - 1]) << 1;
+            next[len] = code;
+        }
+        self.lengths
+            .iter()
+            .map(|&l| {
+                let len = l as u32;
+                let w = next[l as usize];
+                next[l as usize] += 1;
+                w.reverse_bits() >> (32 - len)
+            })
+            .collect()
     }
 
     /// Decoding table: for every 11-bit window, `symbol | length << 16`.
@@ -236,20 +244,19 @@ impl Code {
     /// bits 8..56, and how many symbols it holds in its top byte.
     fn run_table<T: Symbol>(single: &[u32; TABLE_SIZE]) -> Box<[u64; TABLE_SIZE]> {
         let mut table = Box::new([0u64; TABLE_SIZE]);
-        let mut run = Vec::with_capacity(T::PER_LOOKUP);
         for (v, slot) in table.iter_mut().enumerate() {
-            run.clear();
-            let mut bits = 0;
-            while run.len() < T::PER_LOOKUP {
+            let (mut bits, mut count, mut symbols) = (0u32, 0usize, 0u64);
+            while count < T::PER_LOOKUP {
                 let e = single[v >> bits];
                 let len = e >> 16;
                 if bits + len > MAX_CODE_BITS {
                     break;
                 }
-                run.push(e as u16);
+                symbols |= T::pack_run(&[e as u16]) << (count * 8 * std::mem::size_of::<T>());
                 bits += len;
+                count += 1;
             }
-            *slot = T::pack_run(&run) << 8 | bits as u64 | (run.len() as u64) << 56;
+            *slot = symbols << 8 | bits as u64 | (count as u64) << 56;
         }
         table
     }
@@ -733,6 +740,36 @@ mod tests {
             seen[expect.len()] += 1;
         }
         assert!(seen[1] > 0 && seen[6] > 0, "{seen:?}");
+    }
+
+    #[test]
+    fn codewords_are_canonical() {
+        // Files written before depend on this exact assignment: codes in order of (length,
+        // symbol), each one more than the last, shifted left when the length grows.
+        let mut state = 0x2545_f491_u32;
+        for n in [2usize, 3, 17, 200, 1024] {
+            let counts: Vec<u32> = (0..n)
+                .map(|_| {
+                    state ^= state << 13;
+                    state ^= state >> 17;
+                    state ^= state << 5;
+                    1 + (state >> (state % 28))
+                })
+                .collect();
+            let code = Code::from_counts(&counts).unwrap();
+            let mut order: Vec<usize> = (0..code.symbols.len()).collect();
+            order.sort_by_key(|&i| (code.lengths[i], code.symbols[i]));
+            let mut expect = vec![0u32; order.len()];
+            let (mut next, mut prev) = (0u32, 0u32);
+            for i in order {
+                let len = code.lengths[i] as u32;
+                next <<= len - prev;
+                prev = len;
+                expect[i] = next.reverse_bits() >> (32 - len);
+                next += 1;
+            }
+            assert_eq!(code.codewords(), expect, "{n} symbols");
+        }
     }
 
     #[test]
