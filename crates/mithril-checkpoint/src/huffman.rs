@@ -573,6 +573,43 @@ fn decode_runs_body<T: Symbol>(
     }
 }
 
+/// Decode `out.len()` symbols one lookup each from `stream`, starting at bit `pos`; returns
+/// the bit position after them. Short streams (one segment) and the ends of long ones go
+/// this way: a window is loaded once for five symbols, while eight bytes remain readable,
+/// then once per symbol.
+fn decode_singles<T: Symbol>(
+    stream: &[u8],
+    mut pos: usize,
+    out: &mut [T],
+    table: &[u32; TABLE_SIZE],
+) -> usize {
+    let mut groups = out.chunks_exact_mut(PER_WINDOW);
+    for group in &mut groups {
+        let Some(bytes) = stream.get(pos >> 3..).and_then(|b| b.first_chunk::<8>()) else {
+            // Too near the end for a whole window: finish one symbol at a time.
+            for o in group.iter_mut() {
+                let e = table[(window(stream, pos) & WINDOW_MASK) as usize];
+                *o = T::from_index(e as u16);
+                pos += (e >> 16) as usize;
+            }
+            continue;
+        };
+        let mut w = u64::from_le_bytes(*bytes) >> (pos & 7);
+        for o in group.iter_mut() {
+            let e = table[(w & WINDOW_MASK) as usize];
+            *o = T::from_index(e as u16);
+            w >>= e >> 16;
+            pos += (e >> 16) as usize;
+        }
+    }
+    for o in groups.into_remainder() {
+        let e = table[(window(stream, pos) & WINDOW_MASK) as usize];
+        *o = T::from_index(e as u16);
+        pos += (e >> 16) as usize;
+    }
+    pos
+}
+
 /// Decode exactly `out.len()` symbols from `data`, each below `cardinality`, refusing
 /// anything that is not a stream `encode` could have produced for that many symbols.
 pub fn decode<T: Symbol>(data: &[u8], out: &mut [T], cardinality: usize) -> Result<()> {
@@ -625,11 +662,7 @@ pub fn decode<T: Symbol>(data: &[u8], out: &mut [T], cardinality: usize) -> Resu
         .zip(pos.iter_mut())
         .zip(&done)
     {
-        for o in seg.get_mut(from..).unwrap_or(&mut []) {
-            let e = table[(window(stream, *p) & WINDOW_MASK) as usize];
-            *o = T::from_index(e as u16);
-            *p += (e >> 16) as usize;
-        }
+        *p = decode_singles(stream, *p, seg.get_mut(from..).unwrap_or(&mut []), &table);
     }
     for (i, (stream, &p)) in streams.iter().zip(&pos).enumerate() {
         if p.div_ceil(8) != stream.len() {

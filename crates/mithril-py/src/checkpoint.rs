@@ -436,6 +436,20 @@ impl PyReader {
         Ok(PyReader { inner })
     }
 
+    /// (dtype, shape, whether it is stored as a delta) of the one tensor of a
+    /// `compress_tensor` blob (a single tensor named ""), or `None` for any other
+    /// container. One call instead of three on the path that decodes such blobs.
+    fn lone_tensor(&self) -> Option<(String, Vec<u64>, bool)> {
+        match self.inner.tensors() {
+            [t] if t.name.is_empty() => Some((
+                t.dtype.name().to_string(),
+                t.shape.clone(),
+                self.inner.base_ref().is_some(),
+            )),
+            _ => None,
+        }
+    }
+
     /// Tensor names in file order.
     fn names(&self) -> Vec<String> {
         self.inner

@@ -339,13 +339,14 @@ def decompress_tensor(
     made against (anything else raises :class:`mithril.BaseCheckpointError`)."""
     threads = _positive("threads", threads)
     reader = _native.Reader.from_bytes(_as_bytes(data))
-    names = reader.names()
-    if names != [""]:
+    lone = reader.lone_tensor()
+    if lone is None:
+        names = reader.names()
         raise ConfigError(
             f"not a compress_tensor() blob: it holds {len(names)} named tensor(s); use load()"
         )
-    dtype, shape, *_ = reader.info("")
-    if reader.base_ref() is not None and base is None:
+    dtype, shape, is_delta = lone
+    if is_delta and base is None:
         raise BaseCheckpointError("this blob is a delta: pass the base tensor it was made against")
     framework = framework or default_framework()
     t, out = empty_tensor(dtype, shape, framework, "compress_tensor() blob")

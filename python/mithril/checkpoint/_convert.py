@@ -130,23 +130,7 @@ def empty_tensor(dtype: str, shape: list[int], framework: str, what: str) -> tup
     small tensors of a checkpoint is a tenth of decoding them. A size the allocator
     refuses (a hostile file can claim any) is a ``MemoryError`` naming ``what``.
     """
-    torch = None
-    if framework in ("pt", "torch"):
-        torch = _torch()
-        if torch is None:
-            raise ConfigError("framework='pt' needs torch; install mithril[torch] or use 'np'")
-        by_name = _torch_dtypes_by_name(torch)
-        if dtype not in by_name:
-            raise ConfigError(f"dtype {dtype} is not available in this torch build")
-        torch_dtype = by_name[dtype]
-        as_is = dtype in _FROM_NUMPY_AS_IS
-        np_dtype = _NAME_TO_NUMPY[dtype] if as_is else _CARRIERS[torch_dtype.itemsize]
-    elif framework in ("np", "numpy"):
-        if dtype not in _NAME_TO_NUMPY:
-            raise ConfigError(f"dtype {dtype} has no numpy equivalent; use framework='pt'")
-        np_dtype = _NAME_TO_NUMPY[dtype]
-    else:
-        raise ConfigError(f"unknown framework {framework!r} (expected 'pt' or 'np')")
+    torch, np_dtype, torch_dtype = _allocation(dtype, framework)
     try:
         a = np.empty(shape, dtype=np_dtype)
     except (MemoryError, ValueError) as e:
@@ -157,7 +141,31 @@ def empty_tensor(dtype: str, shape: list[int], framework: str, what: str) -> tup
     if a.size == 0:  # numpy gives empty arrays strides that torch would copy
         return torch.empty(shape, dtype=torch_dtype), buf
     t = torch.from_numpy(a)
-    return (t if as_is else t.view(torch_dtype)), buf
+    return (t if t.dtype == torch_dtype else t.view(torch_dtype)), buf
+
+
+@functools.cache
+def _allocation(dtype: str, framework: str) -> tuple[Any, np.dtype, Any]:
+    """How :func:`empty_tensor` makes ``dtype`` for ``framework``: (torch module or None
+    for numpy, numpy dtype to allocate, torch dtype of the result). Worked out once per
+    pair, since a checkpoint decodes hundreds of tensors of a few dtypes; an unsupported
+    pair raises ``ConfigError`` (and is not cached)."""
+    if framework in ("pt", "torch"):
+        torch = _torch()
+        if torch is None:
+            raise ConfigError("framework='pt' needs torch; install mithril[torch] or use 'np'")
+        by_name = _torch_dtypes_by_name(torch)
+        if dtype not in by_name:
+            raise ConfigError(f"dtype {dtype} is not available in this torch build")
+        torch_dtype = by_name[dtype]
+        if dtype in _FROM_NUMPY_AS_IS:
+            return torch, _NAME_TO_NUMPY[dtype], torch_dtype
+        return torch, _CARRIERS[torch_dtype.itemsize], torch_dtype
+    if framework in ("np", "numpy"):
+        if dtype not in _NAME_TO_NUMPY:
+            raise ConfigError(f"dtype {dtype} has no numpy equivalent; use framework='pt'")
+        return None, _NAME_TO_NUMPY[dtype], None
+    raise ConfigError(f"unknown framework {framework!r} (expected 'pt' or 'np')")
 
 
 def on_device(t: Any, device: str) -> Any:
