@@ -626,16 +626,22 @@ pub(crate) fn encode_plane_counts<'a>(
     let mut best = (METHOD_RAW, raw_plane(plane, width));
     let raw_len = best.1.len();
     let bits_per_symbol = rans::entropy_bits(counts) / plane.len().max(1) as f64;
+    let estimate = rans::estimated_size(counts);
     // zstd first: where it wins (the repeated rows of an embedding table, optimiser moments),
     // the entropy coder's estimate, known from the counts alone, says so before any coding.
-    if try_zstd && bits_per_symbol < ZSTD_TRY_BELOW_BITS - (8 - width) as f64 {
+    // A short plane's entropy is underestimated (few values over many bins); there, zstd
+    // is tried only when the entropy coder with its table would beat raw too.
+    let short = plane.len() < SAMPLE_FROM_LEN;
+    if try_zstd
+        && bits_per_symbol < ZSTD_TRY_BELOW_BITS - (8 - width) as f64
+        && (!short || estimate < raw_len)
+    {
         if let Ok(z) = crate::scratch::zstd_compress(plane, PLANE_ZSTD_LEVEL) {
             if z.len() < best.1.len() {
                 best = (METHOD_ZSTD, Cow::Owned(z));
             }
         }
     }
-    let estimate = rans::estimated_size(counts);
     if estimate < raw_len * 99 / 100 && estimate < best.1.len() {
         if let Some((method, coded)) = coded_symbols(plane, counts, slack) {
             if coded.len() < best.1.len() {
