@@ -181,4 +181,23 @@ mod tests {
         r.take(9);
         assert!(r.finish().is_err());
     }
+    #[test]
+    fn bit_stream_is_the_bits_in_order_least_significant_first() {
+        // Files hold these bytes: a bit-by-bit reference, from an empty writer up to
+        // enough values to make it grow several times.
+        for count in [0usize, 1, 7, 3000] {
+            let mut w = BitWriter::with_capacity(0);
+            let mut bits = Vec::new();
+            for i in 0..count as u32 {
+                let (v, b) = (i.wrapping_mul(0x9e37_79b9) ^ i >> 3, (i * 7) % 29);
+                w.put(v, b);
+                bits.extend((0..b).map(|j| (v >> j) & 1 == 1));
+            }
+            let mut expect = vec![0u8; bits.len().div_ceil(8)];
+            for (j, _) in bits.iter().enumerate().filter(|(_, &bit)| bit) {
+                expect[j / 8] |= 1 << (j % 8);
+            }
+            assert_eq!(w.finish(), expect, "{count} values");
+        }
+    }
 }

@@ -77,11 +77,13 @@ fn quad_symbol(d: [u32; QUAD], escapes: &mut Vec<u16>, extra: &mut BitWriter) ->
     if (d[0] | d[1] | d[2] | d[3]) < SMALL {
         return (d[0] | d[1] << 2 | d[2] << 4 | d[3] << 6) as u16;
     }
-    for v in d {
-        let (s, bits) = symbol_of(v);
-        escapes.push(s as u16);
+    let mut symbols = [0u16; QUAD];
+    for (s, v) in symbols.iter_mut().zip(d) {
+        let (symbol, bits) = symbol_of(v);
+        *s = symbol as u16;
         extra.put(v, bits);
     }
+    escapes.extend_from_slice(&symbols);
     ESCAPE
 }
 
@@ -105,12 +107,33 @@ fn stream_estimate(counts: &[u32], n: usize) -> usize {
 /// The quads, escapes and extra bits of `raw` against `base` (whole elements of `T`, at
 /// most 4 bytes each).
 pub fn plan<T: Word>(raw: &[u8], base: &[u8]) -> QuadPlan {
+    #[cfg(target_arch = "x86_64")]
+    if std::arch::is_x86_feature_detected!("lzcnt") && std::arch::is_x86_feature_detected!("bmi2") {
+        // SAFETY: the CPU supports LZCNT and BMI2 (checked just above).
+        return unsafe { plan_lzcnt::<T>(raw, base) };
+    }
+    plan_body::<T>(raw, base)
+}
+
+/// [`plan`] compiled for `lzcnt` (the bit length of every escaped difference) and `shrx`.
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "lzcnt,bmi2")]
+unsafe fn plan_lzcnt<T: Word>(raw: &[u8], base: &[u8]) -> QuadPlan {
+    plan_body::<T>(raw, base)
+}
+
+#[inline(always)]
+fn plan_body<T: Word>(raw: &[u8], base: &[u8]) -> QuadPlan {
     debug_assert!(T::BYTES <= 4, "differences are coded as 32-bit values");
     let w = T::BYTES;
     let n = raw.len() / w;
     let mut quads = spare_buffer();
     quads.resize(n.div_ceil(QUAD), 0);
+    // Room for every quad to escape, so that the loop never grows the buffer (the
+    // buffer comes back from the last chunk with this capacity); not zeroed, since few
+    // quads escape in most chunks.
     let mut escapes = spare_buffer();
+    escapes.reserve(QUAD * quads.len());
     let mut extra = BitWriter::with_capacity(0);
     let full = n / QUAD;
     let whole = raw[..full * QUAD * w]
