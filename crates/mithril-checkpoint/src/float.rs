@@ -27,21 +27,20 @@ pub(crate) const METHOD_ZSTD: u8 = 3;
 pub(crate) const METHOD_HUFFMAN: u8 = 4;
 
 /// How much larger than the rANS estimate a Huffman stream may be and still be chosen:
-/// Huffman encodes and decodes several times faster. On the heads of 16-bit floats it
-/// costs about 0.8 % of the stream (0.2 points of the chunk).
+/// Huffman encodes and decodes several times faster. On the 9-bit heads of bf16 and fp32
+/// (exponent and one mantissa bit) it costs under 1 % of the stream. fp32 once had half
+/// this slack, when its heads were mostly 10 bits wide; with 9-bit heads that slack sent
+/// them to rANS, which decodes a fifth slower.
 pub(crate) const HUFFMAN_SLACK: f64 = 0.02;
-/// The same for fp32, whose size bar (zipnn's) leaves less room: exponent-only heads are
-/// more skewed, and Huffman's whole-bit codes cost more on them.
-const HUFFMAN_SLACK_F32: f64 = 0.01;
 
-/// How much smaller (a fraction of the chunk) a bf16 chunk must be with a 10-bit head than
-/// with the best narrower one to take it. A 9-bit head (`k = 1`) codes in about 3.6 bits,
-/// so one 11-bit decoding lookup usually yields three heads; a 10-bit head codes in about
-/// 4.6 bits and yields two. On trained weights the wider head saves about 0.07 % of the
-/// chunk, and the narrower one decodes 11-15 % faster (see docs/benchmarks.md). Narrower
-/// heads still compete on size alone: an 8-bit head leaves whole remainder bytes, whose
-/// path is not faster.
-const TEN_BIT_HEAD_SLACK_16: f64 = 0.002;
+/// How much smaller (a fraction of the chunk) a chunk must be with a 10-bit head (bf16 or
+/// fp32 with `k = 2`) than with the best narrower one to take it. A 9-bit head (`k = 1`)
+/// codes in about 3.6 bits, so one 11-bit decoding lookup usually yields three heads; a
+/// 10-bit head codes in about 4.6 bits and yields two. On trained weights the wider head
+/// saves about 0.07 % of the chunk, and the narrower one decodes 11-15 % faster (see
+/// docs/benchmarks.md). Narrower heads still compete on size alone: an 8-bit head leaves
+/// whole remainder bytes, whose path is not faster.
+const TEN_BIT_HEAD_SLACK: f64 = 0.002;
 
 /// Order-0 entropy (bits per byte) below which a plane is worth trying with zstd.
 const ZSTD_TRY_BELOW_BITS: f64 = 7.98;
@@ -291,8 +290,8 @@ fn encode_words<const W: usize>(raw: &[u8], bits: FloatBits) -> Vec<u8> {
         }
         let size = rans::estimated_size(&counts) + (n * split.rem_bits as usize).div_ceil(8);
         // Choices come narrowest head first.
-        let slack = if W == 2 && split.head_bits >= 10 {
-            TEN_BIT_HEAD_SLACK_16
+        let slack = if split.head_bits >= 10 {
+            TEN_BIT_HEAD_SLACK
         } else {
             0.0
         };
@@ -306,11 +305,7 @@ fn encode_words<const W: usize>(raw: &[u8], bits: FloatBits) -> Vec<u8> {
     };
 
     let planes = split.planes();
-    let slack = if W == 2 {
-        HUFFMAN_SLACK
-    } else {
-        HUFFMAN_SLACK_F32
-    };
+    let slack = HUFFMAN_SLACK;
     // A bit-packed bf16 remainder that a sample shows to be random is split and packed in
     // one pass with the heads. A sample that is not random is not taken again below.
     let mut sampled_not_random = false;
