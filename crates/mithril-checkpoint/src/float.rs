@@ -1304,6 +1304,41 @@ mod tests {
     }
 
     #[test]
+    fn a_ten_bit_head_is_taken_only_when_it_saves_more_than_the_slack() {
+        // Normal-like weights (a sum of four uniforms), as fp32 words. Their second
+        // mantissa bit is barely skewed, so the 10-bit head saves well under the slack;
+        // with that bit forced to zero it saves a whole bit a value.
+        let mut uniform = xorshift(0x5eed).map(|x| (x >> 11) as f64 / (1u64 << 53) as f64);
+        let words: Vec<u32> = (0..1 << 17)
+            .map(|_| {
+                let v: f64 = (0..4).map(|_| uniform.next().unwrap() - 0.5).sum();
+                (v * 0.05) as f32
+            })
+            .map(f32::to_bits)
+            .collect();
+        for (dtype, second_bit, shift) in [(DType::BF16, 1u32 << 21, 16), (DType::F32, 1 << 21, 0)]
+        {
+            for (forced, want_k) in [(false, 1u8), (true, 2)] {
+                let raw: Vec<u8> = words
+                    .iter()
+                    .map(|&w| if forced { w & !second_bit } else { w })
+                    .flat_map(|w| {
+                        let b = (w >> shift).to_le_bytes();
+                        b[..dtype.size()].to_vec()
+                    })
+                    .collect();
+                let bits = dtype.float_bits().unwrap();
+                let enc = encode(&raw, bits, dtype.size());
+                assert_eq!(
+                    enc[0], want_k,
+                    "{dtype}, second mantissa bit forced: {forced}"
+                );
+                roundtrip(&raw, dtype);
+            }
+        }
+    }
+
+    #[test]
     fn constant_chunk_is_tiny() {
         let raw = vec![0u8; 1 << 16];
         assert!(roundtrip(&raw, DType::BF16) < 64);
