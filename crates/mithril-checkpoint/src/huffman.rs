@@ -252,7 +252,7 @@ impl Code {
                 if bits + len > MAX_CODE_BITS {
                     break;
                 }
-                symbols |= T::pack_run(&[e as u16]) << (count * 8 * std::mem::size_of::<T>());
+                symbols |= T::run_place(e as u16, count);
                 bits += len;
                 count += 1;
             }
@@ -767,7 +767,10 @@ mod tests {
             assert_eq!((e >> 56) as usize, expect.len(), "window {v:#x}");
             assert_eq!(
                 (e >> 8) & ((1 << 48) - 1),
-                u8::pack_run(&expect),
+                expect
+                    .iter()
+                    .enumerate()
+                    .fold(0, |run, (i, &s)| run | u8::run_place(s, i)),
                 "window {v:#x}"
             );
             seen[expect.len()] += 1;

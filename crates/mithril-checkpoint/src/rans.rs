@@ -33,26 +33,22 @@ pub trait Symbol: Copy + Default + Send + Sync + 'static {
     fn index(self) -> usize;
     fn from_index(v: u16) -> Self;
 
+    /// Bits of one symbol as Huffman runs store it.
+    const BITS: usize = 8 * std::mem::size_of::<Self>();
     /// Most symbols one Huffman table lookup yields: as many as 48 bits hold (six `u8`,
     /// three `u16`), which leaves a table entry room for its bit and symbol counts.
-    const PER_LOOKUP: usize = 48 / (8 * std::mem::size_of::<Self>());
+    const PER_LOOKUP: usize = 48 / Self::BITS;
     /// Elements one [`Symbol::write_run`] store covers: eight bytes' worth.
-    const PER_STORE: usize = 8 / std::mem::size_of::<Self>();
+    const PER_STORE: usize = 64 / Self::BITS;
 
-    /// Up to [`Symbol::PER_LOOKUP`] symbols packed the way [`Symbol::write_run`] stores
-    /// them: the first in the low bits.
+    /// Symbol `s` in place `i` of a run as [`Symbol::write_run`] stores it (the first
+    /// symbol in the low bits); a run is these or-ed together.
     #[inline(always)]
-    fn pack_run(symbols: &[u16]) -> u64 {
-        let width = 8 * std::mem::size_of::<Self>();
-        let mask = (1u64 << width) - 1;
-        symbols
-            .iter()
-            .take(Self::PER_LOOKUP)
-            .enumerate()
-            .fold(0, |acc, (i, &s)| acc | (s as u64 & mask) << (i * width))
+    fn run_place(s: u16, i: usize) -> u64 {
+        (s as u64 & ((1u64 << Self::BITS) - 1)) << (i * Self::BITS)
     }
 
-    /// Store the eight bytes of `run` (made by [`Symbol::pack_run`], perhaps with more
+    /// Store the eight bytes of `run` (made with [`Symbol::run_place`], perhaps with more
     /// bits above its symbols) as [`Symbol::PER_STORE`] elements from `at` on, with one
     /// unaligned store. The caller advances past only the symbols the run holds and
     /// overwrites the rest with the next run.
@@ -65,9 +61,8 @@ pub trait Symbol: Copy + Default + Send + Sync + 'static {
             // SAFETY: the caller guarantees `PER_STORE` writable elements: eight bytes.
             unsafe { at.cast::<u64>().write_unaligned(run) }
         } else {
-            let width = 8 * std::mem::size_of::<Self>();
             for i in 0..Self::PER_STORE {
-                let v = (run >> (i * width)) as u16;
+                let v = (run >> (i * Self::BITS)) as u16;
                 // SAFETY: `i < PER_STORE`, which the caller guarantees writable.
                 unsafe { at.add(i).write(Self::from_index(v)) }
             }
