@@ -575,24 +575,19 @@ fn decode_runs_body<T: Symbol>(
 
 /// Decode `out.len()` symbols one lookup each from `stream`, starting at bit `pos`; returns
 /// the bit position after them. Short streams (one segment) and the ends of long ones go
-/// this way: a window is loaded once for five symbols, while eight bytes remain readable,
-/// then once per symbol.
+/// this way: a window is loaded once for five symbols while eight bytes remain readable
+/// (the position only grows, so once they do not, they never will again), then once per
+/// symbol.
 fn decode_singles<T: Symbol>(
     stream: &[u8],
     mut pos: usize,
     out: &mut [T],
     table: &[u32; TABLE_SIZE],
 ) -> usize {
-    let mut groups = out.chunks_exact_mut(PER_WINDOW);
-    for group in &mut groups {
+    let mut done = 0;
+    for group in out.chunks_exact_mut(PER_WINDOW) {
         let Some(bytes) = stream.get(pos >> 3..).and_then(|b| b.first_chunk::<8>()) else {
-            // Too near the end for a whole window: finish one symbol at a time.
-            for o in group.iter_mut() {
-                let e = table[(window(stream, pos) & WINDOW_MASK) as usize];
-                *o = T::from_index(e as u16);
-                pos += (e >> 16) as usize;
-            }
-            continue;
+            break;
         };
         let mut w = u64::from_le_bytes(*bytes) >> (pos & 7);
         for o in group.iter_mut() {
@@ -601,8 +596,9 @@ fn decode_singles<T: Symbol>(
             w >>= e >> 16;
             pos += (e >> 16) as usize;
         }
+        done += PER_WINDOW;
     }
-    for o in groups.into_remainder() {
+    for o in &mut out[done..] {
         let e = table[(window(stream, pos) & WINDOW_MASK) as usize];
         *o = T::from_index(e as u16);
         pos += (e >> 16) as usize;
