@@ -407,7 +407,7 @@ fn joint_symbols<T: Word>(span: &[T]) -> Option<(usize, Vec<u32>)> {
 }
 
 fn push_plane(out: &mut Vec<u8>, plane: &[u8], counts: &[u32; 256]) {
-    let (method, data) = encode_plane_counts(plane, 8, counts, false, HUFFMAN_SLACK);
+    let (method, data) = encode_plane_counts(plane, 8, counts, false);
     push_stream(out, method, &data);
 }
 

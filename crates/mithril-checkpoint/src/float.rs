@@ -290,12 +290,12 @@ fn encode_words<const W: usize>(raw: &[u8], bits: FloatBits) -> Vec<u8> {
         }
         let size = rans::estimated_size(&counts) + (n * split.rem_bits as usize).div_ceil(8);
         // Choices come narrowest head first.
-        let slack = if split.head_bits >= 10 {
+        let head_slack = if split.head_bits >= 10 {
             TEN_BIT_HEAD_SLACK
         } else {
             0.0
         };
-        let wins = |b: &(usize, Split, Vec<u32>)| (size as f64) < b.0 as f64 * (1.0 - slack);
+        let wins = |b: &(usize, Split, Vec<u32>)| (size as f64) < b.0 as f64 * (1.0 - head_slack);
         if best.as_ref().is_none_or(wins) {
             best = Some((size, split, counts));
         }
@@ -305,7 +305,6 @@ fn encode_words<const W: usize>(raw: &[u8], bits: FloatBits) -> Vec<u8> {
     };
 
     let planes = split.planes();
-    let slack = HUFFMAN_SLACK;
     // A bit-packed bf16 remainder that a sample shows to be random is split and packed in
     // one pass with the heads. A sample that is not random is not taken again below.
     let mut sampled_not_random = false;
@@ -323,7 +322,7 @@ fn encode_words<const W: usize>(raw: &[u8], bits: FloatBits) -> Vec<u8> {
             return with_scratch(n, packed_room(n), |heads, packed| {
                 let packed = split_packed(raw, split, heads, packed);
                 let plane = (METHOD_RAW, Cow::Borrowed(packed));
-                payload(split, heads, &counts, slack, [plane], raw.len())
+                payload(split, heads, &counts, [plane], raw.len())
             });
         }
     }
@@ -339,12 +338,12 @@ fn encode_words<const W: usize>(raw: &[u8], bits: FloatBits) -> Vec<u8> {
         let planes = rem.iter().enumerate().map(|(p, plane)| {
             let width = split.plane_width(p);
             if sampled_not_random {
-                encode_plane_counts(plane, width, &rans::histogram(plane, 256), true, slack)
+                encode_plane_counts(plane, width, &rans::histogram(plane, 256), true)
             } else {
-                encode_plane(plane, width, slack)
+                encode_plane(plane, width)
             }
         });
-        payload(split, heads, &counts, slack, planes, raw.len())
+        payload(split, heads, &counts, planes, raw.len())
     })
 }
 
@@ -404,7 +403,6 @@ fn payload<'a>(
     split: Split,
     heads: &[u16],
     counts: &[u32],
-    slack: f64,
     planes: impl IntoIterator<Item = (u8, Cow<'a, [u8]>)>,
     raw_len: usize,
 ) -> Vec<u8> {
@@ -412,7 +410,7 @@ fn payload<'a>(
     // and pages the payload does not reach are never touched.
     let mut out = Vec::with_capacity(raw_len + 64);
     out.push(split.k as u8);
-    push_symbols(&mut out, heads, counts, slack);
+    push_symbols(&mut out, heads, counts, HUFFMAN_SLACK);
     for (method, data) in planes {
         push_stream(&mut out, method, &data);
     }
@@ -592,7 +590,7 @@ const SAMPLE_RANDOM_MARGIN: f64 = 0.04;
 /// byte only to find that out costs a fifth of the encoder's time. A long plane whose
 /// strided sample is within [`SAMPLE_RANDOM_MARGIN`] of `width` bits per symbol is stored
 /// raw without the full count.
-pub(crate) fn encode_plane(plane: &[u8], width: u32, slack: f64) -> (u8, Cow<'_, [u8]>) {
+pub(crate) fn encode_plane(plane: &[u8], width: u32) -> (u8, Cow<'_, [u8]>) {
     if plane.len() >= SAMPLE_FROM_LEN {
         let stride = sample_stride(plane.len());
         let sample = rans::histogram_by(plane.iter().step_by(stride).map(|&b| b as usize), 256);
@@ -600,7 +598,7 @@ pub(crate) fn encode_plane(plane: &[u8], width: u32, slack: f64) -> (u8, Cow<'_,
             return (METHOD_RAW, raw_plane(plane, width));
         }
     }
-    encode_plane_counts(plane, width, &rans::histogram(plane, 256), true, slack)
+    encode_plane_counts(plane, width, &rans::histogram(plane, 256), true)
 }
 
 /// [`encode_plane`] with the plane's histogram already counted; `try_zstd` false keeps to
@@ -610,7 +608,6 @@ pub(crate) fn encode_plane_counts<'a>(
     width: u32,
     counts: &[u32],
     try_zstd: bool,
-    slack: f64,
 ) -> (u8, Cow<'a, [u8]>) {
     if counts.iter().filter(|&&c| c > 0).count() < 2 {
         return match plane.first() {
@@ -638,7 +635,7 @@ pub(crate) fn encode_plane_counts<'a>(
         }
     }
     if estimate < raw_len * 99 / 100 && estimate < best.1.len() {
-        if let Some((method, coded)) = coded_symbols(plane, counts, slack) {
+        if let Some((method, coded)) = coded_symbols(plane, counts, HUFFMAN_SLACK) {
             if coded.len() < best.1.len() {
                 best = (method, Cow::Owned(coded));
             }
