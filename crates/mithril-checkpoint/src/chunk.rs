@@ -340,7 +340,7 @@ pub fn chunk_lengths(len: usize, dtype: DType, target: usize) -> Vec<usize> {
 }
 
 #[cfg(test)]
-mod tests {
+pub(crate) mod tests {
     use super::{
         all_zero, decode_chunk, delta_cannot_win, encode_chunk, encode_chunk_delta, xxh3_checksum,
         EncodeOptions,
@@ -486,15 +486,26 @@ mod tests {
         }
     }
 
+    /// `n` bytes that look random (a multiplicative hash of each index), the same on every
+    /// run: incompressible test data.
+    pub(crate) fn scrambled_bytes(n: usize) -> Vec<u8> {
+        (0..n as u32)
+            .map(|i| (i.wrapping_mul(2_654_435_761) >> 13) as u8)
+            .collect()
+    }
+
+    /// Input lengths that reach every code path of xxh3 (short, mid-size, long, and a
+    /// partial last stripe), all below 300 000.
+    pub(crate) fn xxh3_length_classes() -> impl Iterator<Item = usize> {
+        (0..=260).chain([1023, 1024, 1025, 4096, 65_537, 299_999])
+    }
+
     /// The checksum is the format's xxh3-64 whatever the implementation: the run-time
-    /// dispatched one must agree with the reference crate at every length class (the short,
-    /// mid-size and long code paths of xxh3, and a partial last stripe).
+    /// dispatched one must agree with the reference crate at every length class.
     #[test]
     fn checksum_is_reference_xxh3_64() {
-        let data: Vec<u8> = (0..300_000u32)
-            .map(|i| (i.wrapping_mul(2654435761) >> 13) as u8)
-            .collect();
-        for len in (0..=260).chain([1023, 1024, 1025, 4096, 65_537, 299_999]) {
+        let data = scrambled_bytes(300_000);
+        for len in xxh3_length_classes() {
             let d = &data[..len];
             assert_eq!(
                 xxh3_checksum(d),

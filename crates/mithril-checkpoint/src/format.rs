@@ -369,6 +369,7 @@ impl From<serde_json::Error> for Error {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::chunk::tests::{scrambled_bytes, xxh3_length_classes};
 
     /// Tensor content ids are stored in delta files, so they must stay the format's
     /// xxh3-128 whatever the implementation: the run-time dispatched hasher must agree with
@@ -376,10 +377,8 @@ mod tests {
     /// partial last stripe), fed in the pieces `tensor_content_id` writes.
     #[test]
     fn tensor_content_id_is_reference_xxh3_128() {
-        let data: Vec<u8> = (0..300_000u32)
-            .map(|i| (i.wrapping_mul(2654435761) >> 13) as u8)
-            .collect();
-        for len in (0..=260).chain([1023, 1024, 1025, 4096, 65_537, 299_999]) {
+        let data = scrambled_bytes(300_000);
+        for len in xxh3_length_classes() {
             let d = &data[..len];
             let shape = [len as u64 / 2, 2];
             let mut reference = Vec::new();

@@ -640,9 +640,7 @@ mod tests {
     #[test]
     fn the_room_left_for_the_index_is_close_to_its_size() {
         // Raw-stored noise (length = raw length) and coded weights (length below it).
-        let noise: Vec<u8> = (0..300_000u32)
-            .map(|i| (i.wrapping_mul(2_654_435_761) >> 13) as u8)
-            .collect();
+        let noise = crate::chunk::tests::scrambled_bytes(300_000);
         let weights: Vec<u8> = (0..150_000u32)
             .flat_map(|i| (0x3c00u16 | (i.wrapping_mul(40_503) >> 6 & 0x3ff) as u16).to_le_bytes())
             .collect();
