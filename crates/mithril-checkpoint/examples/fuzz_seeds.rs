@@ -245,7 +245,7 @@ fn chunk_seeds(dir: &Path) -> Res<()> {
 
 fn safetensors_image(header: &str, data_len: usize) -> Vec<u8> {
     let mut text = header.to_string();
-    while (8 + text.len()) % 8 != 0 {
+    while !(8 + text.len()).is_multiple_of(8) {
         text.push(' ');
     }
     let mut v = (text.len() as u64).to_le_bytes().to_vec();

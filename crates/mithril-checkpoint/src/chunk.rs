@@ -6,11 +6,16 @@ use crate::error::{corrupt, Result};
 use crate::float;
 use std::borrow::Cow;
 
-/// xxh3-64 of `data`, the chunk checksum of the format. This implementation picks AVX2 at
-/// run time where the CPU has it: every chunk is hashed twice on write and twice on read,
-/// raw and coded.
+/// xxh3-64 of `data`, the chunk checksum of the format. Every chunk is hashed twice on
+/// write and twice on read, raw and coded, so this picks the widest vectors the CPU has at
+/// run time: AVX-512 for long inputs ([`crate::xxh3_avx512`]), else `twox-hash` (AVX2).
 #[inline]
 pub fn xxh3_checksum(data: &[u8]) -> u64 {
+    #[cfg(target_arch = "x86_64")]
+    if data.len() >= crate::xxh3_avx512::LONG_FROM && crate::xxh3_avx512::available() {
+        // SAFETY: the CPU supports AVX-512F and the input is long enough (checked above).
+        return unsafe { crate::xxh3_avx512::hash_long(data) };
+    }
     twox_hash::XxHash3_64::oneshot(data)
 }
 
@@ -333,7 +338,7 @@ pub fn chunk_lengths(len: usize, dtype: DType, target: usize) -> Vec<usize> {
         return Vec::new();
     }
     let mut out = vec![per; len / per];
-    if len % per != 0 {
+    if !len.is_multiple_of(per) {
         out.push(len % per);
     }
     out
@@ -497,7 +502,9 @@ pub(crate) mod tests {
     /// Input lengths that reach every code path of xxh3 (short, mid-size, long, and a
     /// partial last stripe), all below 300 000.
     pub(crate) fn xxh3_length_classes() -> impl Iterator<Item = usize> {
-        (0..=260).chain([1023, 1024, 1025, 4096, 65_537, 299_999])
+        (0..=260).chain([
+            1023, 1024, 1025, 1088, 1089, 2048, 2049, 4096, 65_537, 299_999,
+        ])
     }
 
     /// The checksum is the format's xxh3-64 whatever the implementation: the run-time

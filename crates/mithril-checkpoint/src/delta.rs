@@ -640,7 +640,7 @@ fn decode_words<T: Word>(
 /// Apply a delta payload: `inout` holds the base elements (of `dtype`) on entry and the
 /// decoded elements on return.
 pub fn decode(op: DeltaOp, payload: &[u8], dtype: DType, inout: &mut [u8]) -> Result<()> {
-    if inout.len() % dtype.size() != 0 {
+    if !inout.len().is_multiple_of(dtype.size()) {
         return Err(corrupt("delta chunk is not whole elements"));
     }
     match dtype.size() {

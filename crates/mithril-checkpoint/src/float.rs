@@ -1026,7 +1026,7 @@ mod tests {
                 x ^= x >> 7;
                 x ^= x << 17;
                 // Mostly a few exponents (runs of equal heads), sometimes any byte.
-                if x % 5 == 0 {
+                if x.is_multiple_of(5) {
                     x as u8
                 } else {
                     0x3c + (x >> 60) as u8 % 3

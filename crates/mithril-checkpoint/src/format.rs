@@ -212,7 +212,7 @@ pub fn parse(file: &[u8]) -> Result<(Index, Vec<TensorInfo>, u64)> {
             "index length {index_len} runs past the end of the {file_len}-byte file (truncated?)"
         )));
     }
-    if data_offset % DATA_ALIGN != 0 {
+    if !data_offset.is_multiple_of(DATA_ALIGN) {
         return Err(format_err(format!(
             "data offset {data_offset} is not a multiple of {DATA_ALIGN}"
         )));

@@ -148,7 +148,7 @@ impl Code {
                     })
                     .collect();
                 let span = (last - first) as usize + 1;
-                if span % 8 != 0 && bitmap[len - 1] >> (span % 8) != 0 {
+                if !span.is_multiple_of(8) && bitmap[len - 1] >> (span % 8) != 0 {
                     return Err(corrupt("Huffman symbol bitmap has bits past its range"));
                 }
                 (symbols, 5 + len)

@@ -24,6 +24,8 @@ pub mod reader;
 pub mod safetensors;
 mod scratch;
 pub mod writer;
+#[cfg(target_arch = "x86_64")]
+mod xxh3_avx512;
 
 pub use chunk::{EncodeOptions, Encoding};
 pub use dtype::DType;

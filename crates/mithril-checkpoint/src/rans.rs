@@ -415,7 +415,7 @@ pub fn decode<T: Symbol>(data: &[u8], out: &mut [T], cardinality: usize) -> Resu
         at += 4;
     }
     let body = &data[at..];
-    if body.len() % 2 != 0 {
+    if !body.len().is_multiple_of(2) {
         return Err(corrupt("rANS body has an odd length"));
     }
     let nwords = body.len() / 2;
@@ -545,7 +545,8 @@ pub(crate) mod tests {
                     .wrapping_add(1442695040888963407);
                 let r = (x >> 33) as u32;
                 // Geometric-ish around 120, a long tail up to 1000.
-                (120 + (r % 7) * ((r >> 8) % 3) + if r % 97 == 0 { r % 1000 } else { 0 }) as u16
+                (120 + (r % 7) * ((r >> 8) % 3) + if r.is_multiple_of(97) { r % 1000 } else { 0 })
+                    as u16
             })
             .collect()
     }
