@@ -31,7 +31,9 @@ Rows:
 
 Everything except ``mithril all threads`` runs on one thread. Encode and decode are
 timed per tensor and summed; each row reports the best of ``--repeat`` passes that
-follow one untimed warm-up pass. Every decode is checked bit-exact against the input,
+follow one untimed warm-up pass. The passes of all compressors are interleaved (pass 1 of
+each, then pass 2 of each, ...), so that load from elsewhere on the machine falls on all
+of them alike. Every decode is checked bit-exact against the input,
 and any mismatch aborts the run (exit status 1).
 MB/s means 1e6 bytes of raw (uncompressed) tensor data per second.
 """
@@ -322,47 +324,65 @@ def speed_ratio(row: Row, baseline: Row | None, attr: str) -> float | None:
     return theirs / mine
 
 
-def bench_codec(codec: Codec, dtype: str, cases: Sequence[Case], repeat: int) -> Row:
-    """Best-of-``repeat`` total encode/decode time, after one untimed warm-up pass.
+def timed_pass(codec: Codec, dtype: str, cases: Sequence[Case]) -> tuple[float, float, int]:
+    """One pass over every tensor: total encode and decode seconds and compressed bytes.
+    Every round trip is checked bit-exact."""
+    enc = dec = 0.0
+    total = 0
+    clock = time.perf_counter
+    gc.collect()
+    gc.disable()
+    try:
+        for case in cases:
+            data = codec.prepare(case)
+            t0 = clock()
+            blob = codec.encode(data)
+            t1 = clock()
+            out = codec.decode(blob)
+            t2 = clock()
+            enc += t1 - t0
+            dec += t2 - t1
+            total += len(blob)
+            del data
+            if codec.output_bytes(case, out) != case.raw:
+                raise RoundTripError(
+                    f"{codec.name} [{dtype}]: round trip of {case.name!r} is not bit-exact"
+                )
+    finally:
+        gc.enable()
+    return enc, dec, total
 
-    The warm-up matters: first passes pay for page faults and allocator growth
-    (zipnn's first pass over the 47 MB embedding runs at a fraction of its speed).
-    Every pass, warm-up included, checks every round trip.
+
+def bench_codecs(
+    codecs: Sequence[Codec], dtype: str, cases: Sequence[Case], repeat: int
+) -> list[Row]:
+    """Best-of-``repeat`` total encode/decode time per codec, after one untimed warm-up pass.
+
+    The passes are interleaved: round ``i`` runs every codec's ``i``-th pass in turn, so a
+    burst of load on this shared machine falls on all codecs alike instead of on whichever
+    one was running, and the ratios between rows hold better than the speeds themselves.
+    The warm-up matters: first passes pay for page faults and allocator growth (zipnn's
+    first pass over the 47 MB embedding runs at a fraction of its speed).
     """
     raw_total = sum(len(c.raw) for c in cases)
-    best_enc = best_dec = math.inf
-    size: int | None = None
-    clock = time.perf_counter
+    best_enc = [math.inf] * len(codecs)
+    best_dec = [math.inf] * len(codecs)
+    sizes: list[int | None] = [None] * len(codecs)
     for attempt in range(repeat + 1):
-        enc = dec = 0.0
-        total = 0
-        gc.collect()
-        gc.disable()
-        try:
-            for case in cases:
-                data = codec.prepare(case)
-                t0 = clock()
-                blob = codec.encode(data)
-                t1 = clock()
-                out = codec.decode(blob)
-                t2 = clock()
-                enc += t1 - t0
-                dec += t2 - t1
-                total += len(blob)
-                del data
-                if codec.output_bytes(case, out) != case.raw:
-                    raise RoundTripError(
-                        f"{codec.name} [{dtype}]: round trip of {case.name!r} is not bit-exact"
-                    )
-        finally:
-            gc.enable()
-        if size is not None and size != total:
-            raise RoundTripError(f"{codec.name} [{dtype}]: compressed size changed between passes")
-        size = total
-        if attempt > 0:
-            best_enc = min(best_enc, enc)
-            best_dec = min(best_dec, dec)
-    return Row(dtype, codec.name, raw_total, size, best_enc, best_dec)
+        for i, codec in enumerate(codecs):
+            enc, dec, total = timed_pass(codec, dtype, cases)
+            if sizes[i] is not None and sizes[i] != total:
+                raise RoundTripError(
+                    f"{codec.name} [{dtype}]: compressed size changed between passes"
+                )
+            sizes[i] = total
+            if attempt > 0:
+                best_enc[i] = min(best_enc[i], enc)
+                best_dec[i] = min(best_dec[i], dec)
+    return [
+        Row(dtype, codec.name, raw_total, sizes[i], best_enc[i], best_dec[i])
+        for i, codec in enumerate(codecs)
+    ]
 
 
 def order0_bound(dtype: str, cases: Sequence[Case]) -> Row:
@@ -404,21 +424,26 @@ def run_dtype(
         ("openzl", lambda: OpenZLCodec(dtype)),
     ]
     rows: list[Row] = []
+    codecs: list[Codec] = []
     for name, factory in factories:
         try:
-            codec = factory()
+            codecs.append(factory())
         except ImportError as exc:  # a baseline library is missing: say so, keep going
             rows.append(Row(dtype, name, raw_total, status=f"unavailable ({exc})"))
-            continue
-        rows.append(bench_codec(codec, dtype, cases, repeat))
-        print(f"  {dtype:5s} {name:20s} done", file=sys.stderr)
     for threads in (1, None):
-        label = mithril_label(threads)
         if mithril is None:
-            rows.append(Row(dtype, label, raw_total, status=why_not or "not built"))
-            continue
-        rows.append(bench_codec(MithrilCodec(mithril, threads), dtype, cases, repeat))
-        print(f"  {dtype:5s} {label:20s} done", file=sys.stderr)
+            rows.append(
+                Row(dtype, mithril_label(threads), raw_total, status=why_not or "not built")
+            )
+        else:
+            codecs.append(MithrilCodec(mithril, threads))
+    print(
+        f"  {dtype:5s} {len(codecs)} compressors, {repeat + 1} interleaved passes", file=sys.stderr
+    )
+    measured = {r.compressor: r for r in bench_codecs(codecs, dtype, cases, repeat)}
+    order = [name for name, _ in factories] + [mithril_label(t) for t in (1, None)]
+    rows += [measured[name] for name in order if name in measured]
+    rows.sort(key=lambda r: order.index(r.compressor))
     rows.append(order0_bound(dtype, cases))
     return rows
 
@@ -559,7 +584,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument(
         "--repeat",
         type=int,
-        default=3,
+        default=5,
         help="passes per compressor; the best time is kept",
     )
     parser.add_argument("--markdown", action="store_true", help="print a GitHub markdown table")
