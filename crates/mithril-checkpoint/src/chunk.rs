@@ -220,6 +220,10 @@ const SAMPLE_RUN: usize = 16;
 /// call, settled by coding both (see [`encode_chunk_delta`]).
 const CLOSE_CALL: (usize, usize) = (1, 8);
 
+/// A delta estimated below this fraction of the rough plain estimate is kept without
+/// counting the plain encoding's heads in full.
+const FAR_BELOW: (usize, usize) = (3, 4);
+
 /// Encode one chunk against the same elements of its base tensor: the delta or the plain
 /// encoding, whichever is smaller. Both sizes are estimated from histograms, so usually
 /// only one is coded; a close call in compact coding codes both.
@@ -249,7 +253,14 @@ pub fn encode_chunk_delta<'a>(
     let mut plain = None;
     match dtype.float_bits() {
         Some(bits) => {
-            let plain_estimate = float::estimate(raw, bits, dtype.size(), small_delta);
+            let mut plain_estimate = float::estimate(raw, bits, dtype.size(), true);
+            // The rough estimate's error is a small fraction of a bit per head; only where
+            // the delta comes near it are the heads counted in full. A weight delta of
+            // fp32 masters (about half the plain size) is settled by the rough one, which
+            // spares a full pass over the chunk.
+            if !small_delta && estimate * FAR_BELOW.1 > plain_estimate * FAR_BELOW.0 {
+                plain_estimate = float::estimate(raw, bits, dtype.size(), false);
+            }
             let margin = estimate * CLOSE_CALL.0 / CLOSE_CALL.1;
             let close = plain_estimate.abs_diff(estimate) <= margin;
             if close && opts.delta_mode == DeltaMode::Compact {
