@@ -10,9 +10,9 @@ use crate::error::{corrupt, Result};
 /// Differences below this are their own symbol, with no extra bits.
 pub const EXACT: u32 = 32;
 /// Bit length of the smallest difference that is not its own symbol.
-const FIRST_LEN: u32 = EXACT.trailing_zeros() + 1;
+pub(crate) const FIRST_LEN: u32 = EXACT.trailing_zeros() + 1;
 /// Bits after the leading one that a symbol keeps.
-const KEPT_BITS: u32 = 3;
+pub(crate) const KEPT_BITS: u32 = 3;
 /// Symbols of differences up to 32 bits.
 pub const ALPHABET: usize = 256;
 
@@ -82,6 +82,13 @@ impl BitWriter {
             self.acc >>= 32;
             self.filled -= 32;
         }
+    }
+
+    /// A writer that continues the stream in `out` (whole bytes) followed by the low
+    /// `filled` bits of `acc` (fewer than 32).
+    pub(crate) fn resume(out: Vec<u8>, acc: u64, filled: u32) -> Self {
+        debug_assert!(filled < 32 && acc >> filled == 0);
+        BitWriter { out, acc, filled }
     }
 
     pub fn finish(mut self) -> Vec<u8> {

@@ -99,6 +99,43 @@ fn quad_diffs<T: Word>(t: &[u8], b: &[u8]) -> [u32; QUAD] {
     d
 }
 
+/// Escape symbols the vector planner may store past the end of its output.
+#[cfg(target_arch = "x86_64")]
+const SIMD_SLACK: usize = crate::delta_quad_avx512::BLOCK;
+#[cfg(not(target_arch = "x86_64"))]
+const SIMD_SLACK: usize = 0;
+
+/// The leading whole blocks of a chunk planned with AVX-512 where the CPU has it: how many
+/// elements were planned, and the extra-bit writer to continue with.
+#[inline(always)]
+fn plan_simd<T: Word>(
+    raw: &[u8],
+    base: &[u8],
+    quads: &mut [u16],
+    escapes: &mut Vec<u16>,
+) -> (usize, BitWriter) {
+    #[cfg(target_arch = "x86_64")]
+    {
+        use crate::delta_quad_avx512 as simd;
+        let blocks = raw.len() / T::BYTES / simd::BLOCK;
+        if blocks > 0 && (T::BYTES == 2 || T::BYTES == 4) && simd::available() {
+            // SAFETY: the CPU has the features `available` checks; `raw` and `base` hold
+            // `blocks` whole blocks, `quads` one symbol per quad of them, and `escapes`
+            // room for every quad to escape plus `SIMD_SLACK`.
+            let extra = unsafe {
+                if T::BYTES == 4 {
+                    simd::plan_blocks::<4>(raw, base, blocks, quads, escapes, ESCAPE, SMALL)
+                } else {
+                    simd::plan_blocks::<2>(raw, base, blocks, quads, escapes, ESCAPE, SMALL)
+                }
+            };
+            return (blocks * simd::BLOCK, extra);
+        }
+    }
+    let _ = (raw, base, quads, escapes);
+    (0, BitWriter::with_capacity(0))
+}
+
 /// Estimated bytes of one Huffman stream (with its 5-byte stream header).
 fn stream_estimate(counts: &[u32], n: usize) -> usize {
     5 + huffman::Code::from_counts(counts).map_or(2, |c| c.encoded_size(counts, n))
@@ -112,18 +149,20 @@ pub fn plan<T: Word>(raw: &[u8], base: &[u8]) -> QuadPlan {
         // SAFETY: the CPU supports LZCNT and BMI2 (checked just above).
         return unsafe { plan_lzcnt::<T>(raw, base) };
     }
-    plan_body::<T>(raw, base)
+    plan_body::<T>(raw, base, true)
 }
 
 /// [`plan`] compiled for `lzcnt` (the bit length of every escaped difference) and `shrx`.
 #[cfg(target_arch = "x86_64")]
 #[target_feature(enable = "lzcnt,bmi2")]
 unsafe fn plan_lzcnt<T: Word>(raw: &[u8], base: &[u8]) -> QuadPlan {
-    plan_body::<T>(raw, base)
+    plan_body::<T>(raw, base, true)
 }
 
 #[inline(always)]
-fn plan_body<T: Word>(raw: &[u8], base: &[u8]) -> QuadPlan {
+/// `simd`: the leading blocks with AVX-512 where the CPU has it (off only to test that
+/// both give the same plan).
+fn plan_body<T: Word>(raw: &[u8], base: &[u8], simd: bool) -> QuadPlan {
     debug_assert!(T::BYTES <= 4, "differences are coded as 32-bit values");
     let w = T::BYTES;
     let n = raw.len() / w;
@@ -133,13 +172,17 @@ fn plan_body<T: Word>(raw: &[u8], base: &[u8]) -> QuadPlan {
     // buffer comes back from the last chunk with this capacity); not zeroed, since few
     // quads escape in most chunks.
     let mut escapes = spare_buffer();
-    escapes.reserve(QUAD * quads.len());
-    let mut extra = BitWriter::with_capacity(0);
+    escapes.reserve(QUAD * quads.len() + SIMD_SLACK);
+    let (done, mut extra) = if simd {
+        plan_simd::<T>(raw, base, &mut quads, &mut escapes)
+    } else {
+        (0, BitWriter::with_capacity(0))
+    };
     let full = n / QUAD;
-    let whole = raw[..full * QUAD * w]
+    let whole = raw[done * w..full * QUAD * w]
         .chunks_exact(QUAD * w)
-        .zip(base[..full * QUAD * w].chunks_exact(QUAD * w));
-    for (q, (t, b)) in quads.iter_mut().zip(whole) {
+        .zip(base[done * w..full * QUAD * w].chunks_exact(QUAD * w));
+    for (q, (t, b)) in quads[done / QUAD..].iter_mut().zip(whole) {
         *q = quad_symbol(quad_diffs::<T>(t, b), &mut escapes, &mut extra);
     }
     if let Some(last) = quads.get_mut(full) {
@@ -437,6 +480,73 @@ mod tests {
         roundtrip::<u16>(&raw, &base);
         let (base, raw) = pair::<4>(3 * BLOCK_QUADS * QUAD + 5, 2);
         roundtrip::<u32>(&raw, &base);
+    }
+
+    /// The vector planner must give the scalar one's plan exactly: files hold it.
+    #[test]
+    fn vector_and_scalar_plans_are_identical() {
+        fn check<T: Word>(raw: &[u8], base: &[u8], what: &str) {
+            let (v, s) = (
+                plan_body::<T>(raw, base, true),
+                plan_body::<T>(raw, base, false),
+            );
+            assert_eq!(v.quads, s.quads, "{what}: quads");
+            assert_eq!(v.escapes, s.escapes, "{what}: escapes");
+            assert_eq!(v.extra, s.extra, "{what}: extra bits");
+            assert_eq!(v.estimate, s.estimate, "{what}");
+        }
+        let mut x = 0x2545_f491_4f6c_dd1du64;
+        let mut next = move || {
+            x ^= x << 13;
+            x ^= x >> 7;
+            x ^= x << 17;
+            x
+        };
+        // Differences of every size class: mostly small, some escaping quads, some
+        // moved by up to the whole word.
+        for n in [0usize, 1, 15, 16, 17, 63, 64, 65, 1000, 4099] {
+            for spread in [0u32, 2, 3, 6, 12, 20, 31] {
+                let base: Vec<u32> = (0..n).map(|_| next() as u32).collect();
+                let new: Vec<u32> = base
+                    .iter()
+                    .map(|&b| {
+                        let r = next();
+                        let mag = if r & 7 == 0 {
+                            (r >> 8) as u32 >> (31 - spread.min(31))
+                        } else {
+                            (r >> 40) as u32 & 1
+                        };
+                        if r & 8 == 0 {
+                            b.wrapping_add(mag)
+                        } else {
+                            b.wrapping_sub(mag)
+                        }
+                    })
+                    .collect();
+                let bytes = |v: &[u32]| v.iter().flat_map(|w| w.to_le_bytes()).collect::<Vec<u8>>();
+                let halves = |v: &[u32]| {
+                    v.iter()
+                        .flat_map(|&w| (w as u16).to_le_bytes())
+                        .collect::<Vec<u8>>()
+                };
+                check::<u32>(
+                    &bytes(&new),
+                    &bytes(&base),
+                    &format!("u32 n={n} spread={spread}"),
+                );
+                check::<u16>(
+                    &halves(&new),
+                    &halves(&base),
+                    &format!("u16 n={n} spread={spread}"),
+                );
+            }
+        }
+        // Every element moved by a full-width amount, both directions.
+        let base: Vec<u8> = (0..4099u32).flat_map(|i| (i << 20).to_le_bytes()).collect();
+        let raw: Vec<u8> = (0..4099u32)
+            .flat_map(|i| (u32::MAX - (i << 21)).to_le_bytes())
+            .collect();
+        check::<u32>(&raw, &base, "u32 full width");
     }
 
     #[test]

@@ -10,6 +10,8 @@ pub mod chunk;
 pub mod delta;
 mod delta_bits;
 pub mod delta_quad;
+#[cfg(target_arch = "x86_64")]
+mod delta_quad_avx512;
 pub mod dtype;
 pub mod error;
 pub mod float;
