@@ -126,6 +126,16 @@ impl<'a> BitReader<'a> {
         v
     }
 
+    /// The stream and the bits read so far.
+    pub(crate) fn parts(&self) -> (&'a [u8], u64) {
+        (self.data, self.pos)
+    }
+
+    /// A reader of `data` with `pos` bits already read.
+    pub(crate) fn at(data: &'a [u8], pos: u64) -> Self {
+        BitReader { data, pos }
+    }
+
     #[cold]
     fn window_near_end(&self, byte: usize) -> u64 {
         let mut b = [0u8; 8];

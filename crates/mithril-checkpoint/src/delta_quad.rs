@@ -340,7 +340,23 @@ fn apply_escapes<T: Word, P: Packed>(
 /// element takes its own symbol, so the elements are added one by one, without packing
 /// each quad's four differences into lanes first.
 #[inline(never)]
-fn apply_escapes_in_order<T: Word>(elems: &mut [u8], escapes: &[u16], bits: &mut BitReader) {
+/// `simd`: the leading elements with AVX-512 where the CPU has it (off only to test that
+/// both give the same elements).
+fn apply_escapes_in_order<T: Word>(
+    elems: &mut [u8],
+    escapes: &[u16],
+    bits: &mut BitReader,
+    simd: bool,
+) {
+    let done = if simd {
+        apply_in_order_simd::<T>(elems, escapes, bits)
+    } else {
+        0
+    };
+    let (elems, escapes) = (
+        &mut elems[done * T::BYTES..],
+        &escapes[done.min(escapes.len())..],
+    );
     let mut reader = *bits;
     for (el, &s) in elems.chunks_exact_mut(T::BYTES).zip(escapes) {
         let (value, extra) = SYMBOLS[s as usize];
@@ -348,6 +364,26 @@ fn apply_escapes_in_order<T: Word>(elems: &mut [u8], escapes: &[u16], bits: &mut
         d.add_unzigzag(T::load(el)).store(el);
     }
     *bits = reader;
+}
+
+/// The leading elements of [`apply_escapes_in_order`] with AVX-512 where the CPU has it;
+/// returns how many were applied.
+#[inline(always)]
+fn apply_in_order_simd<T: Word>(elems: &mut [u8], escapes: &[u16], bits: &mut BitReader) -> usize {
+    #[cfg(target_arch = "x86_64")]
+    if crate::delta_quad_avx512::apply_available() {
+        use crate::delta_quad_avx512::apply_in_order;
+        // SAFETY: the CPU has the features `apply_available` checks.
+        return unsafe {
+            match T::BYTES {
+                2 => apply_in_order::<2>(elems, escapes, bits),
+                4 => apply_in_order::<4>(elems, escapes, bits),
+                _ => 0,
+            }
+        };
+    }
+    let _ = (elems, escapes, bits);
+    0
 }
 
 /// Apply a `sub-quad` payload: `inout` holds the base elements on entry and the decoded
@@ -398,7 +434,7 @@ fn decode_with<T: Word, P: Packed>(
     if escaped == quads.len() {
         // Every quad escaped (wide differences, as in fp32): no plain pass.
         let (these, rest) = escapes.split_at((full / P::BYTES * QUAD).min(escapes.len()));
-        apply_escapes_in_order::<T>(&mut inout[..full], these, &mut bits);
+        apply_escapes_in_order::<T>(&mut inout[..full], these, &mut bits, true);
         escapes = rest;
     } else {
         let mut at = [0u32; BLOCK_QUADS + 1];
@@ -547,6 +583,51 @@ mod tests {
             .flat_map(|i| (u32::MAX - (i << 21)).to_le_bytes())
             .collect();
         check::<u32>(&raw, &base, "u32 full width");
+    }
+
+    /// The vector decoder of all-escape chunks must add what the scalar one adds and leave
+    /// the bit stream at the same place, for every symbol of both widths.
+    #[test]
+    fn vector_and_scalar_in_order_escapes_agree() {
+        fn check<T: Word>(n: usize, seed: u64) {
+            let cardinality = max_symbol(8 * T::BYTES as u32) + 1;
+            let mut x = seed;
+            let mut next = move || {
+                x ^= x << 13;
+                x ^= x >> 7;
+                x ^= x << 17;
+                x
+            };
+            let escapes: Vec<u16> = (0..n)
+                .map(|i| match i % 5 {
+                    0 => (next() % cardinality as u64) as u16,
+                    1 => (cardinality - 1 - (next() % 8) as u32) as u16,
+                    _ => (next() % 40) as u16,
+                })
+                .collect();
+            let extra_bits: usize = escapes
+                .iter()
+                .map(|&s| SYMBOLS[s as usize].1 as usize)
+                .sum();
+            let stream: Vec<u8> = (0..extra_bits.div_ceil(8)).map(|_| next() as u8).collect();
+            let base: Vec<u8> = (0..n * T::BYTES).map(|_| next() as u8).collect();
+            let run = |simd: bool| {
+                let mut elems = base.clone();
+                let mut bits = BitReader::new(&stream);
+                apply_escapes_in_order::<T>(&mut elems, &escapes, &mut bits, simd);
+                (elems, bits.parts().1)
+            };
+            assert_eq!(
+                run(true),
+                run(false),
+                "{}-byte words, {n} elements",
+                T::BYTES
+            );
+        }
+        for n in [0, 15, 16, 17, 100, 1000, 4099] {
+            check::<u16>(n, n as u64 + 1);
+            check::<u32>(n, n as u64 + 2);
+        }
     }
 
     #[test]

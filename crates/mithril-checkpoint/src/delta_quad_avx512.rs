@@ -7,10 +7,14 @@
 //! vectors; the escaped lanes are compressed to the front, their extra bits merged in pairs
 //! (two values of at most 28 bits fit 64), and one branch-free loop appends the pairs to
 //! the bit stream. The output is the scalar planner's, byte for byte (a test checks it).
+//!
+//! [`apply_in_order`] is the decoder's side for chunks whose every quad escaped: sixteen
+//! elements' extra bits are cut out of one 64-byte window of the stream at offsets from a
+//! prefix sum of their widths, instead of one dependent read per element.
 
 #![cfg(target_arch = "x86_64")]
 
-use crate::delta_bits::{BitWriter, EXACT, FIRST_LEN, KEPT_BITS};
+use crate::delta_bits::{BitReader, BitWriter, EXACT, FIRST_LEN, KEPT_BITS};
 use std::arch::x86_64::*;
 
 /// How far ahead of a step its inputs are prefetched, in bytes.
@@ -166,4 +170,123 @@ pub(crate) unsafe fn plan_blocks<const W: usize>(
         escapes.set_len(esc_len);
     }
     BitWriter::resume(extra, acc, filled)
+}
+
+/// Whether [`apply_in_order`] may run on this CPU.
+pub(crate) fn apply_available() -> bool {
+    available() && is_x86_feature_detected!("avx512vbmi")
+}
+
+/// Add each element's escaped difference (symbol `escapes[i]` and its extra bits from
+/// `bits`) to the words of `elems` (`W` = 2 or 4 bytes), sixteen a step, while a step's
+/// 64-byte window of extra bits lies inside the stream. Returns the elements done, a
+/// multiple of [`BLOCK`], and leaves `bits` after their extra bits; the caller does the
+/// rest one by one. Symbols must be below the cardinality for `W` (as `read_symbols`
+/// checks), so that no difference has more than `8 W - 4` extra bits.
+///
+/// # Safety
+/// The CPU must support what [`apply_available`] checks.
+#[target_feature(enable = "avx512f,avx512cd,avx512bw,avx512vl,avx512vbmi,bmi2")]
+pub(crate) unsafe fn apply_in_order<const W: usize>(
+    elems: &mut [u8],
+    escapes: &[u16],
+    bits: &mut BitReader,
+) -> usize {
+    debug_assert!(W == 2 || W == 4);
+    let steps = (elems.len() / W).min(escapes.len()) / BLOCK;
+    let (data, mut pos) = bits.parts();
+    let zero = _mm512_setzero_si512();
+    let one = _mm512_set1_epi32(1);
+    let exact_v = _mm512_set1_epi32(EXACT as i32);
+    let kept_mask = _mm512_set1_epi32((1 << KEPT_BITS) - 1);
+    let lead_bit = _mm512_set1_epi32(1 << KEPT_BITS);
+    let first_extra = _mm512_set1_epi32((FIRST_LEN - 1 - KEPT_BITS) as i32);
+    // Byte 0 of each 64-bit lane copied to all eight of its bytes, then 0..8 added: the
+    // eight window bytes from that lane's starting byte.
+    let replicate = _mm512_set_epi64(
+        0x0808_0808_0808_0808,
+        0,
+        0x0808_0808_0808_0808,
+        0,
+        0x0808_0808_0808_0808,
+        0,
+        0x0808_0808_0808_0808,
+        0,
+    );
+    let byte_steps = _mm512_set1_epi64(0x0706_0504_0302_0100);
+    let one64 = _mm512_set1_epi64(1);
+    let mut done = 0;
+    while done < steps {
+        let byte = (pos >> 3) as usize;
+        let Some(window) = data.get(byte..byte + 64) else {
+            break;
+        };
+        // SAFETY: `window` is 64 bytes; the step's 16 symbols and `16 W` element bytes
+        // lie inside `escapes` and `elems` (`done < steps`).
+        let (window, symbols) = unsafe {
+            (
+                _mm512_loadu_si512(window.as_ptr().cast()),
+                _mm512_cvtepu16_epi32(_mm256_loadu_si256(
+                    escapes.as_ptr().add(BLOCK * done).cast(),
+                )),
+            )
+        };
+        let exact = _mm512_cmplt_epu32_mask(symbols, exact_v);
+        let j = _mm512_sub_epi32(symbols, exact_v);
+        let extra =
+            _mm512_maskz_add_epi32(!exact, _mm512_srli_epi32::<{ KEPT_BITS }>(j), first_extra);
+        let lead = _mm512_add_epi32(lead_bit, _mm512_and_si512(j, kept_mask));
+        let value = _mm512_mask_mov_epi32(_mm512_sllv_epi32(lead, extra), exact, symbols);
+        let mut ends = extra;
+        ends = _mm512_add_epi32(ends, _mm512_alignr_epi32::<15>(ends, zero));
+        ends = _mm512_add_epi32(ends, _mm512_alignr_epi32::<14>(ends, zero));
+        ends = _mm512_add_epi32(ends, _mm512_alignr_epi32::<12>(ends, zero));
+        ends = _mm512_add_epi32(ends, _mm512_alignr_epi32::<8>(ends, zero));
+        let starts = _mm512_add_epi32(
+            _mm512_sub_epi32(ends, extra),
+            _mm512_set1_epi32((pos & 7) as i32),
+        );
+        let start_byte = _mm512_srli_epi32::<3>(starts);
+        let start_bit = _mm512_and_si512(starts, _mm512_set1_epi32(7));
+        let half = |v: __m512i, high: bool| {
+            _mm512_cvtepu32_epi64(if high {
+                _mm512_extracti64x4_epi64::<1>(v)
+            } else {
+                _mm512_castsi512_si256(v)
+            })
+        };
+        let take = |high: bool| {
+            let index = _mm512_add_epi8(
+                _mm512_shuffle_epi8(half(start_byte, high), replicate),
+                byte_steps,
+            );
+            let words = _mm512_permutexvar_epi8(index, window);
+            let width = half(extra, high);
+            let mask = _mm512_sub_epi64(_mm512_sllv_epi64(one64, width), one64);
+            let got = _mm512_and_si512(_mm512_srlv_epi64(words, half(start_bit, high)), mask);
+            _mm512_cvtepi64_epi32(got)
+        };
+        let taken = _mm512_inserti64x4::<1>(_mm512_castsi256_si512(take(false)), take(true));
+        let d = _mm512_add_epi32(value, taken);
+        let diff = _mm512_xor_si512(
+            _mm512_srli_epi32::<1>(d),
+            _mm512_sub_epi32(zero, _mm512_and_si512(d, one)),
+        );
+        // SAFETY: as above, the step's element bytes lie inside `elems`.
+        unsafe {
+            let at = elems.as_mut_ptr().add(BLOCK * W * done);
+            if W == 4 {
+                let sum = _mm512_add_epi32(_mm512_loadu_si512(at.cast()), diff);
+                _mm512_storeu_si512(at.cast(), sum);
+            } else {
+                let sum =
+                    _mm256_add_epi16(_mm256_loadu_si256(at.cast()), _mm512_cvtepi32_epi16(diff));
+                _mm256_storeu_si256(at.cast(), sum);
+            }
+        }
+        pos += _mm512_reduce_add_epi32(extra) as u64;
+        done += 1;
+    }
+    *bits = BitReader::at(data, pos);
+    done * BLOCK
 }
