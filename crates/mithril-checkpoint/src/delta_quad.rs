@@ -324,7 +324,14 @@ fn apply_escapes<T: Word, P: Packed>(
     at: &[u32],
     escapes: &[u16],
     bits: &mut BitReader,
+    simd: bool,
 ) {
+    let done = if simd {
+        apply_quads_simd::<T>(block, at, escapes, bits)
+    } else {
+        0
+    };
+    let (at, escapes) = (&at[done..], &escapes[(QUAD * done).min(escapes.len())..]);
     let mut reader = *bits;
     for (&i, e) in at.iter().zip(escapes.chunks_exact(QUAD)) {
         if let Some(el) = block.get_mut(i as usize * P::BYTES..(i as usize + 1) * P::BYTES) {
@@ -364,6 +371,37 @@ fn apply_escapes_in_order<T: Word>(
         d.add_unzigzag(T::load(el)).store(el);
     }
     *bits = reader;
+}
+
+/// The leading escaped quads of [`apply_escapes`] with AVX-512 where the CPU has it;
+/// returns how many were applied.
+#[inline(always)]
+fn apply_quads_simd<T: Word>(
+    block: &mut [u8],
+    at: &[u32],
+    escapes: &[u16],
+    bits: &mut BitReader,
+) -> usize {
+    #[cfg(target_arch = "x86_64")]
+    if crate::delta_quad_avx512::apply_available()
+        && escapes.len() >= QUAD * at.len()
+        && at
+            .iter()
+            .all(|&i| (i as usize + 1) * QUAD * T::BYTES <= block.len())
+    {
+        use crate::delta_quad_avx512::apply_quads;
+        // SAFETY: the CPU has the features `apply_available` checks, every index is a
+        // whole quad of `block` and `escapes` holds four symbols per index (checked above).
+        return unsafe {
+            match T::BYTES {
+                2 => apply_quads::<2>(block, at, escapes, bits),
+                4 => apply_quads::<4>(block, at, escapes, bits),
+                _ => 0,
+            }
+        };
+    }
+    let _ = (block, at, escapes, bits);
+    0
 }
 
 /// The leading elements of [`apply_escapes_in_order`] with AVX-512 where the CPU has it;
@@ -445,7 +483,7 @@ fn decode_with<T: Word, P: Packed>(
         {
             let found = add_plain_quads(block, qs, &table, &mut at);
             let (these, rest) = escapes.split_at((QUAD * found).min(escapes.len()));
-            apply_escapes::<T, P>(block, &at[..found], these, &mut bits);
+            apply_escapes::<T, P>(block, &at[..found], these, &mut bits, true);
             escapes = rest;
         }
     }
@@ -627,6 +665,50 @@ mod tests {
         for n in [0, 15, 16, 17, 100, 1000, 4099] {
             check::<u16>(n, n as u64 + 1);
             check::<u32>(n, n as u64 + 2);
+        }
+    }
+
+    /// The same for the escaped quads of a block of mixed quads.
+    #[test]
+    fn vector_and_scalar_escaped_quads_agree() {
+        fn check<T: Word, P: Packed>(quads: usize, seed: u64) {
+            let cardinality = max_symbol(8 * T::BYTES as u32) + 1;
+            let mut x = seed;
+            let mut next = move || {
+                x ^= x << 13;
+                x ^= x >> 7;
+                x ^= x << 17;
+                x
+            };
+            let at: Vec<u32> = (0..quads as u32).filter(|_| next() % 3 == 0).collect();
+            let escapes: Vec<u16> = (0..QUAD * at.len())
+                .map(|i| match i % 3 {
+                    0 => (next() % cardinality as u64) as u16,
+                    _ => (next() % 40) as u16,
+                })
+                .collect();
+            let extra_bits: usize = escapes
+                .iter()
+                .map(|&s| SYMBOLS[s as usize].1 as usize)
+                .sum();
+            let stream: Vec<u8> = (0..extra_bits.div_ceil(8)).map(|_| next() as u8).collect();
+            let base: Vec<u8> = (0..quads * P::BYTES).map(|_| next() as u8).collect();
+            let run = |simd: bool| {
+                let mut block = base.clone();
+                let mut bits = BitReader::new(&stream);
+                apply_escapes::<T, P>(&mut block, &at, &escapes, &mut bits, simd);
+                (block, bits.parts().1)
+            };
+            assert_eq!(
+                run(true),
+                run(false),
+                "{}-byte words, {quads} quads",
+                T::BYTES
+            );
+        }
+        for quads in [0, 3, 4, 13, 64, 1024] {
+            check::<u16, u64>(quads, quads as u64 + 3);
+            check::<u32, u128>(quads, quads as u64 + 4);
         }
     }
 

@@ -172,35 +172,51 @@ pub(crate) unsafe fn plan_blocks<const W: usize>(
     BitWriter::resume(extra, acc, filled)
 }
 
-/// Whether [`apply_in_order`] may run on this CPU.
+/// Whether [`apply_in_order`] and [`apply_quads`] may run on this CPU.
 pub(crate) fn apply_available() -> bool {
     available() && is_x86_feature_detected!("avx512vbmi")
 }
 
-/// Add each element's escaped difference (symbol `escapes[i]` and its extra bits from
-/// `bits`) to the words of `elems` (`W` = 2 or 4 bytes), sixteen a step, while a step's
-/// 64-byte window of extra bits lies inside the stream. Returns the elements done, a
-/// multiple of [`BLOCK`], and leaves `bits` after their extra bits; the caller does the
-/// rest one by one. Symbols must be below the cardinality for `W` (as `read_symbols`
-/// checks), so that no difference has more than `8 W - 4` extra bits.
+/// The differences of sixteen escape symbols (16-bit symbols at `symbols`) whose extra bits
+/// start at bit `first_bit` (below 8) of `window`, unzigzagged in 32-bit lanes; and the
+/// extra bits they take. Symbols must be below the cardinality for 32-bit words, so that
+/// no difference has more than 28 extra bits and sixteen fit the window.
 ///
 /// # Safety
-/// The CPU must support what [`apply_available`] checks.
+/// The CPU must support what [`apply_available`] checks; `symbols` must point at sixteen
+/// readable `u16`s.
+#[inline]
 #[target_feature(enable = "avx512f,avx512cd,avx512bw,avx512vl,avx512vbmi,bmi2")]
-pub(crate) unsafe fn apply_in_order<const W: usize>(
-    elems: &mut [u8],
-    escapes: &[u16],
-    bits: &mut BitReader,
-) -> usize {
-    debug_assert!(W == 2 || W == 4);
-    let steps = (elems.len() / W).min(escapes.len()) / BLOCK;
-    let (data, mut pos) = bits.parts();
+unsafe fn escaped_diffs16(window: __m512i, first_bit: u32, symbols: *const u16) -> (__m512i, u64) {
     let zero = _mm512_setzero_si512();
     let one = _mm512_set1_epi32(1);
     let exact_v = _mm512_set1_epi32(EXACT as i32);
-    let kept_mask = _mm512_set1_epi32((1 << KEPT_BITS) - 1);
-    let lead_bit = _mm512_set1_epi32(1 << KEPT_BITS);
-    let first_extra = _mm512_set1_epi32((FIRST_LEN - 1 - KEPT_BITS) as i32);
+    // SAFETY: the caller guarantees sixteen readable symbols.
+    let symbols = _mm512_cvtepu16_epi32(unsafe { _mm256_loadu_si256(symbols.cast()) });
+    let exact = _mm512_cmplt_epu32_mask(symbols, exact_v);
+    let j = _mm512_sub_epi32(symbols, exact_v);
+    let extra = _mm512_maskz_add_epi32(
+        !exact,
+        _mm512_srli_epi32::<{ KEPT_BITS }>(j),
+        _mm512_set1_epi32((FIRST_LEN - 1 - KEPT_BITS) as i32),
+    );
+    let lead = _mm512_add_epi32(
+        _mm512_set1_epi32(1 << KEPT_BITS),
+        _mm512_and_si512(j, _mm512_set1_epi32((1 << KEPT_BITS) - 1)),
+    );
+    let value = _mm512_mask_mov_epi32(_mm512_sllv_epi32(lead, extra), exact, symbols);
+    // Where each element's extra bits end: an inclusive prefix sum of their widths.
+    let mut ends = extra;
+    ends = _mm512_add_epi32(ends, _mm512_alignr_epi32::<15>(ends, zero));
+    ends = _mm512_add_epi32(ends, _mm512_alignr_epi32::<14>(ends, zero));
+    ends = _mm512_add_epi32(ends, _mm512_alignr_epi32::<12>(ends, zero));
+    ends = _mm512_add_epi32(ends, _mm512_alignr_epi32::<8>(ends, zero));
+    let starts = _mm512_add_epi32(
+        _mm512_sub_epi32(ends, extra),
+        _mm512_set1_epi32(first_bit as i32),
+    );
+    let start_byte = _mm512_srli_epi32::<3>(starts);
+    let start_bit = _mm512_and_si512(starts, _mm512_set1_epi32(7));
     // Byte 0 of each 64-bit lane copied to all eight of its bytes, then 0..8 added: the
     // eight window bytes from that lane's starting byte.
     let replicate = _mm512_set_epi64(
@@ -215,6 +231,50 @@ pub(crate) unsafe fn apply_in_order<const W: usize>(
     );
     let byte_steps = _mm512_set1_epi64(0x0706_0504_0302_0100);
     let one64 = _mm512_set1_epi64(1);
+    let half = |v: __m512i, high: bool| {
+        _mm512_cvtepu32_epi64(if high {
+            _mm512_extracti64x4_epi64::<1>(v)
+        } else {
+            _mm512_castsi512_si256(v)
+        })
+    };
+    let take = |high: bool| {
+        let index = _mm512_add_epi8(
+            _mm512_shuffle_epi8(half(start_byte, high), replicate),
+            byte_steps,
+        );
+        let words = _mm512_permutexvar_epi8(index, window);
+        let mask = _mm512_sub_epi64(_mm512_sllv_epi64(one64, half(extra, high)), one64);
+        let got = _mm512_and_si512(_mm512_srlv_epi64(words, half(start_bit, high)), mask);
+        _mm512_cvtepi64_epi32(got)
+    };
+    let taken = _mm512_inserti64x4::<1>(_mm512_castsi256_si512(take(false)), take(true));
+    let d = _mm512_add_epi32(value, taken);
+    let diff = _mm512_xor_si512(
+        _mm512_srli_epi32::<1>(d),
+        _mm512_sub_epi32(zero, _mm512_and_si512(d, one)),
+    );
+    (diff, _mm512_reduce_add_epi32(extra) as u64)
+}
+
+/// Add each element's escaped difference (symbol `escapes[i]` and its extra bits from
+/// `bits`) to the words of `elems` (`W` = 2 or 4 bytes), sixteen a step, while a step's
+/// 64-byte window of extra bits lies inside the stream. Returns the elements done, a
+/// multiple of [`BLOCK`], and leaves `bits` after their extra bits; the caller does the
+/// rest one by one. Symbols must be below the cardinality for `W` (as `read_symbols`
+/// checks).
+///
+/// # Safety
+/// The CPU must support what [`apply_available`] checks.
+#[target_feature(enable = "avx512f,avx512cd,avx512bw,avx512vl,avx512vbmi,bmi2")]
+pub(crate) unsafe fn apply_in_order<const W: usize>(
+    elems: &mut [u8],
+    escapes: &[u16],
+    bits: &mut BitReader,
+) -> usize {
+    debug_assert!(W == 2 || W == 4);
+    let steps = (elems.len() / W).min(escapes.len()) / BLOCK;
+    let (data, mut pos) = bits.parts();
     let mut done = 0;
     while done < steps {
         let byte = (pos >> 3) as usize;
@@ -223,57 +283,10 @@ pub(crate) unsafe fn apply_in_order<const W: usize>(
         };
         // SAFETY: `window` is 64 bytes; the step's 16 symbols and `16 W` element bytes
         // lie inside `escapes` and `elems` (`done < steps`).
-        let (window, symbols) = unsafe {
-            (
-                _mm512_loadu_si512(window.as_ptr().cast()),
-                _mm512_cvtepu16_epi32(_mm256_loadu_si256(
-                    escapes.as_ptr().add(BLOCK * done).cast(),
-                )),
-            )
-        };
-        let exact = _mm512_cmplt_epu32_mask(symbols, exact_v);
-        let j = _mm512_sub_epi32(symbols, exact_v);
-        let extra =
-            _mm512_maskz_add_epi32(!exact, _mm512_srli_epi32::<{ KEPT_BITS }>(j), first_extra);
-        let lead = _mm512_add_epi32(lead_bit, _mm512_and_si512(j, kept_mask));
-        let value = _mm512_mask_mov_epi32(_mm512_sllv_epi32(lead, extra), exact, symbols);
-        let mut ends = extra;
-        ends = _mm512_add_epi32(ends, _mm512_alignr_epi32::<15>(ends, zero));
-        ends = _mm512_add_epi32(ends, _mm512_alignr_epi32::<14>(ends, zero));
-        ends = _mm512_add_epi32(ends, _mm512_alignr_epi32::<12>(ends, zero));
-        ends = _mm512_add_epi32(ends, _mm512_alignr_epi32::<8>(ends, zero));
-        let starts = _mm512_add_epi32(
-            _mm512_sub_epi32(ends, extra),
-            _mm512_set1_epi32((pos & 7) as i32),
-        );
-        let start_byte = _mm512_srli_epi32::<3>(starts);
-        let start_bit = _mm512_and_si512(starts, _mm512_set1_epi32(7));
-        let half = |v: __m512i, high: bool| {
-            _mm512_cvtepu32_epi64(if high {
-                _mm512_extracti64x4_epi64::<1>(v)
-            } else {
-                _mm512_castsi512_si256(v)
-            })
-        };
-        let take = |high: bool| {
-            let index = _mm512_add_epi8(
-                _mm512_shuffle_epi8(half(start_byte, high), replicate),
-                byte_steps,
-            );
-            let words = _mm512_permutexvar_epi8(index, window);
-            let width = half(extra, high);
-            let mask = _mm512_sub_epi64(_mm512_sllv_epi64(one64, width), one64);
-            let got = _mm512_and_si512(_mm512_srlv_epi64(words, half(start_bit, high)), mask);
-            _mm512_cvtepi64_epi32(got)
-        };
-        let taken = _mm512_inserti64x4::<1>(_mm512_castsi256_si512(take(false)), take(true));
-        let d = _mm512_add_epi32(value, taken);
-        let diff = _mm512_xor_si512(
-            _mm512_srli_epi32::<1>(d),
-            _mm512_sub_epi32(zero, _mm512_and_si512(d, one)),
-        );
-        // SAFETY: as above, the step's element bytes lie inside `elems`.
         unsafe {
+            let window = _mm512_loadu_si512(window.as_ptr().cast());
+            let (diff, taken) =
+                escaped_diffs16(window, (pos & 7) as u32, escapes.as_ptr().add(BLOCK * done));
             let at = elems.as_mut_ptr().add(BLOCK * W * done);
             if W == 4 {
                 let sum = _mm512_add_epi32(_mm512_loadu_si512(at.cast()), diff);
@@ -283,10 +296,68 @@ pub(crate) unsafe fn apply_in_order<const W: usize>(
                     _mm256_add_epi16(_mm256_loadu_si256(at.cast()), _mm512_cvtepi32_epi16(diff));
                 _mm256_storeu_si256(at.cast(), sum);
             }
+            pos += taken;
         }
-        pos += _mm512_reduce_add_epi32(extra) as u64;
         done += 1;
     }
     *bits = BitReader::at(data, pos);
     done * BLOCK
+}
+
+/// Add escaped quads to `block`, four at a time: quad `at[k]` (an index of `4 W`-byte
+/// quads in `block`) takes symbols `escapes[4 k..4 k + 4]` and their extra bits from
+/// `bits`. Runs while four quads remain and their window of extra bits lies inside the
+/// stream; returns the quads done (a multiple of four) and leaves `bits` after them.
+///
+/// # Safety
+/// The CPU must support what [`apply_available`] checks. Every index in `at` must be a
+/// whole quad of `block`, and `escapes` must hold four symbols per index.
+#[target_feature(enable = "avx512f,avx512cd,avx512bw,avx512vl,avx512vbmi,bmi2")]
+pub(crate) unsafe fn apply_quads<const W: usize>(
+    block: &mut [u8],
+    at: &[u32],
+    escapes: &[u16],
+    bits: &mut BitReader,
+) -> usize {
+    debug_assert!(W == 2 || W == 4);
+    debug_assert!(escapes.len() >= 4 * at.len());
+    let (data, mut pos) = bits.parts();
+    let mut done = 0;
+    while done + 4 <= at.len() {
+        let byte = (pos >> 3) as usize;
+        let Some(window) = data.get(byte..byte + 64) else {
+            break;
+        };
+        // SAFETY: `window` is 64 bytes, the sixteen symbols of these four quads lie inside
+        // `escapes`, and each quad's `4 W` bytes inside `block` (the caller's contract).
+        unsafe {
+            let window = _mm512_loadu_si512(window.as_ptr().cast());
+            let (diff, taken) =
+                escaped_diffs16(window, (pos & 7) as u32, escapes.as_ptr().add(4 * done));
+            let quads = if W == 4 {
+                diff
+            } else {
+                _mm512_castsi256_si512(_mm512_cvtepi32_epi16(diff))
+            };
+            let mut lanes = [0u8; 64];
+            _mm512_storeu_si512(lanes.as_mut_ptr().cast(), quads);
+            for (k, &i) in at[done..done + 4].iter().enumerate() {
+                let el = block.as_mut_ptr().add(i as usize * 4 * W);
+                let add = lanes.as_ptr().add(k * 4 * W);
+                if W == 4 {
+                    let sum =
+                        _mm_add_epi32(_mm_loadu_si128(el.cast()), _mm_loadu_si128(add.cast()));
+                    _mm_storeu_si128(el.cast(), sum);
+                } else {
+                    let sum =
+                        _mm_add_epi16(_mm_loadl_epi64(el.cast()), _mm_loadl_epi64(add.cast()));
+                    _mm_storel_epi64(el.cast(), sum);
+                }
+            }
+            pos += taken;
+        }
+        done += 4;
+    }
+    *bits = BitReader::at(data, pos);
+    done
 }
