@@ -46,9 +46,32 @@ std::thread_local! {
 
 /// An empty symbol buffer, reused when the thread has one.
 fn spare_buffer() -> Vec<u16> {
-    let mut v = SPARE.with(|s| s.borrow_mut().pop()).unwrap_or_default();
+    let mut v = take_spare();
     v.clear();
     v
+}
+
+/// A symbol buffer of `len` entries for a decoder to overwrite, reused when the thread has
+/// one. What a reused buffer held is left in place rather than zeroed: the symbol readers
+/// write every entry or fail.
+fn spare_buffer_of_len(len: usize) -> Vec<u16> {
+    let mut v = take_spare();
+    set_len_keeping(&mut v, len);
+    v
+}
+
+/// A reused symbol buffer with whatever it held, or a new empty one.
+fn take_spare() -> Vec<u16> {
+    SPARE.with(|s| s.borrow_mut().pop()).unwrap_or_default()
+}
+
+/// `v` made `len` entries long, zeroing only entries it did not have.
+fn set_len_keeping(v: &mut Vec<u16>, len: usize) {
+    if v.len() >= len {
+        v.truncate(len);
+    } else {
+        v.resize(len, 0);
+    }
 }
 
 fn return_buffer(v: Vec<u16>) {
@@ -428,9 +451,8 @@ fn apply_in_order_simd<T: Word>(elems: &mut [u8], escapes: &[u16], bits: &mut Bi
 /// elements on return.
 pub fn decode<T: Word>(payload: &[u8], inout: &mut [u8]) -> Result<()> {
     let n = inout.len() / T::BYTES;
-    let mut quads = spare_buffer();
-    quads.resize(n.div_ceil(QUAD), 0);
-    let mut escapes = spare_buffer();
+    let mut quads = spare_buffer_of_len(n.div_ceil(QUAD));
+    let mut escapes = take_spare();
     let result = match T::BYTES {
         2 => decode_with::<T, u64>(payload, inout, &mut quads, &mut escapes),
         4 => decode_with::<T, u128>(payload, inout, &mut quads, &mut escapes),
@@ -452,7 +474,7 @@ fn decode_with<T: Word, P: Packed>(
     let mut rd = StreamReader::new(payload);
     read_symbols(rd.stream()?, quads, QUAD_CARDINALITY, "delta quad")?;
     let escaped = quads.iter().filter(|&&q| q == ESCAPE).count();
-    escapes.resize(QUAD * escaped, 0);
+    set_len_keeping(escapes, QUAD * escaped);
     let cardinality = max_symbol(8 * w as u32) as usize + 1;
     read_symbols(rd.stream()?, escapes, cardinality, "delta escape")?;
     let (method, extra) = rd.stream()?;
