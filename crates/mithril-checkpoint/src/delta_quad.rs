@@ -317,16 +317,27 @@ fn escaped_diffs<T: Word, P: Packed>(bits: &mut BitReader, e: &[u16]) -> P {
 }
 
 /// Add every quad of `block` from `table` (an escape adds zero) and note the escapes'
-/// indices in `at` (one longer than `qs`); returns how many there are.
+/// indices in `at` (one longer than `qs`); returns how many there are. `simd`: the leading
+/// quads with AVX-512 where the CPU has it (off only to test that both agree).
 #[inline(never)]
-fn add_plain_quads<P: Packed>(
+fn add_plain_quads<T: Word, P: Packed>(
     block: &mut [u8],
     qs: &[u16],
     table: &[P; QUAD_CARDINALITY],
     at: &mut [u32],
+    simd: bool,
 ) -> usize {
-    let mut found = 0usize;
-    for (i, (el, &q)) in block.chunks_exact_mut(P::BYTES).zip(qs).enumerate() {
+    let (start, mut found) = if simd {
+        add_plain_quads_simd::<T>(block, qs, at)
+    } else {
+        (0, 0)
+    };
+    for (i, (el, &q)) in block
+        .chunks_exact_mut(P::BYTES)
+        .zip(qs)
+        .enumerate()
+        .skip(start)
+    {
         P::load(el)
             .lanes_add(table[(q as usize).min(ESCAPE as usize)])
             .store(el);
@@ -336,6 +347,30 @@ fn add_plain_quads<P: Packed>(
         found += (q == ESCAPE) as usize;
     }
     found
+}
+
+/// The leading quads of [`add_plain_quads`] with AVX-512 where the CPU has it: the quads
+/// done and the escapes noted.
+#[inline(always)]
+fn add_plain_quads_simd<T: Word>(block: &mut [u8], qs: &[u16], at: &mut [u32]) -> (usize, usize) {
+    #[cfg(target_arch = "x86_64")]
+    if crate::delta_quad_avx512::plain_available()
+        && block.len() >= QUAD * T::BYTES * qs.len()
+        && at.len() >= qs.len()
+    {
+        use crate::delta_quad_avx512::add_plain_quads;
+        // SAFETY: the CPU has the features `plain_available` checks; `block` holds every
+        // quad of `qs` and `at` a slot per quad (checked above).
+        return unsafe {
+            match T::BYTES {
+                2 => add_plain_quads::<2>(block, qs, at, ESCAPE),
+                4 => add_plain_quads::<4>(block, qs, at, ESCAPE),
+                _ => (0, 0),
+            }
+        };
+    }
+    let _ = (block, qs, at);
+    (0, 0)
 }
 
 /// Add the escaped quads `at` (indices into `block`, with their symbols in `escapes`).
@@ -503,7 +538,7 @@ fn decode_with<T: Word, P: Packed>(
             .chunks_mut(block_bytes)
             .zip(quads.chunks(BLOCK_QUADS))
         {
-            let found = add_plain_quads(block, qs, &table, &mut at);
+            let found = add_plain_quads::<T, P>(block, qs, &table, &mut at, true);
             let (these, rest) = escapes.split_at((QUAD * found).min(escapes.len()));
             apply_escapes::<T, P>(block, &at[..found], these, &mut bits, true);
             escapes = rest;
@@ -731,6 +766,45 @@ mod tests {
         for quads in [0, 3, 4, 13, 64, 1024] {
             check::<u16, u64>(quads, quads as u64 + 3);
             check::<u32, u128>(quads, quads as u64 + 4);
+        }
+    }
+
+    /// And for the plain quads of a block, escapes noted in order.
+    #[test]
+    fn vector_and_scalar_plain_quads_agree() {
+        fn check<T: Word, P: Packed>(quads: usize, seed: u64) {
+            let mut x = seed;
+            let mut next = move || {
+                x ^= x << 13;
+                x ^= x >> 7;
+                x ^= x << 17;
+                x
+            };
+            let qs: Vec<u16> = (0..quads)
+                .map(|_| match next() % 4 {
+                    0 => ESCAPE,
+                    _ => (next() % 256) as u16,
+                })
+                .collect();
+            let base: Vec<u8> = (0..quads * P::BYTES).map(|_| next() as u8).collect();
+            let table = quad_table::<T, P>();
+            let run = |simd: bool| {
+                let mut block = base.clone();
+                let mut at = vec![0u32; quads + 1];
+                let found = add_plain_quads::<T, P>(&mut block, &qs, &table, &mut at, simd);
+                at.truncate(found);
+                (block, at)
+            };
+            assert_eq!(
+                run(true),
+                run(false),
+                "{}-byte words, {quads} quads",
+                T::BYTES
+            );
+        }
+        for quads in [0, 3, 4, 7, 8, 9, 100, 2048] {
+            check::<u16, u64>(quads, quads as u64 + 5);
+            check::<u32, u128>(quads, quads as u64 + 6);
         }
     }
 

@@ -361,3 +361,95 @@ pub(crate) unsafe fn apply_quads<const W: usize>(
     *bits = BitReader::at(data, pos);
     done
 }
+
+/// Whether [`add_plain_quads`] may run on this CPU.
+pub(crate) fn plain_available() -> bool {
+    available()
+}
+
+/// Add the plain quads of `qs` to `block` (quad `i` is `4 W` bytes at `4 W i`), eight
+/// 16-bit or four 32-bit quads a step: each symbol's four two-bit zigzag differences are
+/// spread to their lanes, unzigzagged and added. An escape symbol (256) has zeros in its
+/// low eight bits and so adds nothing; its index is appended to `at`. Returns the quads
+/// done and how many escapes were noted; the caller does the rest.
+///
+/// # Safety
+/// The CPU must support what [`plain_available`] checks. `block` must hold `4 W` bytes per
+/// symbol of `qs`, and `at` one slot per symbol.
+#[target_feature(enable = "avx512f,avx512cd,avx512bw,avx512vl,bmi2")]
+pub(crate) unsafe fn add_plain_quads<const W: usize>(
+    block: &mut [u8],
+    qs: &[u16],
+    at: &mut [u32],
+    escape_symbol: u16,
+) -> (usize, usize) {
+    debug_assert!(W == 2 || W == 4);
+    debug_assert!(block.len() >= 4 * W * qs.len() && at.len() >= qs.len());
+    // Quads per 64-byte step.
+    let per = 16 / W;
+    let steps = qs.len() / per;
+    let mut found = 0usize;
+    let escape = _mm_set1_epi16(escape_symbol as i16);
+    for s in 0..steps {
+        // SAFETY: step `s` reads `per` symbols of `qs` and 64 bytes of `block` at
+        // `64 s`, inside the lengths above; `at` has a slot for each of the step's quads
+        // past the `found <= per s` already noted.
+        unsafe {
+            let q = if W == 2 {
+                _mm_loadu_si128(qs.as_ptr().add(per * s).cast())
+            } else {
+                _mm_loadl_epi64(qs.as_ptr().add(per * s).cast())
+            };
+            let escaped = (_mm_cmpeq_epi16_mask(q, escape) as u32) & ((1 << per) - 1);
+            let el = block.as_mut_ptr().add(64 * s);
+            let sum = if W == 2 {
+                let spread = _mm512_permutexvar_epi16(
+                    _mm512_set_epi16(
+                        7, 7, 7, 7, 6, 6, 6, 6, 5, 5, 5, 5, 4, 4, 4, 4, 3, 3, 3, 3, 2, 2, 2, 2, 1,
+                        1, 1, 1, 0, 0, 0, 0,
+                    ),
+                    _mm512_castsi128_si512(q),
+                );
+                let shifts = _mm512_set1_epi64(0x0006_0004_0002_0000);
+                let z = _mm512_and_si512(_mm512_srlv_epi16(spread, shifts), _mm512_set1_epi16(3));
+                let d = _mm512_xor_si512(
+                    _mm512_srli_epi16::<1>(z),
+                    _mm512_sub_epi16(
+                        _mm512_setzero_si512(),
+                        _mm512_and_si512(z, _mm512_set1_epi16(1)),
+                    ),
+                );
+                _mm512_add_epi16(_mm512_loadu_si512(el.cast()), d)
+            } else {
+                let spread = _mm512_permutexvar_epi32(
+                    _mm512_set_epi32(3, 3, 3, 3, 2, 2, 2, 2, 1, 1, 1, 1, 0, 0, 0, 0),
+                    _mm512_cvtepu16_epi32(_mm256_castsi128_si256(q)),
+                );
+                let shifts = _mm512_set_epi32(6, 4, 2, 0, 6, 4, 2, 0, 6, 4, 2, 0, 6, 4, 2, 0);
+                let z = _mm512_and_si512(_mm512_srlv_epi32(spread, shifts), _mm512_set1_epi32(3));
+                let d = _mm512_xor_si512(
+                    _mm512_srli_epi32::<1>(z),
+                    _mm512_sub_epi32(
+                        _mm512_setzero_si512(),
+                        _mm512_and_si512(z, _mm512_set1_epi32(1)),
+                    ),
+                );
+                _mm512_add_epi32(_mm512_loadu_si512(el.cast()), d)
+            };
+            _mm512_storeu_si512(el.cast(), sum);
+            if escaped != 0 {
+                let index = _mm256_add_epi32(
+                    _mm256_set1_epi32((per * s) as i32),
+                    _mm256_setr_epi32(0, 1, 2, 3, 4, 5, 6, 7),
+                );
+                _mm256_mask_compressstoreu_epi32(
+                    at.as_mut_ptr().add(found).cast(),
+                    escaped as __mmask8,
+                    index,
+                );
+                found += escaped.count_ones() as usize;
+            }
+        }
+    }
+    (steps * per, found)
+}
