@@ -613,6 +613,26 @@ mod tests {
         roundtrip::<u32>(&raw, &base);
     }
 
+    /// A xorshift64 sequence (`seed` not zero): test data that is the same on every run.
+    fn xorshift(seed: u64) -> impl FnMut() -> u64 {
+        let mut x = seed;
+        move || {
+            x ^= x << 13;
+            x ^= x >> 7;
+            x ^= x << 17;
+            x
+        }
+    }
+
+    /// Random bytes holding exactly the extra bits that `escapes` take.
+    fn extra_bits_for(escapes: &[u16], next: &mut impl FnMut() -> u64) -> Vec<u8> {
+        let bits: usize = escapes
+            .iter()
+            .map(|&s| SYMBOLS[s as usize].1 as usize)
+            .sum();
+        (0..bits.div_ceil(8)).map(|_| next() as u8).collect()
+    }
+
     /// The vector planner must give the scalar one's plan exactly: files hold it.
     #[test]
     fn vector_and_scalar_plans_are_identical() {
@@ -626,13 +646,7 @@ mod tests {
             assert_eq!(v.extra, s.extra, "{what}: extra bits");
             assert_eq!(v.estimate, s.estimate, "{what}");
         }
-        let mut x = 0x2545_f491_4f6c_dd1du64;
-        let mut next = move || {
-            x ^= x << 13;
-            x ^= x >> 7;
-            x ^= x << 17;
-            x
-        };
+        let mut next = xorshift(0x2545_f491_4f6c_dd1d);
         // Differences of every size class: mostly small, some escaping quads, some
         // moved by up to the whole word.
         for n in [0usize, 1, 15, 16, 17, 63, 64, 65, 1000, 4099] {
@@ -686,13 +700,7 @@ mod tests {
     fn vector_and_scalar_in_order_escapes_agree() {
         fn check<T: Word>(n: usize, seed: u64) {
             let cardinality = max_symbol(8 * T::BYTES as u32) + 1;
-            let mut x = seed;
-            let mut next = move || {
-                x ^= x << 13;
-                x ^= x >> 7;
-                x ^= x << 17;
-                x
-            };
+            let mut next = xorshift(seed);
             let escapes: Vec<u16> = (0..n)
                 .map(|i| match i % 5 {
                     0 => (next() % cardinality as u64) as u16,
@@ -700,11 +708,7 @@ mod tests {
                     _ => (next() % 40) as u16,
                 })
                 .collect();
-            let extra_bits: usize = escapes
-                .iter()
-                .map(|&s| SYMBOLS[s as usize].1 as usize)
-                .sum();
-            let stream: Vec<u8> = (0..extra_bits.div_ceil(8)).map(|_| next() as u8).collect();
+            let stream = extra_bits_for(&escapes, &mut next);
             let base: Vec<u8> = (0..n * T::BYTES).map(|_| next() as u8).collect();
             let run = |simd: bool| {
                 let mut elems = base.clone();
@@ -730,25 +734,15 @@ mod tests {
     fn vector_and_scalar_escaped_quads_agree() {
         fn check<T: Word, P: Packed>(quads: usize, seed: u64) {
             let cardinality = max_symbol(8 * T::BYTES as u32) + 1;
-            let mut x = seed;
-            let mut next = move || {
-                x ^= x << 13;
-                x ^= x >> 7;
-                x ^= x << 17;
-                x
-            };
-            let at: Vec<u32> = (0..quads as u32).filter(|_| next() % 3 == 0).collect();
+            let mut next = xorshift(seed);
+            let at: Vec<u32> = (0..quads as u32).filter(|_| next().is_multiple_of(3)).collect();
             let escapes: Vec<u16> = (0..QUAD * at.len())
                 .map(|i| match i % 3 {
                     0 => (next() % cardinality as u64) as u16,
                     _ => (next() % 40) as u16,
                 })
                 .collect();
-            let extra_bits: usize = escapes
-                .iter()
-                .map(|&s| SYMBOLS[s as usize].1 as usize)
-                .sum();
-            let stream: Vec<u8> = (0..extra_bits.div_ceil(8)).map(|_| next() as u8).collect();
+            let stream = extra_bits_for(&escapes, &mut next);
             let base: Vec<u8> = (0..quads * P::BYTES).map(|_| next() as u8).collect();
             let run = |simd: bool| {
                 let mut block = base.clone();
@@ -773,13 +767,7 @@ mod tests {
     #[test]
     fn vector_and_scalar_plain_quads_agree() {
         fn check<T: Word, P: Packed>(quads: usize, seed: u64) {
-            let mut x = seed;
-            let mut next = move || {
-                x ^= x << 13;
-                x ^= x >> 7;
-                x ^= x << 17;
-                x
-            };
+            let mut next = xorshift(seed);
             let qs: Vec<u16> = (0..quads)
                 .map(|_| match next() % 4 {
                     0 => ESCAPE,

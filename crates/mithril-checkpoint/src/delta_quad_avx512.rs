@@ -257,6 +257,24 @@ unsafe fn escaped_diffs16(window: __m512i, first_bit: u32, symbols: *const u16) 
     (diff, _mm512_reduce_add_epi32(extra) as u64)
 }
 
+/// [`escaped_diffs16`] of the sixteen symbols at `symbols`, their extra bits from bit `pos`
+/// of the stream `data`; `None` where the 64-byte window from that bit's byte would pass
+/// the end of the stream (the caller finishes one element at a time).
+///
+/// # Safety
+/// As [`escaped_diffs16`].
+#[inline]
+#[target_feature(enable = "avx512f,avx512cd,avx512bw,avx512vl,avx512vbmi,bmi2")]
+unsafe fn diffs_at(data: &[u8], pos: u64, symbols: *const u16) -> Option<(__m512i, u64)> {
+    let byte = (pos >> 3) as usize;
+    let window = data.get(byte..byte + 64)?;
+    // SAFETY: `window` is 64 bytes; the symbols are the caller's.
+    unsafe {
+        let window = _mm512_loadu_si512(window.as_ptr().cast());
+        Some(escaped_diffs16(window, (pos & 7) as u32, symbols))
+    }
+}
+
 /// Add each element's escaped difference (symbol `escapes[i]` and its extra bits from
 /// `bits`) to the words of `elems` (`W` = 2 or 4 bytes), sixteen a step, while a step's
 /// 64-byte window of extra bits lies inside the stream. Returns the elements done, a
@@ -277,16 +295,14 @@ pub(crate) unsafe fn apply_in_order<const W: usize>(
     let (data, mut pos) = bits.parts();
     let mut done = 0;
     while done < steps {
-        let byte = (pos >> 3) as usize;
-        let Some(window) = data.get(byte..byte + 64) else {
+        // SAFETY: the step's 16 symbols and `16 W` element bytes lie inside `escapes` and
+        // `elems` (`done < steps`).
+        let Some((diff, taken)) =
+            (unsafe { diffs_at(data, pos, escapes.as_ptr().add(BLOCK * done)) })
+        else {
             break;
         };
-        // SAFETY: `window` is 64 bytes; the step's 16 symbols and `16 W` element bytes
-        // lie inside `escapes` and `elems` (`done < steps`).
         unsafe {
-            let window = _mm512_loadu_si512(window.as_ptr().cast());
-            let (diff, taken) =
-                escaped_diffs16(window, (pos & 7) as u32, escapes.as_ptr().add(BLOCK * done));
             let at = elems.as_mut_ptr().add(BLOCK * W * done);
             if W == 4 {
                 let sum = _mm512_add_epi32(_mm512_loadu_si512(at.cast()), diff);
@@ -324,16 +340,13 @@ pub(crate) unsafe fn apply_quads<const W: usize>(
     let (data, mut pos) = bits.parts();
     let mut done = 0;
     while done + 4 <= at.len() {
-        let byte = (pos >> 3) as usize;
-        let Some(window) = data.get(byte..byte + 64) else {
+        // SAFETY: the sixteen symbols of these four quads lie inside `escapes`, and each
+        // quad's `4 W` bytes inside `block` (the caller's contract).
+        let Some((diff, taken)) = (unsafe { diffs_at(data, pos, escapes.as_ptr().add(4 * done)) })
+        else {
             break;
         };
-        // SAFETY: `window` is 64 bytes, the sixteen symbols of these four quads lie inside
-        // `escapes`, and each quad's `4 W` bytes inside `block` (the caller's contract).
         unsafe {
-            let window = _mm512_loadu_si512(window.as_ptr().cast());
-            let (diff, taken) =
-                escaped_diffs16(window, (pos & 7) as u32, escapes.as_ptr().add(4 * done));
             let quads = if W == 4 {
                 diff
             } else {
