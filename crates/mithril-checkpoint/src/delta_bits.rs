@@ -86,6 +86,7 @@ impl BitWriter {
 
     /// A writer that continues the stream in `out` (whole bytes) followed by the low
     /// `filled` bits of `acc` (fewer than 32).
+    #[cfg_attr(not(target_arch = "x86_64"), allow(dead_code))]
     pub(crate) fn resume(out: Vec<u8>, acc: u64, filled: u32) -> Self {
         debug_assert!(filled < 32 && acc >> filled == 0);
         BitWriter { out, acc, filled }
@@ -127,11 +128,13 @@ impl<'a> BitReader<'a> {
     }
 
     /// The stream and the bits read so far.
+    #[cfg_attr(not(target_arch = "x86_64"), allow(dead_code))]
     pub(crate) fn parts(&self) -> (&'a [u8], u64) {
         (self.data, self.pos)
     }
 
     /// A reader of `data` with `pos` bits already read.
+    #[cfg_attr(not(target_arch = "x86_64"), allow(dead_code))]
     pub(crate) fn at(data: &'a [u8], pos: u64) -> Self {
         BitReader { data, pos }
     }
