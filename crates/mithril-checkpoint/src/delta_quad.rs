@@ -141,10 +141,16 @@ fn plan_simd<T: Word>(
     {
         use crate::delta_quad_avx512 as simd;
         let blocks = raw.len() / T::BYTES / simd::BLOCK;
-        if blocks > 0 && (T::BYTES == 2 || T::BYTES == 4) && simd::available() {
+        if blocks > 0
+            && base.len() >= raw.len()
+            && quads.len() >= QUAD * blocks
+            && escapes.capacity() - escapes.len() >= simd::BLOCK * (blocks + 1)
+            && (T::BYTES == 2 || T::BYTES == 4)
+            && simd::available()
+        {
             // SAFETY: the CPU has the features `available` checks; `raw` and `base` hold
             // `blocks` whole blocks, `quads` one symbol per quad of them, and `escapes`
-            // room for every quad to escape plus `SIMD_SLACK`.
+            // room for every quad to escape plus a block (all checked above).
             let extra = unsafe {
                 if T::BYTES == 4 {
                     simd::plan_blocks::<4>(raw, base, blocks, quads, escapes, ESCAPE, SMALL)
@@ -735,7 +741,9 @@ mod tests {
         fn check<T: Word, P: Packed>(quads: usize, seed: u64) {
             let cardinality = max_symbol(8 * T::BYTES as u32) + 1;
             let mut next = xorshift(seed);
-            let at: Vec<u32> = (0..quads as u32).filter(|_| next().is_multiple_of(3)).collect();
+            let at: Vec<u32> = (0..quads as u32)
+                .filter(|_| next().is_multiple_of(3))
+                .collect();
             let escapes: Vec<u16> = (0..QUAD * at.len())
                 .map(|i| match i % 3 {
                     0 => (next() % cardinality as u64) as u16,
