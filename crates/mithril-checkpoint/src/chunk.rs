@@ -8,7 +8,7 @@ use std::borrow::Cow;
 
 /// xxh3-64 of `data`, the chunk checksum of the format. Every chunk is hashed twice on
 /// write and twice on read, raw and coded, so this picks the widest vectors the CPU has at
-/// run time: AVX-512 for long inputs ([`crate::xxh3_avx512`]), else `twox-hash` (AVX2).
+/// run time: AVX-512 for long inputs (module `xxh3_avx512`), else `twox-hash` (AVX2).
 #[inline]
 pub fn xxh3_checksum(data: &[u8]) -> u64 {
     #[cfg(target_arch = "x86_64")]

@@ -51,21 +51,14 @@ fn spare_buffer() -> Vec<u16> {
     v
 }
 
-/// A symbol buffer of `len` entries for a decoder to overwrite, reused when the thread has
-/// one. What a reused buffer held is left in place rather than zeroed: the symbol readers
-/// write every entry or fail.
-fn spare_buffer_of_len(len: usize) -> Vec<u16> {
-    let mut v = take_spare();
-    set_len_keeping(&mut v, len);
-    v
-}
-
 /// A reused symbol buffer with whatever it held, or a new empty one.
 fn take_spare() -> Vec<u16> {
     SPARE.with(|s| s.borrow_mut().pop()).unwrap_or_default()
 }
 
-/// `v` made `len` entries long, zeroing only entries it did not have.
+/// `v` made `len` entries long for a decoder to overwrite, zeroing only entries it did not
+/// have: what a reused buffer held is left in place, since the symbol readers write every
+/// entry or fail.
 fn set_len_keeping(v: &mut Vec<u16>, len: usize) {
     if v.len() >= len {
         v.truncate(len);
@@ -188,9 +181,9 @@ unsafe fn plan_lzcnt<T: Word>(raw: &[u8], base: &[u8]) -> QuadPlan {
     plan_body::<T>(raw, base, true)
 }
 
-#[inline(always)]
 /// `simd`: the leading blocks with AVX-512 where the CPU has it (off only to test that
 /// both give the same plan).
+#[inline(always)]
 fn plan_body<T: Word>(raw: &[u8], base: &[u8], simd: bool) -> QuadPlan {
     debug_assert!(T::BYTES <= 4, "differences are coded as 32-bit values");
     let w = T::BYTES;
@@ -360,12 +353,12 @@ fn add_plain_quads<T: Word, P: Packed>(
 #[inline(always)]
 fn add_plain_quads_simd<T: Word>(block: &mut [u8], qs: &[u16], at: &mut [u32]) -> (usize, usize) {
     #[cfg(target_arch = "x86_64")]
-    if crate::delta_quad_avx512::plain_available()
+    if crate::delta_quad_avx512::available()
         && block.len() >= QUAD * T::BYTES * qs.len()
         && at.len() >= qs.len()
     {
         use crate::delta_quad_avx512::add_plain_quads;
-        // SAFETY: the CPU has the features `plain_available` checks; `block` holds every
+        // SAFETY: the CPU has the features `available` checks; `block` holds every
         // quad of `qs` and `at` a slot per quad (checked above).
         return unsafe {
             match T::BYTES {
@@ -409,10 +402,9 @@ fn apply_escapes<T: Word, P: Packed>(
 
 /// Add escaped quads to every quad of `elems`, in order: with every quad escaped, each
 /// element takes its own symbol, so the elements are added one by one, without packing
-/// each quad's four differences into lanes first.
+/// each quad's four differences into lanes first. `simd`: the leading elements with AVX-512
+/// where the CPU has it (off only to test that both give the same elements).
 #[inline(never)]
-/// `simd`: the leading elements with AVX-512 where the CPU has it (off only to test that
-/// both give the same elements).
 fn apply_escapes_in_order<T: Word>(
     elems: &mut [u8],
     escapes: &[u16],
@@ -492,7 +484,8 @@ fn apply_in_order_simd<T: Word>(elems: &mut [u8], escapes: &[u16], bits: &mut Bi
 /// elements on return.
 pub fn decode<T: Word>(payload: &[u8], inout: &mut [u8]) -> Result<()> {
     let n = inout.len() / T::BYTES;
-    let mut quads = spare_buffer_of_len(n.div_ceil(QUAD));
+    let mut quads = take_spare();
+    set_len_keeping(&mut quads, n.div_ceil(QUAD));
     let mut escapes = take_spare();
     let result = match T::BYTES {
         2 => decode_with::<T, u64>(payload, inout, &mut quads, &mut escapes),

@@ -1,5 +1,8 @@
-//! The `sub-quad` planner with AVX-512: sixteen elements (four quads) a step.
+//! `sub-quad` with AVX-512: the planner and the decoder's three passes, each a whole
+//! 64-byte vector of elements a step, each giving what the scalar code it stands in front
+//! of gives (a test per kernel checks it).
 //!
+//! [`plan_blocks`] plans sixteen elements (four quads) a step.
 //! The scalar planner spends about twenty operations per element where every quad escapes
 //! (the fp32 masters' steps): a difference, a branch on its size, a bit length, a symbol,
 //! and a bit writer whose flush branch is taken at random. Here the differences, the quad
@@ -10,7 +13,9 @@
 //!
 //! [`apply_in_order`] is the decoder's side for chunks whose every quad escaped: sixteen
 //! elements' extra bits are cut out of one 64-byte window of the stream at offsets from a
-//! prefix sum of their widths, instead of one dependent read per element.
+//! prefix sum of their widths, instead of one dependent read per element. [`apply_quads`]
+//! does the same for the escaped quads of a block of mixed quads, four at a time, and
+//! [`add_plain_quads`] adds a block's plain quads from their symbols.
 
 #![cfg(target_arch = "x86_64")]
 
@@ -23,7 +28,7 @@ const PREFETCH: usize = 1024;
 /// Elements per step.
 pub(crate) const BLOCK: usize = 16;
 
-/// Whether [`plan_blocks`] may run on this CPU.
+/// Whether [`plan_blocks`] and [`add_plain_quads`] may run on this CPU.
 pub(crate) fn available() -> bool {
     is_x86_feature_detected!("avx512f")
         && is_x86_feature_detected!("avx512cd")
@@ -375,11 +380,6 @@ pub(crate) unsafe fn apply_quads<const W: usize>(
     done
 }
 
-/// Whether [`add_plain_quads`] may run on this CPU.
-pub(crate) fn plain_available() -> bool {
-    available()
-}
-
 /// Add the plain quads of `qs` to `block` (quad `i` is `4 W` bytes at `4 W i`), eight
 /// 16-bit or four 32-bit quads a step: each symbol's four two-bit zigzag differences are
 /// spread to their lanes, unzigzagged and added. An escape symbol (256) has zeros in its
@@ -387,7 +387,7 @@ pub(crate) fn plain_available() -> bool {
 /// done and how many escapes were noted; the caller does the rest.
 ///
 /// # Safety
-/// The CPU must support what [`plain_available`] checks. `block` must hold `4 W` bytes per
+/// The CPU must support what [`available`] checks. `block` must hold `4 W` bytes per
 /// symbol of `qs`, and `at` one slot per symbol.
 #[target_feature(enable = "avx512f,avx512cd,avx512bw,avx512vl,bmi2")]
 pub(crate) unsafe fn add_plain_quads<const W: usize>(
