@@ -565,8 +565,16 @@ pub(crate) mod tests {
             (encode_chunk(&floats, DType::F32, &opts), DType::F32, None),
             (encode_chunk(&ints, DType::U8, &opts), DType::U8, None),
             (encode_chunk(&noise, DType::U8, &opts), DType::U8, None),
-            (encode_chunk_delta(&floats, &base, DType::F32, &opts), DType::F32, Some(&base)),
-            (encode_chunk_delta(&floats, &base, DType::F32, &fast), DType::F32, Some(&base)),
+            (
+                encode_chunk_delta(&floats, &base, DType::F32, &opts),
+                DType::F32,
+                Some(&base),
+            ),
+            (
+                encode_chunk_delta(&floats, &base, DType::F32, &fast),
+                DType::F32,
+                Some(&base),
+            ),
         ];
         let kinds: Vec<Encoding> = chunks.iter().map(|c| c.0.encoding).collect();
         use Encoding::*;

@@ -19,6 +19,7 @@ pub mod float;
 mod float_avx2;
 pub mod format;
 pub mod huffman;
+pub mod parallel;
 pub mod rans;
 #[cfg(target_arch = "x86_64")]
 mod rans_avx2;

@@ -4,6 +4,7 @@
 use crate::chunk::decode_chunk;
 use crate::error::{zeroed_buffer, Error, Result};
 use crate::format::{self, BaseRef, Chunk, Index, TensorInfo};
+use crate::parallel;
 use memmap2::Mmap;
 use rayon::prelude::*;
 use std::collections::{HashMap, HashSet};
@@ -293,7 +294,7 @@ impl Reader {
         };
         // One chunk is decoded on the calling thread: handing it to a pool and waiting costs
         // more than decoding a small tensor.
-        if pieces.len() <= 1 {
+        if pieces.len() <= 1 || parallel::calling_thread_only() {
             pieces.into_iter().enumerate().try_for_each(decode)
         } else {
             pieces.into_par_iter().enumerate().try_for_each(decode)
@@ -335,14 +336,22 @@ impl Reader {
             }
             let largest = t.chunks.iter().map(|c| c.raw_length).max().unwrap_or(0) as usize;
             let data = &self.backing.bytes()[self.data_offset as usize..];
-            t.chunks
-                .par_iter()
-                .enumerate()
-                .map_init(
-                    || vec![0u8; largest],
-                    |buf, (i, c)| self.decode_one(data, t, i, c, &mut buf[..c.raw_length as usize]),
-                )
-                .collect::<Result<()>>()?;
+            let check = |buf: &mut Vec<u8>, (i, c): (usize, &Chunk)| {
+                self.decode_one(data, t, i, c, &mut buf[..c.raw_length as usize])
+            };
+            if parallel::calling_thread_only() {
+                let mut buf = vec![0u8; largest];
+                t.chunks
+                    .iter()
+                    .enumerate()
+                    .try_for_each(|ic| check(&mut buf, ic))?;
+            } else {
+                t.chunks
+                    .par_iter()
+                    .enumerate()
+                    .map_init(|| vec![0u8; largest], check)
+                    .collect::<Result<()>>()?;
+            }
             checked += t.chunks.len();
         }
         Ok(checked)

@@ -108,3 +108,65 @@ fn single_bit_flips_are_caught() {
         assert!(caught, "flip at byte {at} went unnoticed");
     }
 }
+
+/// Decoding chunk after chunk on the calling thread (`parallel::on_calling_thread`) gives
+/// what the parallel decoder gives: plain tensors of many chunks, a delta against a base
+/// held by the caller, and `verify`.
+#[test]
+fn decoding_on_the_calling_thread_matches_the_parallel_decoder() {
+    use mithril_checkpoint::parallel::on_calling_thread;
+    use mithril_checkpoint::{BaseRef, BaseTensors, DeltaBase};
+    let (bytes, tensors) = build(512);
+    let r = Reader::from_bytes(bytes).unwrap();
+    for (name, _, _, data) in &tensors {
+        assert!(r.tensor(name).unwrap().chunks.len() > 1 || data.len() <= 512);
+        let mut out = vec![0u8; data.len()];
+        on_calling_thread(|| r.read_into(name, &mut out)).unwrap();
+        assert_eq!(&out, data, "{name}");
+    }
+    assert_eq!(
+        on_calling_thread(|| r.verify()).unwrap(),
+        r.verify().unwrap()
+    );
+
+    let (name, dtype, shape, base) = &tensors[0];
+    let next: Vec<u8> = base
+        .iter()
+        .enumerate()
+        .map(|(i, b)| b ^ (i % 3 == 0) as u8)
+        .collect();
+    let base_source = [TensorSource {
+        name: name.clone(),
+        dtype: *dtype,
+        shape: shape.clone(),
+        data: base,
+    }];
+    let delta_base = DeltaBase {
+        reference: BaseRef {
+            id: mithril_checkpoint::format::tensor_content_id(*dtype, shape, base),
+            path: None,
+        },
+        tensors: BaseTensors::memory(&base_source),
+    };
+    let source = [TensorSource {
+        name: name.clone(),
+        dtype: *dtype,
+        shape: shape.clone(),
+        data: &next,
+    }];
+    let opts = EncodeOptions {
+        chunk_bytes: 4096,
+        ..Default::default()
+    };
+    let delta = write_bytes(&source, &FileExtras::default(), &opts, Some(&delta_base)).unwrap();
+    let r = Reader::from_bytes(delta).unwrap();
+    assert!(r
+        .tensor(name)
+        .unwrap()
+        .chunks
+        .iter()
+        .all(|c| c.encoding.is_delta()));
+    let mut out = vec![0u8; next.len()];
+    on_calling_thread(|| r.read_with_base(name, base, &mut out)).unwrap();
+    assert_eq!(out, next);
+}

@@ -5,6 +5,7 @@ use crate::threads;
 use mithril_checkpoint::chunk::{chunk_lengths, EncodeOptions};
 use mithril_checkpoint::delta::DeltaMode;
 use mithril_checkpoint::format::tensor_content_id;
+use mithril_checkpoint::parallel::calling_thread_only;
 use mithril_checkpoint::{
     safetensors, writer, BaseRef, BaseTensors, DType, DeltaBase, Error, FileExtras, Reader,
     TensorSource,
@@ -422,7 +423,7 @@ impl PyReader {
                 unsafe { std::slice::from_raw_parts(base_addr as *const u8, base_len) }
             };
             let chunks = self.inner.tensor(name).map_or(0, |t| t.chunks.len());
-            threads::run_if_parallel(threads, chunks > 1, || {
+            threads::run_decode_into(threads, chunks > 1, || {
                 self.inner.read_with_base(name, base, out)
             })
         })?
@@ -534,14 +535,19 @@ impl PyReader {
         }
         refuse_overlaps(&targets)?;
         py.detach(|| {
-            threads::run(threads, || {
-                targets.par_iter().try_for_each(|&(name, (addr, len))| {
+            threads::run_decode_into(threads, true, || {
+                let read = |&(name, (addr, len)): &(&str, (usize, usize))| {
                     // SAFETY: `outs` holds every buffer export until this call returns, which
                     // keeps each exporter's memory alive and in place; each was checked
                     // writable and contiguous, and no two of them overlap.
                     let slice = unsafe { std::slice::from_raw_parts_mut(addr as *mut u8, len) };
                     self.inner.read_into(name, slice)
-                })
+                };
+                if calling_thread_only() {
+                    targets.iter().try_for_each(read)
+                } else {
+                    targets.par_iter().try_for_each(read)
+                }
             })
         })?
         .py()
@@ -564,7 +570,7 @@ impl PyReader {
             // contiguous, and nothing else in this call aliases it.
             let slice = unsafe { std::slice::from_raw_parts_mut(addr as *mut u8, len) };
             let parallel = !self.inner.decodes_in_one_step(name);
-            threads::run_if_parallel(threads, parallel, || self.inner.read_into(name, slice))
+            threads::run_decode_into(threads, parallel, || self.inner.read_into(name, slice))
         })?
         .py()
     }

@@ -1,5 +1,6 @@
 //! Thread pools by size, built once: `threads=None` uses rayon's global pool (all cores).
 
+use mithril_checkpoint::parallel::on_calling_thread;
 use pyo3::exceptions::PyValueError;
 use pyo3::PyResult;
 use rayon::ThreadPool;
@@ -20,6 +21,25 @@ pub fn run_if_parallel<T: Send>(
     }
     check(threads)?;
     Ok(f())
+}
+
+/// Decode into buffers the caller owns: as [`run_if_parallel`], except that one thread is
+/// the calling thread itself (the checkpoint reader's loops honour [`on_calling_thread`]),
+/// which finds in its cache what Python just touched and waits on no hand-over.
+///
+/// Encoders stay on a pool thread: their chunk buffers come and go with every call, and
+/// glibc returns the main thread's freed heap to the system but keeps a pool thread's, so
+/// on the calling thread every call would fault its buffers in afresh.
+pub fn run_decode_into<T: Send>(
+    threads: Option<usize>,
+    parallel: bool,
+    f: impl FnOnce() -> T + Send,
+) -> PyResult<T> {
+    if parallel && threads != Some(1) {
+        return run(threads, f);
+    }
+    check(threads)?;
+    Ok(on_calling_thread(f))
 }
 
 fn check(threads: Option<usize>) -> PyResult<()> {
