@@ -8,6 +8,11 @@
 
 use std::arch::x86_64::*;
 
+/// How far ahead the joins prefetch their packed remainders and planes, in bytes: on
+/// decoding they are the first reads of the payload past the head stream, and the hardware
+/// prefetcher alone leaves the loops waiting on memory.
+const PREFETCH: usize = 1024;
+
 pub(crate) fn available() -> bool {
     is_x86_feature_detected!("avx2")
 }
@@ -54,6 +59,9 @@ pub(crate) unsafe fn join_packed<const WIDTH: usize>(
         let mut done = 0usize;
         while done + 16 <= heads.len() && (done / 8) * WIDTH + WIDTH + 16 <= packed.len() {
             let src = packed.as_ptr().add(done / 8 * WIDTH);
+            if done.is_multiple_of(64) {
+                _mm_prefetch::<_MM_HINT_T0>(src.wrapping_add(PREFETCH).cast());
+            }
             let bytes = _mm256_loadu2_m128i(src.add(WIDTH).cast(), src.cast());
             let pairs = _mm256_shuffle_epi8(bytes, shuffle);
             let rem = _mm256_srl_epi16(_mm256_mullo_epi16(pairs, multiply), align);
@@ -315,6 +323,13 @@ pub(crate) unsafe fn join_f32(
         let sign = _mm_set1_epi16(i16::MIN);
         let mut done = 0usize;
         while done + 8 <= n {
+            if done.is_multiple_of(64) {
+                for plane in [p0, p1, p2] {
+                    _mm_prefetch::<_MM_HINT_T0>(
+                        plane.as_ptr().wrapping_add(done + PREFETCH).cast(),
+                    );
+                }
+            }
             let head = _mm_loadu_si128(heads.as_ptr().add(done).cast());
             let rem = _mm_cvtepu8_epi16(_mm_loadl_epi64(p0.as_ptr().add(done).cast()));
             let hi = _mm_or_si128(
