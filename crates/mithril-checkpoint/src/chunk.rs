@@ -302,7 +302,41 @@ pub fn decode_chunk(
     raw_checksum: u64,
     out: &mut [u8],
 ) -> Result<()> {
-    let decoded = decode_payload(encoding, data, dtype, out);
+    decode_checked(encoding, data, dtype, (checksum, raw_checksum), None, out)
+}
+
+/// [`decode_chunk`] with the base held apart: a delta chunk is applied to `base` (this
+/// chunk's base bytes, as long as `out`) and written to `out`, without copying the base
+/// into `out` first where the encoding allows; other chunks ignore `base`.
+pub fn decode_chunk_onto(
+    encoding: Encoding,
+    data: &[u8],
+    dtype: DType,
+    checksum: u64,
+    raw_checksum: u64,
+    base: &[u8],
+    out: &mut [u8],
+) -> Result<()> {
+    decode_checked(
+        encoding,
+        data,
+        dtype,
+        (checksum, raw_checksum),
+        Some(base),
+        out,
+    )
+}
+
+/// Decode and check both checksums (stored, raw).
+fn decode_checked(
+    encoding: Encoding,
+    data: &[u8],
+    dtype: DType,
+    (checksum, raw_checksum): (u64, u64),
+    base: Option<&[u8]>,
+    out: &mut [u8],
+) -> Result<()> {
+    let decoded = decode_payload(encoding, data, dtype, base, out);
     // The stored bytes are checked after decoding them, not before: decoding has brought
     // them into cache, where they hash several times faster than from memory. Decoding
     // unchecked bytes is safe, since the decoders refuse hostile payloads by themselves (a
@@ -322,8 +356,19 @@ pub fn decode_chunk(
     Ok(())
 }
 
-/// Decode `data` (the payload of a chunk in `encoding`) into `out`, checksums unchecked.
-fn decode_payload(encoding: Encoding, data: &[u8], dtype: DType, out: &mut [u8]) -> Result<()> {
+/// Decode `data` (the payload of a chunk in `encoding`) into `out`, checksums unchecked;
+/// a delta against `base`, or against `out` itself without one.
+fn decode_payload(
+    encoding: Encoding,
+    data: &[u8],
+    dtype: DType,
+    base: Option<&[u8]>,
+    out: &mut [u8],
+) -> Result<()> {
+    let delta = |op: DeltaOp, out: &mut [u8]| match base {
+        Some(base) => delta::decode_onto(op, data, dtype, base, out),
+        None => delta::decode(op, data, dtype, out),
+    };
     match encoding {
         Encoding::Raw => {
             if data.len() != out.len() {
@@ -344,10 +389,10 @@ fn decode_payload(encoding: Encoding, data: &[u8], dtype: DType, out: &mut [u8])
                 return Err(corrupt("zstd chunk decoded to the wrong length"));
             }
         }
-        Encoding::Xor => delta::decode(DeltaOp::Xor, data, dtype, out)?,
-        Encoding::Sub => delta::decode(DeltaOp::Sub, data, dtype, out)?,
-        Encoding::SubCtx => delta::decode(DeltaOp::SubCtx, data, dtype, out)?,
-        Encoding::SubQuad => delta::decode(DeltaOp::SubQuad, data, dtype, out)?,
+        Encoding::Xor => delta(DeltaOp::Xor, out)?,
+        Encoding::Sub => delta(DeltaOp::Sub, out)?,
+        Encoding::SubCtx => delta(DeltaOp::SubCtx, out)?,
+        Encoding::SubQuad => delta(DeltaOp::SubQuad, out)?,
     }
     Ok(())
 }

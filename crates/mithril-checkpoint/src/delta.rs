@@ -23,7 +23,7 @@
 
 use crate::delta_quad::{self, QuadPlan};
 use crate::dtype::DType;
-use crate::error::{corrupt, Result};
+use crate::error::{corrupt, Error, Result};
 use crate::float::{
     decode_plane, encode_plane_counts, push_stream, push_symbols, read_symbols, StreamReader,
     HUFFMAN_SLACK,
@@ -635,6 +635,34 @@ fn decode_words<T: Word>(
         }
     }
     Ok(())
+}
+
+/// [`decode`] with the base held apart: `out` (as long as `base`) gets the decoded
+/// elements. `sub-quad` chunks of 16- and 32-bit floats read the base as they apply the
+/// differences; the other operations copy it into `out` first.
+pub fn decode_onto(
+    op: DeltaOp,
+    payload: &[u8],
+    dtype: DType,
+    base: &[u8],
+    out: &mut [u8],
+) -> Result<()> {
+    if base.len() != out.len() {
+        return Err(Error::Invalid(format!(
+            "a {}-byte base for a {}-byte delta chunk",
+            base.len(),
+            out.len()
+        )));
+    }
+    if op == DeltaOp::SubQuad && context_shift(dtype).is_some() {
+        match dtype.size() {
+            2 => return delta_quad::decode_onto::<u16>(payload, base, out),
+            4 => return delta_quad::decode_onto::<u32>(payload, base, out),
+            _ => {}
+        }
+    }
+    out.copy_from_slice(base);
+    decode(op, payload, dtype, out)
 }
 
 /// Apply a delta payload: `inout` holds the base elements (of `dtype`) on entry and the

@@ -20,7 +20,7 @@
 
 use crate::delta::{LeWord, Word};
 use crate::delta_bits::{max_symbol, symbol_of, BitReader, BitWriter, EXACT, SYMBOLS};
-use crate::error::{corrupt, Result};
+use crate::error::{corrupt, Error, Result};
 use crate::float::{push_stream, push_symbols, read_symbols, StreamReader, METHOD_RAW};
 use crate::huffman;
 use crate::rans;
@@ -316,21 +316,28 @@ fn escaped_diffs<T: Word, P: Packed>(bits: &mut BitReader, e: &[u16]) -> P {
 }
 
 /// Add every quad of `block` from `table` (an escape adds zero) and note the escapes'
-/// indices in `at` (one longer than `qs`); returns how many there are. `simd`: the leading
-/// quads with AVX-512 where the CPU has it (off only to test that both agree).
+/// indices in `at` (one longer than `qs`); returns how many there are. With `base` (as
+/// long as `block`), the quads are added to `base`'s and the sums written to `block`.
+/// `simd`: the leading quads with AVX-512 where the CPU has it (off only to test that both
+/// agree).
 #[inline(never)]
 fn add_plain_quads<T: Word, P: Packed>(
     block: &mut [u8],
+    base: Option<&[u8]>,
     qs: &[u16],
     table: &[P; QUAD_CARDINALITY],
     at: &mut [u32],
     simd: bool,
 ) -> usize {
     let (start, mut found) = if simd {
-        add_plain_quads_simd::<T>(block, qs, at)
+        add_plain_quads_simd::<T>(block, base, qs, at)
     } else {
         (0, 0)
     };
+    if let Some(base) = base {
+        let (from, to) = ((start * P::BYTES).min(block.len()), block.len());
+        block[from..].copy_from_slice(&base[from..to]);
+    }
     for (i, (el, &q)) in block
         .chunks_exact_mut(P::BYTES)
         .zip(qs)
@@ -351,24 +358,30 @@ fn add_plain_quads<T: Word, P: Packed>(
 /// The leading quads of [`add_plain_quads`] with AVX-512 where the CPU has it: the quads
 /// done and the escapes noted.
 #[inline(always)]
-fn add_plain_quads_simd<T: Word>(block: &mut [u8], qs: &[u16], at: &mut [u32]) -> (usize, usize) {
+fn add_plain_quads_simd<T: Word>(
+    block: &mut [u8],
+    base: Option<&[u8]>,
+    qs: &[u16],
+    at: &mut [u32],
+) -> (usize, usize) {
     #[cfg(target_arch = "x86_64")]
     if crate::delta_quad_avx512::available()
         && block.len() >= QUAD * T::BYTES * qs.len()
+        && base.is_none_or(|b| b.len() >= QUAD * T::BYTES * qs.len())
         && at.len() >= qs.len()
     {
         use crate::delta_quad_avx512::add_plain_quads;
-        // SAFETY: the CPU has the features `available` checks; `block` holds every
-        // quad of `qs` and `at` a slot per quad (checked above).
+        // SAFETY: the CPU has the features `available` checks; `block` and `base` hold
+        // every quad of `qs` and `at` a slot per quad (checked above).
         return unsafe {
             match T::BYTES {
-                2 => add_plain_quads::<2>(block, qs, at, ESCAPE),
-                4 => add_plain_quads::<4>(block, qs, at, ESCAPE),
+                2 => add_plain_quads::<2>(block, base, qs, at, ESCAPE),
+                4 => add_plain_quads::<4>(block, base, qs, at, ESCAPE),
                 _ => (0, 0),
             }
         };
     }
-    let _ = (block, qs, at);
+    let _ = (block, base, qs, at);
     (0, 0)
 }
 
@@ -402,20 +415,27 @@ fn apply_escapes<T: Word, P: Packed>(
 
 /// Add escaped quads to every quad of `elems`, in order: with every quad escaped, each
 /// element takes its own symbol, so the elements are added one by one, without packing
-/// each quad's four differences into lanes first. `simd`: the leading elements with AVX-512
-/// where the CPU has it (off only to test that both give the same elements).
+/// each quad's four differences into lanes first. With `base` (as long as `elems`), the
+/// differences are added to `base`'s elements and the sums written to `elems`. `simd`: the
+/// leading elements with AVX-512 where the CPU has it (off only to test that both give the
+/// same elements).
 #[inline(never)]
 fn apply_escapes_in_order<T: Word>(
     elems: &mut [u8],
+    base: Option<&[u8]>,
     escapes: &[u16],
     bits: &mut BitReader,
     simd: bool,
 ) {
     let done = if simd {
-        apply_in_order_simd::<T>(elems, escapes, bits)
+        apply_in_order_simd::<T>(elems, base, escapes, bits)
     } else {
         0
     };
+    if let Some(base) = base {
+        let (from, to) = ((done * T::BYTES).min(elems.len()), elems.len());
+        elems[from..].copy_from_slice(&base[from..to]);
+    }
     let (elems, escapes) = (
         &mut elems[done * T::BYTES..],
         &escapes[done.min(escapes.len())..],
@@ -463,33 +483,57 @@ fn apply_quads_simd<T: Word>(
 /// The leading elements of [`apply_escapes_in_order`] with AVX-512 where the CPU has it;
 /// returns how many were applied.
 #[inline(always)]
-fn apply_in_order_simd<T: Word>(elems: &mut [u8], escapes: &[u16], bits: &mut BitReader) -> usize {
+fn apply_in_order_simd<T: Word>(
+    elems: &mut [u8],
+    base: Option<&[u8]>,
+    escapes: &[u16],
+    bits: &mut BitReader,
+) -> usize {
     #[cfg(target_arch = "x86_64")]
-    if crate::delta_quad_avx512::apply_available() {
+    if crate::delta_quad_avx512::apply_available() && base.is_none_or(|b| b.len() >= elems.len()) {
         use crate::delta_quad_avx512::apply_in_order;
-        // SAFETY: the CPU has the features `apply_available` checks.
+        // SAFETY: the CPU has the features `apply_available` checks, and `base` is as long
+        // as `elems` (checked above).
         return unsafe {
             match T::BYTES {
-                2 => apply_in_order::<2>(elems, escapes, bits),
-                4 => apply_in_order::<4>(elems, escapes, bits),
+                2 => apply_in_order::<2>(elems, base, escapes, bits),
+                4 => apply_in_order::<4>(elems, base, escapes, bits),
                 _ => 0,
             }
         };
     }
-    let _ = (elems, escapes, bits);
+    let _ = (elems, base, escapes, bits);
     0
 }
 
 /// Apply a `sub-quad` payload: `inout` holds the base elements on entry and the decoded
 /// elements on return.
 pub fn decode<T: Word>(payload: &[u8], inout: &mut [u8]) -> Result<()> {
-    let n = inout.len() / T::BYTES;
+    decode_from::<T>(payload, None, inout)
+}
+
+/// Apply a `sub-quad` payload to `base`, writing the decoded elements to `out` (as long as
+/// `base`): the base is read where the differences are added, not copied first.
+pub fn decode_onto<T: Word>(payload: &[u8], base: &[u8], out: &mut [u8]) -> Result<()> {
+    if base.len() != out.len() {
+        return Err(Error::Invalid(format!(
+            "a {}-byte base for a {}-byte delta chunk",
+            base.len(),
+            out.len()
+        )));
+    }
+    decode_from::<T>(payload, Some(base), out)
+}
+
+/// [`decode`] in place (no `base`) or [`decode_onto`].
+fn decode_from<T: Word>(payload: &[u8], base: Option<&[u8]>, out: &mut [u8]) -> Result<()> {
+    let n = out.len() / T::BYTES;
     let mut quads = take_spare();
     set_len_keeping(&mut quads, n.div_ceil(QUAD));
     let mut escapes = take_spare();
     let result = match T::BYTES {
-        2 => decode_with::<T, u64>(payload, inout, &mut quads, &mut escapes),
-        4 => decode_with::<T, u128>(payload, inout, &mut quads, &mut escapes),
+        2 => decode_with::<T, u64>(payload, base, out, &mut quads, &mut escapes),
+        4 => decode_with::<T, u128>(payload, base, out, &mut quads, &mut escapes),
         w => Err(corrupt(format!("sub-quad on {w}-byte elements"))),
     };
     return_buffer(quads);
@@ -499,6 +543,7 @@ pub fn decode<T: Word>(payload: &[u8], inout: &mut [u8]) -> Result<()> {
 
 fn decode_with<T: Word, P: Packed>(
     payload: &[u8],
+    base: Option<&[u8]>,
     inout: &mut [u8],
     quads: &mut [u16],
     escapes: &mut Vec<u16>,
@@ -528,22 +573,29 @@ fn decode_with<T: Word, P: Packed>(
     if escaped == quads.len() {
         // Every quad escaped (wide differences, as in fp32): no plain pass.
         let (these, rest) = escapes.split_at((full / P::BYTES * QUAD).min(escapes.len()));
-        apply_escapes_in_order::<T>(&mut inout[..full], these, &mut bits, true);
+        let base = base.map(|b| &b[..full]);
+        apply_escapes_in_order::<T>(&mut inout[..full], base, these, &mut bits, true);
         escapes = rest;
     } else {
         let mut at = [0u32; BLOCK_QUADS + 1];
         let block_bytes = BLOCK_QUADS * P::BYTES;
-        for (block, qs) in inout[..full]
+        for (k, (block, qs)) in inout[..full]
             .chunks_mut(block_bytes)
             .zip(quads.chunks(BLOCK_QUADS))
+            .enumerate()
         {
-            let found = add_plain_quads::<T, P>(block, qs, &table, &mut at, true);
+            let start = k * block_bytes;
+            let base = base.map(|b| &b[start..start + block.len()]);
+            let found = add_plain_quads::<T, P>(block, base, qs, &table, &mut at, true);
             let (these, rest) = escapes.split_at((QUAD * found).min(escapes.len()));
             apply_escapes::<T, P>(block, &at[..found], these, &mut bits, true);
             escapes = rest;
         }
     }
     if full < inout.len() {
+        if let Some(base) = base {
+            inout[full..].copy_from_slice(&base[full..]);
+        }
         let q = quads[quads.len() - 1];
         let add = if q == ESCAPE {
             escaped_diffs::<T, P>(&mut bits, &escapes[..QUAD.min(escapes.len())])
@@ -590,11 +642,15 @@ mod tests {
         plan::<T>(raw, base).emit()
     }
 
+    /// Decoded in place and onto a base held apart, into a buffer of other bytes.
     fn roundtrip<T: Word>(raw: &[u8], base: &[u8]) {
         let payload = encode::<T>(raw, base);
         let mut out = base.to_vec();
         decode::<T>(&payload, &mut out).unwrap();
         assert_eq!(out, raw);
+        let mut out = vec![0xa5; base.len()];
+        decode_onto::<T>(&payload, base, &mut out).unwrap();
+        assert_eq!(out, raw, "onto a base held apart");
     }
 
     #[test]
@@ -709,18 +765,26 @@ mod tests {
                 .collect();
             let stream = extra_bits_for(&escapes, &mut next);
             let base: Vec<u8> = (0..n * T::BYTES).map(|_| next() as u8).collect();
-            let run = |simd: bool| {
-                let mut elems = base.clone();
+            let run = |simd: bool, apart: bool| {
+                let mut elems = if apart {
+                    vec![0xa5; base.len()]
+                } else {
+                    base.clone()
+                };
+                let from = apart.then_some(&base[..]);
                 let mut bits = BitReader::new(&stream);
-                apply_escapes_in_order::<T>(&mut elems, &escapes, &mut bits, simd);
+                apply_escapes_in_order::<T>(&mut elems, from, &escapes, &mut bits, simd);
                 (elems, bits.parts().1)
             };
-            assert_eq!(
-                run(true),
-                run(false),
-                "{}-byte words, {n} elements",
-                T::BYTES
-            );
+            let want = run(false, false);
+            for (simd, apart) in [(true, false), (true, true), (false, true)] {
+                assert_eq!(
+                    run(simd, apart),
+                    want,
+                    "{}-byte words, {n} elements, simd {simd}, base apart {apart}",
+                    T::BYTES
+                );
+            }
         }
         for n in [0, 15, 16, 17, 100, 1000, 4099] {
             check::<u16>(n, n as u64 + 1);
@@ -777,19 +841,27 @@ mod tests {
                 .collect();
             let base: Vec<u8> = (0..quads * P::BYTES).map(|_| next() as u8).collect();
             let table = quad_table::<T, P>();
-            let run = |simd: bool| {
-                let mut block = base.clone();
+            let run = |simd: bool, apart: bool| {
+                let mut block = if apart {
+                    vec![0xa5; base.len()]
+                } else {
+                    base.clone()
+                };
+                let from = apart.then_some(&base[..]);
                 let mut at = vec![0u32; quads + 1];
-                let found = add_plain_quads::<T, P>(&mut block, &qs, &table, &mut at, simd);
+                let found = add_plain_quads::<T, P>(&mut block, from, &qs, &table, &mut at, simd);
                 at.truncate(found);
                 (block, at)
             };
-            assert_eq!(
-                run(true),
-                run(false),
-                "{}-byte words, {quads} quads",
-                T::BYTES
-            );
+            let want = run(false, false);
+            for (simd, apart) in [(true, false), (true, true), (false, true)] {
+                assert_eq!(
+                    run(simd, apart),
+                    want,
+                    "{}-byte words, {quads} quads, simd {simd}, base apart {apart}",
+                    T::BYTES
+                );
+            }
         }
         for quads in [0, 3, 4, 7, 8, 9, 100, 2048] {
             check::<u16, u64>(quads, quads as u64 + 5);

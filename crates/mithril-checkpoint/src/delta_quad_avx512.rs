@@ -281,41 +281,47 @@ unsafe fn diffs_at(data: &[u8], pos: u64, symbols: *const u16) -> Option<(__m512
 }
 
 /// Add each element's escaped difference (symbol `escapes[i]` and its extra bits from
-/// `bits`) to the words of `elems` (`W` = 2 or 4 bytes), sixteen a step, while a step's
-/// 64-byte window of extra bits lies inside the stream. Returns the elements done, a
-/// multiple of [`BLOCK`], and leaves `bits` after their extra bits; the caller does the
-/// rest one by one. Symbols must be below the cardinality for `W` (as `read_symbols`
-/// checks).
+/// `bits`) to the words of `elems` (`W` = 2 or 4 bytes), or with `base` to the words of
+/// `base`, writing the sums to `elems`; sixteen a step, while a step's 64-byte window of
+/// extra bits lies inside the stream. Returns the elements done, a multiple of [`BLOCK`],
+/// and leaves `bits` after their extra bits; the caller does the rest one by one. Symbols
+/// must be below the cardinality for `W` (as `read_symbols` checks).
 ///
 /// # Safety
-/// The CPU must support what [`apply_available`] checks.
+/// The CPU must support what [`apply_available`] checks; `base`, if given, must be at
+/// least as long as `elems`.
 #[target_feature(enable = "avx512f,avx512cd,avx512bw,avx512vl,avx512vbmi,bmi2")]
 pub(crate) unsafe fn apply_in_order<const W: usize>(
     elems: &mut [u8],
+    base: Option<&[u8]>,
     escapes: &[u16],
     bits: &mut BitReader,
 ) -> usize {
     debug_assert!(W == 2 || W == 4);
+    debug_assert!(base.is_none_or(|b| b.len() >= elems.len()));
     let steps = (elems.len() / W).min(escapes.len()) / BLOCK;
+    let dst = elems.as_mut_ptr();
+    let src = base.map_or(dst.cast_const(), <[u8]>::as_ptr);
     let (data, mut pos) = bits.parts();
     let mut done = 0;
     while done < steps {
         // SAFETY: the step's 16 symbols and `16 W` element bytes lie inside `escapes` and
-        // `elems` (`done < steps`).
+        // `elems` (`done < steps`), and so inside `base`.
         let Some((diff, taken)) =
             (unsafe { diffs_at(data, pos, escapes.as_ptr().add(BLOCK * done)) })
         else {
             break;
         };
         unsafe {
-            let at = elems.as_mut_ptr().add(BLOCK * W * done);
+            let (from, to) = (src.add(BLOCK * W * done), dst.add(BLOCK * W * done));
+            _mm_prefetch::<_MM_HINT_T0>(from.wrapping_add(PREFETCH).cast());
             if W == 4 {
-                let sum = _mm512_add_epi32(_mm512_loadu_si512(at.cast()), diff);
-                _mm512_storeu_si512(at.cast(), sum);
+                let sum = _mm512_add_epi32(_mm512_loadu_si512(from.cast()), diff);
+                _mm512_storeu_si512(to.cast(), sum);
             } else {
                 let sum =
-                    _mm256_add_epi16(_mm256_loadu_si256(at.cast()), _mm512_cvtepi32_epi16(diff));
-                _mm256_storeu_si256(at.cast(), sum);
+                    _mm256_add_epi16(_mm256_loadu_si256(from.cast()), _mm512_cvtepi32_epi16(diff));
+                _mm256_storeu_si256(to.cast(), sum);
             }
             pos += taken;
         }
@@ -380,33 +386,38 @@ pub(crate) unsafe fn apply_quads<const W: usize>(
     done
 }
 
-/// Add the plain quads of `qs` to `block` (quad `i` is `4 W` bytes at `4 W i`), eight
-/// 16-bit or four 32-bit quads a step: each symbol's four two-bit zigzag differences are
-/// spread to their lanes, unzigzagged and added. An escape symbol (256) has zeros in its
-/// low eight bits and so adds nothing; its index is appended to `at`. Returns the quads
-/// done and how many escapes were noted; the caller does the rest.
+/// Add the plain quads of `qs` to `block` (quad `i` is `4 W` bytes at `4 W i`), or with
+/// `base` to the same quads of `base`, writing the sums to `block`; eight 16-bit or four
+/// 32-bit quads a step: each symbol's four two-bit zigzag differences are spread to their
+/// lanes, unzigzagged and added. An escape symbol (256) has zeros in its low eight bits and
+/// so adds nothing; its index is appended to `at`. Returns the quads done and how many
+/// escapes were noted; the caller does the rest.
 ///
 /// # Safety
-/// The CPU must support what [`available`] checks. `block` must hold `4 W` bytes per
-/// symbol of `qs`, and `at` one slot per symbol.
+/// The CPU must support what [`available`] checks. `block` (and `base`, if given) must
+/// hold `4 W` bytes per symbol of `qs`, and `at` one slot per symbol.
 #[target_feature(enable = "avx512f,avx512cd,avx512bw,avx512vl,bmi2")]
 pub(crate) unsafe fn add_plain_quads<const W: usize>(
     block: &mut [u8],
+    base: Option<&[u8]>,
     qs: &[u16],
     at: &mut [u32],
     escape_symbol: u16,
 ) -> (usize, usize) {
     debug_assert!(W == 2 || W == 4);
     debug_assert!(block.len() >= 4 * W * qs.len() && at.len() >= qs.len());
+    debug_assert!(base.is_none_or(|b| b.len() >= 4 * W * qs.len()));
+    let dst = block.as_mut_ptr();
+    let src = base.map_or(dst.cast_const(), <[u8]>::as_ptr);
     // Quads per 64-byte step.
     let per = 16 / W;
     let steps = qs.len() / per;
     let mut found = 0usize;
     let escape = _mm_set1_epi16(escape_symbol as i16);
     for s in 0..steps {
-        // SAFETY: step `s` reads `per` symbols of `qs` and 64 bytes of `block` at
-        // `64 s`, inside the lengths above; `at` has a slot for each of the step's quads
-        // past the `found <= per s` already noted.
+        // SAFETY: step `s` reads `per` symbols of `qs` and 64 bytes of `block` (or
+        // `base`) at `64 s`, inside the lengths above; `at` has a slot for each of the
+        // step's quads past the `found <= per s` already noted.
         unsafe {
             let q = if W == 2 {
                 _mm_loadu_si128(qs.as_ptr().add(per * s).cast())
@@ -414,7 +425,8 @@ pub(crate) unsafe fn add_plain_quads<const W: usize>(
                 _mm_loadl_epi64(qs.as_ptr().add(per * s).cast())
             };
             let escaped = (_mm_cmpeq_epi16_mask(q, escape) as u32) & ((1 << per) - 1);
-            let el = block.as_mut_ptr().add(64 * s);
+            let (from, to) = (src.add(64 * s), dst.add(64 * s));
+            _mm_prefetch::<_MM_HINT_T0>(from.wrapping_add(PREFETCH).cast());
             let sum = if W == 2 {
                 let spread = _mm512_permutexvar_epi16(
                     _mm512_set_epi16(
@@ -432,7 +444,7 @@ pub(crate) unsafe fn add_plain_quads<const W: usize>(
                         _mm512_and_si512(z, _mm512_set1_epi16(1)),
                     ),
                 );
-                _mm512_add_epi16(_mm512_loadu_si512(el.cast()), d)
+                _mm512_add_epi16(_mm512_loadu_si512(from.cast()), d)
             } else {
                 let spread = _mm512_permutexvar_epi32(
                     _mm512_set_epi32(3, 3, 3, 3, 2, 2, 2, 2, 1, 1, 1, 1, 0, 0, 0, 0),
@@ -447,9 +459,9 @@ pub(crate) unsafe fn add_plain_quads<const W: usize>(
                         _mm512_and_si512(z, _mm512_set1_epi32(1)),
                     ),
                 );
-                _mm512_add_epi32(_mm512_loadu_si512(el.cast()), d)
+                _mm512_add_epi32(_mm512_loadu_si512(from.cast()), d)
             };
-            _mm512_storeu_si512(el.cast(), sum);
+            _mm512_storeu_si512(to.cast(), sum);
             if escaped != 0 {
                 let index = _mm256_add_epi32(
                     _mm256_set1_epi32((per * s) as i32),

@@ -1,7 +1,7 @@
 //! Reading a container: the whole layout is validated on open; tensors decode lazily,
 //! chunk by chunk in parallel, straight from the memory map.
 
-use crate::chunk::decode_chunk;
+use crate::chunk::{decode_chunk, decode_chunk_onto};
 use crate::error::{zeroed_buffer, Error, Result};
 use crate::format::{self, BaseRef, Chunk, Index, TensorInfo};
 use crate::parallel;
@@ -252,9 +252,9 @@ impl Reader {
 
     /// Decode a delta tensor into `out` against base bytes held by the caller, both exactly
     /// the tensor's raw size. The base must be the tensor whose [`format::tensor_content_id`]
-    /// the file records. Only chunks stored as deltas read it: each such chunk's base bytes
-    /// are copied into its place in `out` and the chunk is applied there, while the chunks
-    /// stored whole decode as in a plain file.
+    /// the file records. Only chunks stored as deltas read it: each such chunk is applied
+    /// to its base bytes and the sum written to its place in `out`, while the chunks stored
+    /// whole decode as in a plain file.
     pub fn read_with_base(&self, name: &str, base: &[u8], out: &mut [u8]) -> Result<()> {
         let t = self.tensor(name)?;
         if let Some(want) = &self.index.base {
@@ -272,8 +272,8 @@ impl Reader {
     }
 
     /// Decode every chunk of `t` into its place in `out`. With `base` (the tensor's base
-    /// bytes, held apart from `out`), a chunk stored as a delta first gets its base bytes
-    /// copied into place; without it, `out` already holds the base where deltas need one.
+    /// bytes, held apart from `out`), a chunk stored as a delta applies to its part of it;
+    /// without it, `out` already holds the base where deltas need one.
     fn decode_chunks(&self, t: &TensorInfo, out: &mut [u8], base: Option<&[u8]>) -> Result<()> {
         let data = &self.backing.bytes()[self.data_offset as usize..];
         let mut pieces = Vec::with_capacity(t.chunks.len());
@@ -287,10 +287,7 @@ impl Reader {
             at += len;
         }
         let decode = |(i, (c, piece, base)): (usize, Piece<'_, '_>)| {
-            if let (Some(base), true) = (base, c.encoding.is_delta()) {
-                piece.copy_from_slice(base);
-            }
-            self.decode_one(data, t, i, c, piece)
+            self.decode_one(data, t, i, c, base, piece)
         };
         // One chunk is decoded on the calling thread: handing it to a pool and waiting costs
         // more than decoding a small tensor.
@@ -302,18 +299,24 @@ impl Reader {
     }
 
     /// Decode chunk `i` (`c`) of tensor `t` from the data section `data` into `out`, with
-    /// the file, tensor and chunk named in any error.
+    /// the file, tensor and chunk named in any error. A delta chunk applies to `base` when
+    /// given, else to what `out` holds.
     fn decode_one(
         &self,
         data: &[u8],
         t: &TensorInfo,
         i: usize,
         c: &Chunk,
+        base: Option<&[u8]>,
         out: &mut [u8],
     ) -> Result<()> {
         let stored = &data[c.offset as usize..(c.offset + c.length) as usize];
-        decode_chunk(c.encoding, stored, t.dtype, c.checksum, c.raw_checksum, out)
-            .map_err(|e| e.context(format!("{}: tensor {:?} chunk {i}", self.origin, t.name)))
+        let (sum, raw_sum) = (c.checksum, c.raw_checksum);
+        match base {
+            Some(base) => decode_chunk_onto(c.encoding, stored, t.dtype, sum, raw_sum, base, out),
+            None => decode_chunk(c.encoding, stored, t.dtype, sum, raw_sum, out),
+        }
+        .map_err(|e| e.context(format!("{}: tensor {:?} chunk {i}", self.origin, t.name)))
     }
 
     /// Whether decoding tensor `name` is one chunk with no base to read: work for the
@@ -337,7 +340,7 @@ impl Reader {
             let largest = t.chunks.iter().map(|c| c.raw_length).max().unwrap_or(0) as usize;
             let data = &self.backing.bytes()[self.data_offset as usize..];
             let check = |buf: &mut Vec<u8>, (i, c): (usize, &Chunk)| {
-                self.decode_one(data, t, i, c, &mut buf[..c.raw_length as usize])
+                self.decode_one(data, t, i, c, None, &mut buf[..c.raw_length as usize])
             };
             if parallel::calling_thread_only() {
                 let mut buf = vec![0u8; largest];
