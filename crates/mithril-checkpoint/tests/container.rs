@@ -169,4 +169,8 @@ fn decoding_on_the_calling_thread_matches_the_parallel_decoder() {
     let mut out = vec![0u8; next.len()];
     on_calling_thread(|| r.read_with_base(name, base, &mut out)).unwrap();
     assert_eq!(out, next);
+    // Another base of the right size fails a chunk's checksum, and only then is its
+    // content id computed and found to be another's.
+    let err = r.read_with_base(name, &next, &mut out).unwrap_err();
+    assert!(matches!(err, Error::Base(_)), "{err}");
 }
