@@ -1,4 +1,5 @@
-//! xxh3-64 (seed 0, default secret) of inputs longer than 240 bytes, with AVX-512.
+//! xxh3-64 (seed 0, default secret) of inputs longer than 240 bytes, with AVX-512; and
+//! the xxh3-128 of tensor content ids, whose input is a short prefix and the tensor.
 //!
 //! Every chunk is hashed twice on write and twice on read, and most of those hashes run
 //! over data that is still in L2. There the hash is bound by its arithmetic, and one
@@ -49,6 +50,56 @@ pub unsafe fn hash_long(data: &[u8]) -> u64 {
     debug_assert!(data.len() >= LONG_FROM);
     let len = data.len();
     let ptr = data.as_ptr();
+    // SAFETY: every stripe of `data` is read through `ptr` (see `accumulators`).
+    let lanes = unsafe { accumulators(len, ptr, ptr) };
+    merge(
+        &lanes,
+        MERGE_SECRET_START,
+        (len as u64).wrapping_mul(PRIME64_1),
+    )
+}
+
+/// xxh3-128 of `prefix` followed by `data`, without joining them: the first block is
+/// copied together, the rest is read from `data` in place. `prefix` must be shorter than a
+/// block (1024 bytes) and the two together longer than a block and a stripe.
+///
+/// # Safety
+/// The CPU must support AVX-512F ([`available`]).
+#[target_feature(enable = "avx512f")]
+pub unsafe fn hash128_prefixed(prefix: &[u8], data: &[u8]) -> u128 {
+    let (p, len) = (prefix.len(), prefix.len() + data.len());
+    debug_assert!(p < BLOCK && len > BLOCK + STRIPE);
+    let mut first = [0u8; BLOCK];
+    first[..p].copy_from_slice(prefix);
+    first[p..].copy_from_slice(&data[..BLOCK - p]);
+    // Input offset `o` past the first block is `data[o - p]`.
+    let rest = data.as_ptr().wrapping_sub(p);
+    // SAFETY: the first block is `first`; every later stripe, the last one included, lies
+    // at an offset of at least a block, so `rest` reads it inside `data`.
+    let lanes = unsafe { accumulators(len, first.as_ptr(), rest) };
+    let low = merge(
+        &lanes,
+        MERGE_SECRET_START,
+        (len as u64).wrapping_mul(PRIME64_1),
+    );
+    let high = merge(
+        &lanes,
+        SECRET_LEN - STRIPE - MERGE_SECRET_START,
+        !(len as u64).wrapping_mul(PRIME64_2),
+    );
+    (high as u128) << 64 | low as u128
+}
+
+/// The accumulators after every stripe of an input of `len` bytes (at least
+/// [`LONG_FROM`]), read from `first` below offset [`BLOCK`] and from `rest` (plus the
+/// offset) from there on.
+///
+/// # Safety
+/// The CPU must support AVX-512F. Every 64-byte stripe the long-input algorithm reads, at
+/// multiples of 64 below `len - 1` and at `len - 64`, must be readable where the rule above
+/// places it, and no stripe may cross offset [`BLOCK`] unless `first` and `rest` are one.
+#[target_feature(enable = "avx512f")]
+unsafe fn accumulators(len: usize, first: *const u8, rest: *const u8) -> [u64; 8] {
     let secret = SECRET.as_ptr();
     let mut acc = _mm512_setr_epi64(
         PRIME32_3 as i64,
@@ -60,24 +111,29 @@ pub unsafe fn hash_long(data: &[u8]) -> u64 {
         PRIME64_5 as i64,
         PRIME32_1 as i64,
     );
-    // SAFETY (every load below): each reads 64 bytes that lie inside `data` or `SECRET`,
-    // as the offsets show; unaligned loads are allowed.
+    let at = |offset: usize| {
+        if offset < BLOCK {
+            first.wrapping_add(offset)
+        } else {
+            rest.wrapping_add(offset)
+        }
+    };
+    // SAFETY (every load below): each reads 64 bytes that the caller guarantees readable,
+    // or that lie inside `SECRET`, as the offsets show; unaligned loads are allowed.
     let scramble_key = unsafe { _mm512_loadu_si512(secret.add(SECRET_LEN - STRIPE).cast()) };
     let blocks = (len - 1) / BLOCK;
     for b in 0..blocks {
-        let block = unsafe { ptr.add(b * BLOCK) };
-        acc = unsafe { accumulate(acc, block, STRIPES_PER_BLOCK, secret) };
+        acc = unsafe { accumulate(acc, at(b * BLOCK), STRIPES_PER_BLOCK, secret) };
         acc = scramble(acc, scramble_key);
     }
-    let tail = unsafe { ptr.add(blocks * BLOCK) };
     let stripes = ((len - 1) - blocks * BLOCK) / STRIPE;
-    acc = unsafe { accumulate(acc, tail, stripes, secret) };
+    acc = unsafe { accumulate(acc, at(blocks * BLOCK), stripes, secret) };
     let last_secret = unsafe { secret.add(SECRET_LEN - STRIPE - LAST_STRIPE_SECRET_BACK) };
-    acc = unsafe { accumulate(acc, ptr.add(len - STRIPE), 1, last_secret) };
+    acc = unsafe { accumulate(acc, at(len - STRIPE), 1, last_secret) };
     let mut lanes = [0u64; 8];
     // SAFETY: `lanes` is 64 bytes.
     unsafe { _mm512_storeu_si512(lanes.as_mut_ptr().cast(), acc) };
-    merge(&lanes, (len as u64).wrapping_mul(PRIME64_1))
+    lanes
 }
 
 /// `stripes` consecutive stripes from `input` into the accumulators, stripe `s` keyed by
@@ -114,9 +170,10 @@ fn scramble(acc: __m512i, key: __m512i) -> __m512i {
     _mm512_add_epi64(low, _mm512_slli_epi64::<32>(high))
 }
 
-fn merge(acc: &[u64; 8], start: u64) -> u64 {
+/// The accumulators merged into 64 bits, keyed by the secret from byte `secret_at`.
+fn merge(acc: &[u64; 8], secret_at: usize, start: u64) -> u64 {
     let key = |i: usize| {
-        let at = MERGE_SECRET_START + 8 * i;
+        let at = secret_at + 8 * i;
         let mut b = [0u8; 8];
         b.copy_from_slice(&SECRET[at..at + 8]);
         u64::from_le_bytes(b)
