@@ -10,7 +10,6 @@
 use mithril_checkpoint::chunk::xxh3_checksum;
 use mithril_checkpoint::format::tensor_content_id;
 use mithril_checkpoint::DType;
-use std::hash::Hasher;
 use std::hint::black_box;
 use std::time::Instant;
 
