@@ -647,13 +647,7 @@ pub fn decode_onto(
     base: &[u8],
     out: &mut [u8],
 ) -> Result<()> {
-    if base.len() != out.len() {
-        return Err(Error::Invalid(format!(
-            "a {}-byte base for a {}-byte delta chunk",
-            base.len(),
-            out.len()
-        )));
-    }
+    base_fits(base, out)?;
     if op == DeltaOp::SubQuad && context_shift(dtype).is_some() {
         match dtype.size() {
             2 => return delta_quad::decode_onto::<u16>(payload, base, out),
@@ -663,6 +657,19 @@ pub fn decode_onto(
     }
     out.copy_from_slice(base);
     decode(op, payload, dtype, out)
+}
+
+/// An error unless `base` and `out` (a delta chunk's base bytes and its output) are the
+/// same length.
+pub(crate) fn base_fits(base: &[u8], out: &[u8]) -> Result<()> {
+    if base.len() == out.len() {
+        return Ok(());
+    }
+    Err(Error::Invalid(format!(
+        "a {}-byte base for a {}-byte delta chunk",
+        base.len(),
+        out.len()
+    )))
 }
 
 /// Apply a delta payload: `inout` holds the base elements (of `dtype`) on entry and the

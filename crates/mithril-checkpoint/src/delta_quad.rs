@@ -18,9 +18,9 @@
 //! last quad of a chunk whose length is not a multiple of four is padded with zero
 //! differences.
 
-use crate::delta::{LeWord, Word};
+use crate::delta::{base_fits, LeWord, Word};
 use crate::delta_bits::{max_symbol, symbol_of, BitReader, BitWriter, EXACT, SYMBOLS};
-use crate::error::{corrupt, Error, Result};
+use crate::error::{corrupt, Result};
 use crate::float::{push_stream, push_symbols, read_symbols, StreamReader, METHOD_RAW};
 use crate::huffman;
 use crate::rans;
@@ -515,13 +515,7 @@ pub fn decode<T: Word>(payload: &[u8], inout: &mut [u8]) -> Result<()> {
 /// Apply a `sub-quad` payload to `base`, writing the decoded elements to `out` (as long as
 /// `base`): the base is read where the differences are added, not copied first.
 pub fn decode_onto<T: Word>(payload: &[u8], base: &[u8], out: &mut [u8]) -> Result<()> {
-    if base.len() != out.len() {
-        return Err(Error::Invalid(format!(
-            "a {}-byte base for a {}-byte delta chunk",
-            base.len(),
-            out.len()
-        )));
-    }
+    base_fits(base, out)?;
     decode_from::<T>(payload, Some(base), out)
 }
 
@@ -749,6 +743,28 @@ mod tests {
         check::<u32>(&raw, &base, "u32 full width");
     }
 
+    #[test]
+    fn a_base_of_another_length_is_refused() {
+        let (base, raw) = pair::<2>(100, 9);
+        let payload = encode::<u16>(&raw, &base);
+        let mut out = vec![0u8; raw.len()];
+        let err = decode_onto::<u16>(&payload, &base[..base.len() - 2], &mut out).unwrap_err();
+        assert!(
+            err.to_string().contains("198-byte base for a 200-byte"),
+            "{err}"
+        );
+    }
+
+    /// What a decoder under test starts from: the base in place, or other bytes with the
+    /// base held apart (then also returned, to pass along).
+    fn start_of(base: &[u8], apart: bool) -> (Vec<u8>, Option<&[u8]>) {
+        if apart {
+            (vec![0xa5; base.len()], Some(base))
+        } else {
+            (base.to_vec(), None)
+        }
+    }
+
     /// The vector decoder of all-escape chunks must add what the scalar one adds and leave
     /// the bit stream at the same place, for every symbol of both widths.
     #[test]
@@ -766,12 +782,7 @@ mod tests {
             let stream = extra_bits_for(&escapes, &mut next);
             let base: Vec<u8> = (0..n * T::BYTES).map(|_| next() as u8).collect();
             let run = |simd: bool, apart: bool| {
-                let mut elems = if apart {
-                    vec![0xa5; base.len()]
-                } else {
-                    base.clone()
-                };
-                let from = apart.then_some(&base[..]);
+                let (mut elems, from) = start_of(&base, apart);
                 let mut bits = BitReader::new(&stream);
                 apply_escapes_in_order::<T>(&mut elems, from, &escapes, &mut bits, simd);
                 (elems, bits.parts().1)
@@ -842,12 +853,7 @@ mod tests {
             let base: Vec<u8> = (0..quads * P::BYTES).map(|_| next() as u8).collect();
             let table = quad_table::<T, P>();
             let run = |simd: bool, apart: bool| {
-                let mut block = if apart {
-                    vec![0xa5; base.len()]
-                } else {
-                    base.clone()
-                };
-                let from = apart.then_some(&base[..]);
+                let (mut block, from) = start_of(&base, apart);
                 let mut at = vec![0u32; quads + 1];
                 let found = add_plain_quads::<T, P>(&mut block, from, &qs, &table, &mut at, simd);
                 at.truncate(found);
