@@ -185,7 +185,7 @@ fn delta_cannot_win(raw: &[u8], base: &[u8], dtype: DType) -> bool {
     sampled_delta_and_plain(raw, base, dtype).is_some_and(|(delta, plain)| delta >= plain)
 }
 
-/// The estimates [`delta_cannot_win`] compares, in bytes of its sample: an ungrouped
+/// The estimates `delta_cannot_win` compares, in bytes of its sample: an ungrouped
 /// difference of `raw` against `base`, and `raw`'s plain encoding. `None` for a chunk that
 /// is not a float dtype or is too short to sample (always planned).
 pub fn sampled_delta_and_plain(raw: &[u8], base: &[u8], dtype: DType) -> Option<(usize, usize)> {

@@ -3,11 +3,11 @@
 //!
 //! Most elements of a step's delta move by at most one ulp (72 % do not move at all in
 //! bf16 after one AdamW step at lr 1e-4), so a Huffman code over single elements would
-//! spend a whole bit on each zero. Four differences below [`SMALL`] make one symbol, their
+//! spend a whole bit on each zero. Four differences below `SMALL` (4) make one symbol, their
 //! two-bit values packed; the skewed quad alphabet brings Huffman close to the order-0
 //! entropy, and the decoder looks up one symbol per four elements. A quad holding a larger
 //! difference is an escape: its four differences go to a second Huffman stream, each as a
-//! bit length and the bits after its leading one ([`crate::delta_bits`]), with the bits
+//! bit length and the bits after its leading one (module `delta_bits`), with the bits
 //! below those stored raw.
 //!
 //! This trades some size for speed against `sub-ctx` (no sign-and-exponent contexts, whole
