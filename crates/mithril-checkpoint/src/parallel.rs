@@ -7,6 +7,7 @@
 //! [`on_calling_thread`], [`crate::Reader`] decodes chunk after chunk on the thread that
 //! called.
 
+use rayon::prelude::*;
 use std::cell::Cell;
 
 std::thread_local! {
@@ -30,9 +31,54 @@ pub fn calling_thread_only() -> bool {
     CALLING_THREAD_ONLY.with(Cell::get)
 }
 
+/// `f` on every item, stopping at the first error: in order on the calling thread inside
+/// [`on_calling_thread`] or for a single item (handing one item to a pool and waiting
+/// costs more than a small tensor's work), else on the current rayon pool.
+pub fn try_for_each<T: Send, E: Send>(
+    items: Vec<T>,
+    f: impl Fn(T) -> Result<(), E> + Sync + Send,
+) -> Result<(), E> {
+    if items.len() <= 1 || calling_thread_only() {
+        items.into_iter().try_for_each(f)
+    } else {
+        items.into_par_iter().try_for_each(f)
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// Inside `on_calling_thread` every item runs on the calling thread, in order, and
+    /// the first error ends the loop; outside it the same items give the same result.
+    #[test]
+    fn try_for_each_keeps_to_the_calling_thread_inside() {
+        let caller = std::thread::current().id();
+        let seen = std::sync::Mutex::new(Vec::new());
+        let run = |i: usize| {
+            seen.lock().unwrap().push((i, std::thread::current().id()));
+            if i == 5 {
+                Err(i)
+            } else {
+                Ok(())
+            }
+        };
+        assert_eq!(
+            on_calling_thread(|| try_for_each((0..8).collect(), run)),
+            Err(5)
+        );
+        let seen = seen.into_inner().unwrap();
+        assert_eq!(
+            seen.iter().map(|s| s.0).collect::<Vec<_>>(),
+            [0, 1, 2, 3, 4, 5]
+        );
+        assert!(seen.iter().all(|s| s.1 == caller));
+        assert_eq!(
+            try_for_each((0..8).collect(), |i| if i == 5 { Err(i) } else { Ok(()) }),
+            Err(5)
+        );
+        assert_eq!(try_for_each(Vec::<usize>::new(), |_| Err(0)), Ok(()));
+    }
 
     #[test]
     fn the_flag_holds_inside_and_is_restored_after_a_panic() {

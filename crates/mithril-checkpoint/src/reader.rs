@@ -291,23 +291,16 @@ impl Reader {
         let mut pieces = Vec::with_capacity(t.chunks.len());
         let mut rest = out;
         let mut at = 0usize;
-        for c in &t.chunks {
+        for (i, c) in t.chunks.iter().enumerate() {
             let len = c.raw_length as usize;
             let (piece, tail) = rest.split_at_mut(len);
-            pieces.push((c, piece, base.map(|b| &b[at..at + len])));
+            pieces.push((i, c, piece, base.map(|b| &b[at..at + len])));
             rest = tail;
             at += len;
         }
-        let decode = |(i, (c, piece, base)): (usize, Piece<'_, '_>)| {
+        parallel::try_for_each(pieces, |(i, c, piece, base): Piece<'_, '_>| {
             self.decode_one(data, t, i, c, base, piece)
-        };
-        // One chunk is decoded on the calling thread: handing it to a pool and waiting costs
-        // more than decoding a small tensor.
-        if pieces.len() <= 1 || parallel::calling_thread_only() {
-            pieces.into_iter().enumerate().try_for_each(decode)
-        } else {
-            pieces.into_par_iter().enumerate().try_for_each(decode)
-        }
+        })
     }
 
     /// Decode chunk `i` (`c`) of tensor `t` from the data section `data` into `out`, with
@@ -374,7 +367,7 @@ impl Reader {
 }
 
 /// A chunk, where it decodes to, and its base bytes when they are held apart.
-type Piece<'c, 'o> = (&'c Chunk, &'o mut [u8], Option<&'o [u8]>);
+type Piece<'c, 'o> = (usize, &'c Chunk, &'o mut [u8], Option<&'o [u8]>);
 
 /// `buf` must be exactly tensor `t`'s raw size.
 fn check_len(t: &TensorInfo, buf: &[u8], what: &str) -> Result<()> {

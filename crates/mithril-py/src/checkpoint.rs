@@ -5,7 +5,7 @@ use crate::threads;
 use mithril_checkpoint::chunk::{chunk_lengths, EncodeOptions};
 use mithril_checkpoint::delta::DeltaMode;
 use mithril_checkpoint::format::tensor_content_id;
-use mithril_checkpoint::parallel::calling_thread_only;
+use mithril_checkpoint::parallel;
 use mithril_checkpoint::{
     safetensors, writer, BaseRef, BaseTensors, DType, DeltaBase, Error, FileExtras, Reader,
     TensorSource,
@@ -16,7 +16,6 @@ use pyo3::exceptions::PyValueError;
 use pyo3::prelude::*;
 use pyo3::pybacked::PyBackedBytes;
 use pyo3::types::{PyBytes, PyDict};
-use rayon::prelude::*;
 use std::collections::BTreeMap;
 use std::mem::MaybeUninit;
 use std::path::PathBuf;
@@ -536,18 +535,13 @@ impl PyReader {
         refuse_overlaps(&targets)?;
         py.detach(|| {
             threads::run_decode_into(threads, true, || {
-                let read = |&(name, (addr, len)): &(&str, (usize, usize))| {
+                parallel::try_for_each(targets, |(name, (addr, len))| {
                     // SAFETY: `outs` holds every buffer export until this call returns, which
                     // keeps each exporter's memory alive and in place; each was checked
                     // writable and contiguous, and no two of them overlap.
                     let slice = unsafe { std::slice::from_raw_parts_mut(addr as *mut u8, len) };
                     self.inner.read_into(name, slice)
-                };
-                if calling_thread_only() {
-                    targets.iter().try_for_each(read)
-                } else {
-                    targets.par_iter().try_for_each(read)
-                }
+                })
             })
         })?
         .py()
