@@ -557,18 +557,25 @@ pub fn encode(raw: &[u8], base: &[u8], dtype: DType, mode: DeltaMode) -> (DeltaO
     plan(raw, base, dtype, mode).emit()
 }
 
+/// Decode into `inout`: against what it holds, or against `base` (as long as `inout`).
+/// `sub-quad` reads `base` where it adds the differences; the other operations copy it into
+/// `inout` first.
 fn decode_words<T: Word>(
     op: DeltaOp,
     payload: &[u8],
-    inout: &mut [u8],
     dtype: DType,
+    base: Option<&[u8]>,
+    inout: &mut [u8],
 ) -> Result<()> {
     let n = inout.len() / T::BYTES;
     if op == DeltaOp::SubQuad {
         if context_shift(dtype).is_none() {
             return Err(corrupt("sub-quad delta on a non-float dtype"));
         }
-        return delta_quad::decode::<T>(payload, inout);
+        return delta_quad::decode_from::<T>(payload, base, inout);
+    }
+    if let Some(base) = base {
+        inout.copy_from_slice(base);
     }
     let mut rd = StreamReader::new(payload);
     if op == DeltaOp::SubCtx {
@@ -638,8 +645,8 @@ fn decode_words<T: Word>(
 }
 
 /// [`decode`] with the base held apart: `out` (as long as `base`) gets the decoded
-/// elements. `sub-quad` chunks of 16- and 32-bit floats read the base as they apply the
-/// differences; the other operations copy it into `out` first.
+/// elements. `sub-quad` chunks read the base as they apply the differences; the other
+/// operations copy it into `out` first.
 pub fn decode_onto(
     op: DeltaOp,
     payload: &[u8],
@@ -647,42 +654,38 @@ pub fn decode_onto(
     base: &[u8],
     out: &mut [u8],
 ) -> Result<()> {
-    base_fits(base, out)?;
-    if op == DeltaOp::SubQuad && context_shift(dtype).is_some() {
-        match dtype.size() {
-            2 => return delta_quad::decode_onto::<u16>(payload, base, out),
-            4 => return delta_quad::decode_onto::<u32>(payload, base, out),
-            _ => {}
-        }
+    if base.len() != out.len() {
+        return Err(Error::Invalid(format!(
+            "a {}-byte base for a {}-byte delta chunk",
+            base.len(),
+            out.len()
+        )));
     }
-    out.copy_from_slice(base);
-    decode(op, payload, dtype, out)
-}
-
-/// An error unless `base` and `out` (a delta chunk's base bytes and its output) are the
-/// same length.
-pub(crate) fn base_fits(base: &[u8], out: &[u8]) -> Result<()> {
-    if base.len() == out.len() {
-        return Ok(());
-    }
-    Err(Error::Invalid(format!(
-        "a {}-byte base for a {}-byte delta chunk",
-        base.len(),
-        out.len()
-    )))
+    decode_elements(op, payload, dtype, Some(base), out)
 }
 
 /// Apply a delta payload: `inout` holds the base elements (of `dtype`) on entry and the
 /// decoded elements on return.
 pub fn decode(op: DeltaOp, payload: &[u8], dtype: DType, inout: &mut [u8]) -> Result<()> {
+    decode_elements(op, payload, dtype, None, inout)
+}
+
+/// [`decode`] or [`decode_onto`], by element width.
+fn decode_elements(
+    op: DeltaOp,
+    payload: &[u8],
+    dtype: DType,
+    base: Option<&[u8]>,
+    inout: &mut [u8],
+) -> Result<()> {
     if !inout.len().is_multiple_of(dtype.size()) {
         return Err(corrupt("delta chunk is not whole elements"));
     }
     match dtype.size() {
-        1 => decode_words::<u8>(op, payload, inout, dtype),
-        2 => decode_words::<u16>(op, payload, inout, dtype),
-        4 => decode_words::<u32>(op, payload, inout, dtype),
-        8 => decode_words::<u64>(op, payload, inout, dtype),
+        1 => decode_words::<u8>(op, payload, dtype, base, inout),
+        2 => decode_words::<u16>(op, payload, dtype, base, inout),
+        4 => decode_words::<u32>(op, payload, dtype, base, inout),
+        8 => decode_words::<u64>(op, payload, dtype, base, inout),
         w => Err(corrupt(format!("delta on {w}-byte elements"))),
     }
 }
@@ -697,7 +700,23 @@ mod tests {
         let mut out = base.to_vec();
         decode(op, &enc, dtype, &mut out).unwrap();
         assert_eq!(out, raw);
+        let mut out = vec![0xa5; base.len()];
+        decode_onto(op, &enc, dtype, base, &mut out).unwrap();
+        assert_eq!(out, raw, "{op:?} onto a base held apart");
         (op, enc.len())
+    }
+
+    #[test]
+    fn a_base_of_another_length_is_refused() {
+        let base: Vec<u8> = (0..200u32).map(|i| (i * 7) as u8).collect();
+        let raw: Vec<u8> = base.iter().map(|b| b ^ 1).collect();
+        let (op, enc) = encode(&raw, &base, DType::BF16, DeltaMode::Fast);
+        let mut out = vec![0u8; raw.len()];
+        let err = decode_onto(op, &enc, DType::BF16, &base[..198], &mut out).unwrap_err();
+        assert!(
+            err.to_string().contains("198-byte base for a 200-byte"),
+            "{err}"
+        );
     }
 
     fn roundtrip(raw: &[u8], base: &[u8], dtype: DType) -> (DeltaOp, usize) {
