@@ -105,9 +105,10 @@ pub fn tensor_content_id(dtype: DType, shape: &[u64], data: &[u8]) -> String {
 /// long (a delta's writer hashes its whole base, at several times `twox-hash`'s speed).
 fn xxh3_128_of(prefix: &[u8], data: &[u8]) -> u128 {
     #[cfg(target_arch = "x86_64")]
-    if prefix.len() < 1024 && prefix.len() + data.len() > 2048 && crate::xxh3_avx512::available() {
-        // SAFETY: the CPU supports AVX-512F; the prefix is under a block and the whole
-        // input over a block and a stripe (checked above).
+    if crate::xxh3_avx512::prefixed_fits(prefix.len(), data.len())
+        && crate::xxh3_avx512::available()
+    {
+        // SAFETY: the CPU supports AVX-512F and `prefixed_fits` takes the lengths.
         return unsafe { crate::xxh3_avx512::hash128_prefixed(prefix, data) };
     }
     let mut h = twox_hash::XxHash3_128::new();
@@ -407,10 +408,17 @@ mod tests {
                 "length {len}"
             );
         }
-        // Prefixes of every rank up to 8, and lengths where the prefixed AVX-512 path
-        // starts and where its first block or last stripe meets a block boundary.
-        let lengths = (1990..2130).chain([3071, 3072, 3073, 4095, 4096, 4097, 5000]);
-        for (rank, len) in (0..=8usize).cycle().zip(lengths) {
+        // Prefixes of every rank up to 8, with data lengths around where the prefixed
+        // AVX-512 path starts (the whole input just over a block and a stripe, 1088 bytes)
+        // and where a later block or the last stripe meets a block boundary.
+        let prefix_len = |rank: usize| 3 + 8 * rank + 8;
+        let cases = (0..=8usize).flat_map(|rank| {
+            let start = 1088 - prefix_len(rank);
+            (start - 3..start + 4)
+                .chain([2047, 2048, 2049, 3071, 3072, 3073, 4097, 5000])
+                .map(move |len| (rank, len))
+        });
+        for (rank, len) in cases {
             let shape: Vec<u64> = (0..rank as u64).map(|i| i + 3).collect();
             let d = &data[..len];
             let mut reference = b"F32".to_vec();

@@ -59,16 +59,22 @@ pub unsafe fn hash_long(data: &[u8]) -> u64 {
     )
 }
 
+/// Whether [`hash128_prefixed`] takes a prefix of `prefix` bytes before `data` bytes: a
+/// prefix shorter than a block, and the two together longer than a block and a stripe.
+pub fn prefixed_fits(prefix: usize, data: usize) -> bool {
+    prefix < BLOCK && prefix + data > BLOCK + STRIPE
+}
+
 /// xxh3-128 of `prefix` followed by `data`, without joining them: the first block is
-/// copied together, the rest is read from `data` in place. `prefix` must be shorter than a
-/// block (1024 bytes) and the two together longer than a block and a stripe.
+/// copied together, the rest is read from `data` in place.
 ///
 /// # Safety
-/// The CPU must support AVX-512F ([`available`]).
+/// The CPU must support AVX-512F ([`available`]), and the lengths must be ones
+/// [`prefixed_fits`] takes.
 #[target_feature(enable = "avx512f")]
 pub unsafe fn hash128_prefixed(prefix: &[u8], data: &[u8]) -> u128 {
     let (p, len) = (prefix.len(), prefix.len() + data.len());
-    debug_assert!(p < BLOCK && len > BLOCK + STRIPE);
+    debug_assert!(prefixed_fits(p, data.len()));
     let mut first = [0u8; BLOCK];
     first[..p].copy_from_slice(prefix);
     first[p..].copy_from_slice(&data[..BLOCK - p]);
