@@ -501,6 +501,85 @@ def test_compress_tensor_from_many_python_threads(small_state_dict):
         assert_same_tensor(b, t)
 
 
+# --------------------------------------------------------------------------------------------
+# Recycled decode memory: tensors of 1 MiB or more are decoded into memory that returns to a
+# bounded pool when they are garbage, and is handed to a later decode of a similar size.
+
+POOLED_SHAPE = (512, 1024)  # 2 MiB of fp32, over the pooling threshold
+
+
+def test_the_pooling_threshold_is_what_these_tests_assume():
+    assert mithril._native.POOLED_FROM <= 512 * 1024 * 4 // 2
+
+
+def test_freed_decode_memory_is_reused_exactly_and_can_be_released():
+    mc.release_memory()
+    blobs = [mc.compress_tensor(torch.full(POOLED_SHAPE, v)) for v in (1.5, -3.0)]
+    t = mc.decompress_tensor(blobs[0])
+    ptr = t.data_ptr()
+    del t
+    assert mithril._native.kept_decode_bytes() >= 2 << 20
+    u = mc.decompress_tensor(blobs[1])
+    assert u.data_ptr() == ptr
+    assert torch.equal(u, torch.full(POOLED_SHAPE, -3.0))
+    del u
+    assert mc.release_memory() >= 2 << 20
+    assert mc.release_memory() == 0
+    assert mithril._native.kept_decode_bytes() == 0
+
+
+def test_a_view_keeps_its_memory_while_others_are_decoded():
+    """A view that outlives its tensor holds the memory: later decodes of the same size,
+    which recycle freed memory, must not be given it."""
+    blob = mc.compress_tensor(torch.full(POOLED_SHAPE, 1.5))
+    t = mc.decompress_tensor(blob)
+    view, array = t[3:5], mc.decompress_tensor(blob, framework="np")[7]
+    ptr = t.data_ptr()
+    del t
+    blobs = [mc.compress_tensor(torch.full(POOLED_SHAPE, i)) for i in range(4)]
+    others = [mc.decompress_tensor(b) for b in blobs]
+    assert all(o.data_ptr() != ptr for o in others)
+    assert torch.equal(view, torch.full((2, 1024), 1.5))
+    assert np.array_equal(array, np.full(1024, 1.5, dtype=np.float32))
+    assert array.flags.writeable
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16, torch.float16, torch.int32])
+def test_recycled_memory_is_overwritten_in_full(dtype: torch.dtype):
+    """Recycled memory still holds the bytes of the tensor decoded into it before, so every
+    decoder must write every byte: zeros (constant chunks), random bits (raw chunks),
+    weights, and a delta against a base all decode exactly into memory full of others."""
+    gen = torch.Generator().manual_seed(7)
+    n = POOLED_SHAPE[0] * POOLED_SHAPE[1]
+    noise = torch.randint(-(2**31), 2**31 - 1, (n,), generator=gen, dtype=torch.int32)
+    weights = (torch.randn(n, generator=gen) * 0.02).to(dtype)
+    step = weights + (torch.randn(n, generator=gen) * 1e-4).to(dtype)
+    zeros = torch.zeros(n, dtype=dtype)
+    random_bits = noise.view(torch.uint8)[: n * weights.element_size()].view(dtype)
+    for target in (zeros, random_bits, weights):
+        mc.release_memory()
+        del_me = mc.decompress_tensor(mc.compress_tensor(~zeros.view(torch.uint8)))
+        del del_me  # the pool now holds memory full of 0xff bytes
+        assert_same_tensor(mc.decompress_tensor(mc.compress_tensor(target)), target)
+    for coding in ("compact", "fast"):
+        mc.release_memory()
+        del_me = mc.decompress_tensor(mc.compress_tensor(random_bits))
+        del del_me
+        blob = mc.compress_tensor(step, base=weights, delta_coding=coding)
+        assert_same_tensor(mc.decompress_tensor(blob, base=weights), step)
+
+
+def test_a_failed_decode_into_recycled_memory_raises_and_the_next_one_works():
+    t = torch.full(POOLED_SHAPE, 0.25) + torch.arange(POOLED_SHAPE[1]) * 1e-3
+    blob = bytearray(mc.compress_tensor(t))
+    good = bytes(blob)
+    blob[len(blob) // 2] ^= 0x10
+    for _ in range(3):
+        with pytest.raises(mithril.CorruptDataError):
+            mc.decompress_tensor(bytes(blob))
+    assert_same_tensor(mc.decompress_tensor(good), t)
+
+
 def test_save_load_bytes(small_state_dict):
     blob = mc.save(small_state_dict, {"step": "7"})
     assert blob[:8] == b"MITHRIL\0"

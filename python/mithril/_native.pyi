@@ -16,6 +16,10 @@ __all__ = [
     "compress_safetensors",
     "decompress_safetensors",
     "Reader",
+    "DecodeBuffer",
+    "POOLED_FROM",
+    "release_decode_buffers",
+    "kept_decode_bytes",
     "MinHasher",
     "Deduper",
     "BloomDeduper",
@@ -115,6 +119,16 @@ class Reader:
         self, name: str, out: Buffer | npt.NDArray[Any], threads: int | None = None
     ) -> None: ...
     def verify(self, threads: int | None = None) -> int: ...
+
+POOLED_FROM: int
+
+@final
+class DecodeBuffer:
+    def __new__(cls, nbytes: int) -> DecodeBuffer: ...
+    def __len__(self) -> int: ...
+
+def release_decode_buffers() -> int: ...
+def kept_decode_bytes() -> int: ...
 
 # Dedup. Texts are a list of str/bytes/None or an Arrow string/binary array (PyCapsule).
 

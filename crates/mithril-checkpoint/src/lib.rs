@@ -6,6 +6,7 @@
 //! stored and decoded bytes, inside a versioned container (see `format`).
 
 pub mod atomic;
+pub mod buffer_pool;
 pub mod chunk;
 pub mod delta;
 mod delta_bits;

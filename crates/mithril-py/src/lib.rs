@@ -2,6 +2,7 @@
 //! No algorithm lives here.
 
 mod arrow;
+mod buffers;
 mod cache;
 mod checkpoint;
 mod dedup;
@@ -14,6 +15,7 @@ use pyo3::prelude::*;
 fn _native(m: &Bound<'_, PyModule>) -> PyResult<()> {
     m.add("__version__", env!("CARGO_PKG_VERSION"))?;
     checkpoint::register(m)?;
+    buffers::register(m)?;
     dedup::register(m)?;
     cache::register(m)?;
     Ok(())

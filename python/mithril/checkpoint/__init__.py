@@ -38,6 +38,7 @@ __all__ = [
     "decompress_tensor",
     "inspect",
     "verify",
+    "release_memory",
     "compress_safetensors",
     "decompress_safetensors",
     "squash",
@@ -423,6 +424,17 @@ def verify(filename: PathLike, *, threads: int | None = None) -> int:
     Raises :class:`mithril.CorruptDataError` naming the tensor and chunk on the first failure."""
     threads = _positive("threads", threads)
     return _native.Reader(os.fspath(filename)).verify(threads)
+
+
+def release_memory() -> int:
+    """Give back to the allocator the memory Mithril keeps for reuse; returns its size in
+    bytes.
+
+    When a decoded tensor of 1 MiB or more is garbage, its memory goes to a pool (at most
+    256 MiB in 16 blocks) that the next decode of a similar size takes it from, skipping
+    the page faults and zeroing of fresh memory. Call this after loading when the process
+    should shrink to what its live tensors hold."""
+    return _native.release_decode_buffers()
 
 
 def compress_safetensors(

@@ -4,11 +4,13 @@ Rust core stores, without copying when the input is already contiguous on the CP
 from __future__ import annotations
 
 import functools
+import math
 import sys
 from typing import Any
 
 import numpy as np
 
+from mithril import _native
 from mithril.errors import ConfigError
 
 _NUMPY_TO_NAME = {
@@ -131,11 +133,20 @@ def empty_tensor(dtype: str, shape: list[int], framework: str, what: str) -> tup
     reshaping them took three torch calls per tensor, about 10 us, which over the hundred
     small tensors of a checkpoint is a tenth of decoding them. A size the allocator
     refuses (a hostile file can claim any) is a ``MemoryError`` naming ``what``.
+
+    Tensors of ``_native.POOLED_FROM`` bytes or more live in a ``_native.DecodeBuffer``:
+    memory that goes back to a bounded pool when the tensor is garbage and is reused by a
+    later decode, which then skips the kernel's zeroing of fresh pages (see
+    :func:`mithril.checkpoint.release_memory`).
     """
     torch, np_dtype, torch_dtype = _allocation(dtype, framework)
     try:
-        a = np.empty(shape, dtype=np_dtype)
-    except (MemoryError, ValueError) as e:
+        nbytes = math.prod(shape) * np_dtype.itemsize if min(shape, default=0) >= 0 else -1
+        if nbytes >= _native.POOLED_FROM:
+            a = np.frombuffer(_native.DecodeBuffer(nbytes), dtype=np_dtype).reshape(shape)
+        else:
+            a = np.empty(shape, dtype=np_dtype)
+    except (MemoryError, ValueError, OverflowError) as e:
         raise MemoryError(f"{what}: cannot allocate {dtype} of shape {shape} ({e})") from None
     buf = a.reshape(-1).view(np.uint8)
     if torch is None:
