@@ -19,6 +19,8 @@ pub mod float;
 #[cfg(target_arch = "x86_64")]
 mod float_avx2;
 pub mod format;
+#[cfg(target_arch = "x86_64")]
+mod head_sample_avx512;
 pub mod huffman;
 pub mod parallel;
 pub mod rans;
