@@ -418,7 +418,7 @@ fn emit<T: Word>(plan: DeltaPlan<T>) -> (DeltaOp, Vec<u8>) {
         body,
         hists,
     } = plan;
-    let mut out = Vec::with_capacity(estimate + 64);
+    let mut out = crate::buffer_pool::payload_buffer(estimate + 64);
     match body {
         Body::Quads(quads) => return (op, quads.emit()),
         Body::Words(words) => {

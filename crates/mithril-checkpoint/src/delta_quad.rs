@@ -232,7 +232,7 @@ fn plan_body<T: Word>(raw: &[u8], base: &[u8], simd: bool) -> QuadPlan {
 
 impl QuadPlan {
     pub fn emit(self) -> Vec<u8> {
-        let mut out = Vec::with_capacity(self.estimate + 64);
+        let mut out = crate::buffer_pool::payload_buffer(self.estimate + 64);
         push_symbols(&mut out, &self.quads, &self.quad_counts, ALWAYS_HUFFMAN);
         push_symbols(&mut out, &self.escapes, &self.escape_counts, ALWAYS_HUFFMAN);
         push_stream(&mut out, METHOD_RAW, &self.extra);

@@ -466,7 +466,7 @@ fn payload<'a>(
 ) -> Vec<u8> {
     // Room for a payload as large as the raw chunk (a larger one is not kept): never grown,
     // and pages the payload does not reach are never touched.
-    let mut out = Vec::with_capacity(raw_len + 64);
+    let mut out = crate::buffer_pool::payload_buffer(raw_len + 64);
     out.push(split.k as u8);
     push_symbols(&mut out, heads, counts, HUFFMAN_SLACK);
     for (method, data) in planes {

@@ -8,6 +8,7 @@ use crate::chunk::{
 use crate::dtype::{byte_size, DType};
 use crate::error::{Error, Result};
 use crate::format::{self, hex64, BaseRef, ChunkEntry, Index, TensorEntry};
+use crate::parallel::calling_thread_only;
 use crate::reader::Reader;
 use rayon::prelude::*;
 use std::borrow::Cow;
@@ -134,7 +135,11 @@ impl<'a, W: Write + Seek + Send> Sink<'a> for Stream<'_, W> {
     }
 
     fn chunk(&mut self, data: Cow<'a, [u8]>) -> Result<()> {
-        self.0.write_all(&data).map_err(output_io)
+        self.0.write_all(&data).map_err(output_io)?;
+        if let Cow::Owned(v) = data {
+            crate::buffer_pool::recycle_payload(v);
+        }
+        Ok(())
     }
 
     fn window_done(&mut self) -> Result<()> {
@@ -214,6 +219,18 @@ impl Assembled<'_> {
             out.extend_from_slice(piece);
         }
         out
+    }
+}
+
+/// Chunk payloads go back to be reused by the next encoder once the container is copied
+/// out or dropped.
+impl Drop for Assembled<'_> {
+    fn drop(&mut self) {
+        for chunk in self.chunks.drain(..) {
+            if let Cow::Owned(v) = chunk {
+                crate::buffer_pool::recycle_payload(v);
+            }
+        }
     }
 }
 
@@ -409,11 +426,17 @@ fn write_to<'a, S: Sink<'a>>(
                 // A lone chunk stays on this thread, which need not be a pool thread (see
                 // `write_bytes`): rayon would hand it to its global pool and wait.
                 [job] => vec![encode_one(job)],
+                _ if calling_thread_only() => batch.iter().map(encode_one).collect(),
                 _ => batch.par_iter().map(encode_one).collect(),
             }
         };
         let encoded = match pending.take() {
             None => encode(),
+            Some((prev, chunks)) if calling_thread_only() => {
+                done += write_window(&mut *sink, &mut index, &mut offset, prev, chunks)?;
+                progress(done, total)?;
+                encode()
+            }
             Some((prev, chunks)) => {
                 let (encoded, written) = rayon::join(encode, || {
                     write_window(&mut *sink, &mut index, &mut offset, prev, chunks)
@@ -635,6 +658,32 @@ mod tests {
             "into_vec differs from the file"
         );
         assert!(write_bytes(&tensors, &extras, &opts, None).unwrap() == file);
+        // On the calling thread alone the windows are encoded and written in turn, not
+        // overlapped; the chunk payloads now come from the buffers the containers above
+        // gave back. Neither may change a byte.
+        let caller = crate::parallel::on_calling_thread(|| {
+            assemble(&tensors, &extras, &opts, None).map(Assembled::into_vec)
+        });
+        assert!(
+            caller.unwrap() == file,
+            "the calling thread's container differs"
+        );
+        let mut streamed = std::io::Cursor::new(Vec::new());
+        crate::parallel::on_calling_thread(|| {
+            write_to(
+                &mut Stream(&mut streamed),
+                &tensors,
+                &extras,
+                &opts,
+                None,
+                &mut |_, _| Ok(()),
+            )
+        })
+        .unwrap();
+        assert!(
+            streamed.into_inner() == file,
+            "the calling thread's stream differs"
+        );
     }
 
     #[test]

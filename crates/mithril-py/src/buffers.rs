@@ -3,7 +3,7 @@
 //! the last array or tensor viewing it is garbage.
 
 use crate::errors::IntoPyResult;
-use mithril_checkpoint::buffer_pool::{PooledBuffer, DECODE_POOL, POOLED_FROM};
+use mithril_checkpoint::buffer_pool::{self, PooledBuffer, DECODE_POOL, POOLED_FROM};
 use pyo3::exceptions::PyBufferError;
 use pyo3::prelude::*;
 use std::ffi::c_int;
@@ -68,16 +68,17 @@ impl DecodeBuffer {
     }
 }
 
-/// Give the kept decode buffers back to the allocator; returns the bytes released.
+/// Give the kept decode blocks and encoder payload buffers back to the allocator; returns
+/// the bytes released.
 #[pyfunction]
 fn release_decode_buffers() -> usize {
-    DECODE_POOL.release()
+    buffer_pool::release_all()
 }
 
-/// Bytes the pool keeps for reuse.
+/// Bytes kept for reuse: decode blocks and encoder payload buffers.
 #[pyfunction]
 fn kept_decode_bytes() -> usize {
-    DECODE_POOL.kept_bytes()
+    buffer_pool::kept_bytes()
 }
 
 pub fn register(m: &Bound<'_, PyModule>) -> PyResult<()> {

@@ -235,21 +235,22 @@ fn write_bytes<'py>(
         metadata,
         safetensors_header: None,
     };
-    // One chunk in all is encoded on the calling thread: handing it to a pool thread and
-    // waiting for it costs more than encoding a small tensor.
+    // One chunk in all, or `threads=1`, is encoded on the calling thread: handing a small
+    // tensor to a pool thread and waiting costs more than encoding it, and one-thread
+    // callers on several Python threads would otherwise queue for one pool thread.
     let chunks: usize = srcs
         .iter()
         .map(|t| chunk_lengths(t.data.len(), t.dtype, opts.chunk_bytes).len())
         .sum();
     let assembled = py
         .detach(|| {
-            threads::run_if_parallel(threads, chunks > 1, || {
+            threads::run_on_caller_if_one(threads, chunks > 1, || {
                 writer::assemble(&srcs, &extras, &opts, base.as_ref())
             })
         })?
         .py()?;
     filled_bytes(py, assembled.len(), |out| {
-        if chunks > 1 {
+        if chunks > 1 && threads != Some(1) {
             threads::run(threads, || assembled.copy_to_parallel(out))?.py()
         } else {
             assembled.copy_to(out).py()
@@ -422,7 +423,7 @@ impl PyReader {
                 unsafe { std::slice::from_raw_parts(base_addr as *const u8, base_len) }
             };
             let chunks = self.inner.tensor(name).map_or(0, |t| t.chunks.len());
-            threads::run_decode_into(threads, chunks > 1, || {
+            threads::run_on_caller_if_one(threads, chunks > 1, || {
                 self.inner.read_with_base(name, base, out)
             })
         })?
@@ -534,7 +535,7 @@ impl PyReader {
         }
         refuse_overlaps(&targets)?;
         py.detach(|| {
-            threads::run_decode_into(threads, true, || {
+            threads::run_on_caller_if_one(threads, true, || {
                 parallel::try_for_each(targets, |(name, (addr, len))| {
                     // SAFETY: `outs` holds every buffer export until this call returns, which
                     // keeps each exporter's memory alive and in place; each was checked
@@ -564,7 +565,7 @@ impl PyReader {
             // contiguous, and nothing else in this call aliases it.
             let slice = unsafe { std::slice::from_raw_parts_mut(addr as *mut u8, len) };
             let parallel = !self.inner.decodes_in_one_step(name);
-            threads::run_decode_into(threads, parallel, || self.inner.read_into(name, slice))
+            threads::run_on_caller_if_one(threads, parallel, || self.inner.read_into(name, slice))
         })?
         .py()
     }

@@ -9,28 +9,14 @@ use std::sync::{Arc, Mutex, OnceLock};
 
 static POOLS: OnceLock<Mutex<HashMap<usize, Arc<ThreadPool>>>> = OnceLock::new();
 
-/// Run `f` on the calling thread when it has no parallel work (`!parallel`), else as
-/// [`run`] does; `threads` is validated either way.
-pub fn run_if_parallel<T: Send>(
-    threads: Option<usize>,
-    parallel: bool,
-    f: impl FnOnce() -> T + Send,
-) -> PyResult<T> {
-    if parallel {
-        return run(threads, f);
-    }
-    check(threads)?;
-    Ok(f())
-}
-
-/// Decode into buffers the caller owns: as [`run_if_parallel`], except that one thread is
-/// the calling thread itself (the checkpoint reader's loops honour [`on_calling_thread`]),
-/// which finds in its cache what Python just touched and waits on no hand-over.
-///
-/// Encoders stay on a pool thread: their chunk buffers come and go with every call, and
-/// glibc returns the main thread's freed heap to the system but keeps a pool thread's, so
-/// on the calling thread every call would fault its buffers in afresh.
-pub fn run_decode_into<T: Send>(
+/// Run `f` on the calling thread when it has no parallel work (`!parallel`) or one thread
+/// is asked for, else as [`run`] does; `threads` is validated either way. One thread is the
+/// calling thread itself (the checkpoint reader's and writer's loops honour
+/// [`on_calling_thread`]), which finds in its cache what Python just touched and waits on
+/// no hand-over. (Encoders once stayed on a pool thread because glibc trims the main
+/// thread's freed heap, so that their chunk buffers faulted in afresh on every call; those
+/// buffers are now recycled, see `mithril_checkpoint::buffer_pool`.)
+pub fn run_on_caller_if_one<T: Send>(
     threads: Option<usize>,
     parallel: bool,
     f: impl FnOnce() -> T + Send,

@@ -432,8 +432,9 @@ def release_memory() -> int:
 
     When a decoded tensor of 1 MiB or more is garbage, its memory goes to a pool (at most
     256 MiB in 16 blocks) that the next decode of a similar size takes it from, skipping
-    the page faults and zeroing of fresh memory. Call this after loading when the process
-    should shrink to what its live tensors hold."""
+    the page faults and zeroing of fresh memory. Encoding likewise keeps up to 64 MiB of
+    chunk buffers once their bytes are copied out. Call this after loading or saving when
+    the process should shrink to what its live tensors hold."""
     return _native.release_decode_buffers()
 
 
