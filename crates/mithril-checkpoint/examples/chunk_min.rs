@@ -6,45 +6,19 @@
 //! further out: on the development VM it takes `FLUSH_MIB=512` to leave them in memory,
 //! where the benchmark's interleaved passes find them.
 //! `cargo run --release --example chunk_min -- model.safetensors bf16|f32 REPEATS [cold]`
-use mithril_checkpoint::chunk::{chunk_lengths, decode_chunk, encode_chunk, EncodeOptions};
-use mithril_checkpoint::safetensors::parse_header;
-use mithril_checkpoint::DType;
+use mithril_checkpoint::chunk::{decode_chunk, encode_chunk, EncodeOptions};
 use std::time::Instant;
+
+#[path = "shared/model_chunks.rs"]
+mod model_chunks;
 
 fn main() -> Result<(), Box<dyn std::error::Error>> {
     let args: Vec<String> = std::env::args().collect();
-    let bytes = std::fs::read(&args[1])?;
     let want = args[2].as_str();
     let reps: usize = args[3].parse()?;
-    let header = parse_header(&bytes, &args[1])?;
-    let data = &bytes[header.data_start as usize..];
-    let dtype = if want == "bf16" {
-        DType::BF16
-    } else {
-        DType::F32
-    };
+    let dtype = model_chunks::dtype_named(want);
     let opts = EncodeOptions::default();
-    let mut chunks = Vec::new();
-    for e in &header.entries {
-        let raw = &data[e.begin as usize..e.end as usize];
-        let t: Vec<u8> = if want == "bf16" {
-            raw.chunks_exact(4)
-                .flat_map(|b| {
-                    let x = u32::from_le_bytes([b[0], b[1], b[2], b[3]]);
-                    (((x + 0x7fff + ((x >> 16) & 1)) >> 16) as u16).to_le_bytes()
-                })
-                .collect()
-        } else {
-            raw.to_vec()
-        };
-        let mut at = 0;
-        for len in chunk_lengths(t.len(), dtype, opts.chunk_bytes) {
-            if len >= 256 << 10 {
-                chunks.push(t[at..at + len].to_vec());
-            }
-            at += len;
-        }
-    }
+    let chunks = model_chunks::model_chunks(&args[1], dtype, opts.chunk_bytes, 256 << 10)?;
     let total: usize = chunks.iter().map(Vec::len).sum();
     let cold = args.get(4).is_some_and(|a| a == "cold");
     let flush_mib: usize = std::env::var("FLUSH_MIB")
@@ -60,10 +34,7 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         let mut best = f64::MAX;
         for _ in 0..reps {
             if cold {
-                for b in flush.chunks_mut(64) {
-                    b[0] = b[0].wrapping_add(1);
-                    sink += b[0] as u64;
-                }
+                sink += evict(&mut flush);
             }
             let t0 = Instant::now();
             let e = std::hint::black_box(encode_chunk(c, dtype, &opts));
@@ -78,10 +49,7 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         let mut best = f64::MAX;
         for _ in 0..reps {
             if cold {
-                for b in flush.chunks_mut(64) {
-                    b[0] = b[0].wrapping_add(1);
-                    sink += b[0] as u64;
-                }
+                sink += evict(&mut flush);
             }
             let o = &mut out[..e.raw_len];
             let t0 = Instant::now();
@@ -99,4 +67,15 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         total as f64 / dec_sum / 1e6
     );
     Ok(())
+}
+
+/// Write a byte in every cache line of `flush`, pushing what the last repeat used out to
+/// memory; returns a sum for the caller to keep, so that the writes are not optimised away.
+fn evict(flush: &mut [u8]) -> u64 {
+    let mut sum = 0u64;
+    for line in flush.chunks_mut(64) {
+        line[0] = line[0].wrapping_add(1);
+        sum += line[0] as u64;
+    }
+    sum
 }

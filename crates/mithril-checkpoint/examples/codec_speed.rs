@@ -5,44 +5,19 @@
 //! and, with more than three rounds, a last line with the best encode and decode of all
 //! rounds, for A/B runs of two builds on a noisy machine.
 
-use mithril_checkpoint::chunk::{chunk_lengths, decode_chunk, encode_chunk, EncodeOptions};
-use mithril_checkpoint::safetensors::parse_header;
-use mithril_checkpoint::DType;
+use mithril_checkpoint::chunk::{decode_chunk, encode_chunk, EncodeOptions};
 use std::time::Instant;
+
+#[path = "shared/model_chunks.rs"]
+mod model_chunks;
 
 fn main() -> Result<(), Box<dyn std::error::Error>> {
     let args: Vec<String> = std::env::args().collect();
     let path = args.get(1).ok_or("usage: codec_speed FILE [bf16|f32]")?;
     let want = args.get(2).map(String::as_str).unwrap_or("bf16");
-    let bytes = std::fs::read(path)?;
-    let header = parse_header(&bytes, path)?;
-    let data = &bytes[header.data_start as usize..];
-    let mut chunks: Vec<Vec<u8>> = Vec::new();
-    let dtype = if want == "bf16" {
-        DType::BF16
-    } else {
-        DType::F32
-    };
+    let dtype = model_chunks::dtype_named(want);
     let opts = EncodeOptions::default();
-    for e in &header.entries {
-        let raw = &data[e.begin as usize..e.end as usize];
-        let t: Vec<u8> = if want == "bf16" {
-            raw.chunks_exact(4)
-                .flat_map(|b| {
-                    let x = u32::from_le_bytes([b[0], b[1], b[2], b[3]]);
-                    let r = ((x + 0x7fff + ((x >> 16) & 1)) >> 16) as u16;
-                    r.to_le_bytes()
-                })
-                .collect()
-        } else {
-            raw.to_vec()
-        };
-        let mut at = 0;
-        for len in chunk_lengths(t.len(), dtype, opts.chunk_bytes) {
-            chunks.push(t[at..at + len].to_vec());
-            at += len;
-        }
-    }
+    let chunks = model_chunks::model_chunks(path, dtype, opts.chunk_bytes, 0)?;
     let total: usize = chunks.iter().map(Vec::len).sum();
     let rounds: usize = args.get(3).map(|r| r.parse()).transpose()?.unwrap_or(3);
     let (mut best_enc, mut best_dec) = (f64::MAX, f64::MAX);

@@ -1075,6 +1075,28 @@ mod tests {
     use crate::dtype::DType;
     use proptest::prelude::*;
 
+    /// The heads of `raw` (`word`-byte words) counted one by one in a single table.
+    fn one_table_histogram(raw: &[u8], word: usize, split: Split) -> Vec<u32> {
+        let heads = raw.chunks_exact(word).map(|w| {
+            let w = if word == 2 {
+                load::<2>(w)
+            } else {
+                load::<4>(w)
+            };
+            split.head(w) as usize
+        });
+        rans::histogram_by(heads, 1 << split.head_bits)
+    }
+
+    /// [`head_histogram`] for a word width known only at run time.
+    fn head_histogram_of(raw: &[u8], word: usize, split: Split) -> Vec<u32> {
+        if word == 2 {
+            head_histogram::<2>(raw, split)
+        } else {
+            head_histogram::<4>(raw, split)
+        }
+    }
+
     #[test]
     fn the_four_table_head_histogram_counts_what_one_table_counts() {
         let mut x = 0x2545_f491_4f6c_dd1d_u64;
@@ -1107,22 +1129,8 @@ mod tests {
                 // Every remainder of words after the last group of four, and none.
                 for len in (bytes.len() / word - 7..=bytes.len() / word).map(|n| n * word) {
                     let raw = &bytes[..len];
-                    let one = rans::histogram_by(
-                        raw.chunks_exact(word).map(|w| {
-                            let w = if word == 2 {
-                                load::<2>(w)
-                            } else {
-                                load::<4>(w)
-                            };
-                            split.head(w) as usize
-                        }),
-                        1 << split.head_bits,
-                    );
-                    let four = if word == 2 {
-                        head_histogram::<2>(raw, split)
-                    } else {
-                        head_histogram::<4>(raw, split)
-                    };
+                    let one = one_table_histogram(raw, word, split);
+                    let four = head_histogram_of(raw, word, split);
                     assert_eq!(four, one, "{bits:?}, k {k}, {len} bytes");
                 }
             }
@@ -1181,22 +1189,8 @@ mod tests {
                     let w = with_head(head, r);
                     raw.extend_from_slice(&w.to_le_bytes()[..word]);
                 }
-                let exact = rans::histogram_by(
-                    raw.chunks_exact(word).map(|w| {
-                        let w = if word == 2 {
-                            load::<2>(w)
-                        } else {
-                            load::<4>(w)
-                        };
-                        split.head(w) as usize
-                    }),
-                    card as usize,
-                );
-                let sampled = if word == 2 {
-                    head_histogram::<2>(&raw, split)
-                } else {
-                    head_histogram::<4>(&raw, split)
-                };
+                let exact = one_table_histogram(&raw, word, split);
+                let sampled = head_histogram_of(&raw, word, split);
                 assert_eq!(sampled.len(), exact.len());
                 assert!(uncommon.len() >= 4, "{dtype:?}, {layout}: {uncommon:?}");
                 for (h, (&e, &s)) in exact.iter().zip(&sampled).enumerate() {
