@@ -21,7 +21,7 @@
 use crate::delta::{LeWord, Word};
 use crate::delta_bits::{max_symbol, symbol_of, BitReader, BitWriter, EXACT, SYMBOLS};
 use crate::error::{corrupt, Result};
-use crate::float::{push_stream, push_symbols, read_symbols, StreamReader, METHOD_RAW};
+use crate::float::{push_huffman, push_stream, read_symbols, StreamReader, METHOD_RAW};
 use crate::huffman;
 use crate::rans;
 use std::cell::RefCell;
@@ -35,8 +35,6 @@ const SMALL: u32 = 4;
 const ESCAPE: u16 = 256;
 const QUAD_CARDINALITY: usize = ESCAPE as usize + 1;
 const ESCAPE_CARDINALITY: usize = 256;
-/// Huffman whatever rANS would save: decoding speed is what this encoding is for.
-const ALWAYS_HUFFMAN: f64 = f64::INFINITY;
 
 std::thread_local! {
     /// Symbol buffers kept between chunks on one thread: a fresh buffer of this size is a
@@ -80,9 +78,9 @@ fn return_buffer(v: Vec<u16>) {
 pub struct QuadPlan {
     pub estimate: usize,
     quads: Vec<u16>,
-    quad_counts: Vec<u32>,
+    quad_code: Option<huffman::Code>,
     escapes: Vec<u16>,
-    escape_counts: Vec<u32>,
+    escape_code: Option<huffman::Code>,
     extra: Vec<u8>,
 }
 
@@ -158,9 +156,13 @@ fn plan_simd<T: Word>(
     (0, BitWriter::with_capacity(0))
 }
 
-/// Estimated bytes of one Huffman stream (with its 5-byte stream header).
-fn stream_estimate(counts: &[u32], n: usize) -> usize {
-    5 + huffman::Code::from_counts(counts).map_or(2, |c| c.encoded_size(counts, n))
+/// The Huffman code of a stream with histogram `counts` (`None`: a constant stream), and
+/// the stream's bytes with its 5-byte header. The code is kept for [`QuadPlan::emit`],
+/// which would otherwise build it again.
+fn stream_code(counts: &[u32], n: usize) -> (Option<huffman::Code>, usize) {
+    let code = huffman::Code::from_counts(counts);
+    let size = code.as_ref().map_or(2, |c| c.encoded_size(counts, n));
+    (code, 5 + size)
 }
 
 /// The quads, escapes and extra bits of `raw` against `base` (whole elements of `T`, at
@@ -216,16 +218,14 @@ fn plan_body<T: Word>(raw: &[u8], base: &[u8], simd: bool) -> QuadPlan {
     let quad_counts = rans::histogram_by(quads.iter().map(|&q| q as usize), QUAD_CARDINALITY);
     let escape_counts = rans::histogram_by(escapes.iter().map(|&s| s as usize), ESCAPE_CARDINALITY);
     let extra = extra.finish();
-    let estimate = stream_estimate(&quad_counts, quads.len())
-        + stream_estimate(&escape_counts, escapes.len())
-        + 5
-        + extra.len();
+    let (quad_code, quad_bytes) = stream_code(&quad_counts, quads.len());
+    let (escape_code, escape_bytes) = stream_code(&escape_counts, escapes.len());
     QuadPlan {
-        estimate,
+        estimate: quad_bytes + escape_bytes + 5 + extra.len(),
         quads,
-        quad_counts,
+        quad_code,
         escapes,
-        escape_counts,
+        escape_code,
         extra,
     }
 }
@@ -233,8 +233,9 @@ fn plan_body<T: Word>(raw: &[u8], base: &[u8], simd: bool) -> QuadPlan {
 impl QuadPlan {
     pub fn emit(self) -> Vec<u8> {
         let mut out = crate::buffer_pool::payload_buffer(self.estimate + 64);
-        push_symbols(&mut out, &self.quads, &self.quad_counts, ALWAYS_HUFFMAN);
-        push_symbols(&mut out, &self.escapes, &self.escape_counts, ALWAYS_HUFFMAN);
+        // Huffman whatever rANS would save: decoding speed is what this encoding is for.
+        push_huffman(&mut out, &self.quads, self.quad_code.as_ref());
+        push_huffman(&mut out, &self.escapes, self.escape_code.as_ref());
         push_stream(&mut out, METHOD_RAW, &self.extra);
         return_buffer(self.quads);
         return_buffer(self.escapes);

@@ -248,9 +248,26 @@ pub(crate) fn push_stream(out: &mut Vec<u8>, method: u8, data: &[u8]) {
 /// [`coded_symbols`]), or the one value when only one is present. Used for float heads and
 /// for the joint symbols of grouped deltas. The coder writes straight into `out`.
 pub(crate) fn push_symbols(out: &mut Vec<u8>, syms: &[u16], counts: &[u32], slack: f64) {
+    push_coded(out, syms, |out| {
+        append_coded_symbols(out, syms, counts, slack)
+    });
+}
+
+/// [`push_symbols`] always in Huffman, with the code already built (`None`: fewer than two
+/// symbols present), for a caller that built it to estimate the stream's size.
+pub(crate) fn push_huffman(out: &mut Vec<u8>, syms: &[u16], code: Option<&huffman::Code>) {
+    push_coded(out, syms, |out| {
+        huffman::encode_into(syms, code?, out);
+        Some(METHOD_HUFFMAN)
+    });
+}
+
+/// One stream of `syms` as `code` appends it (returning the method), or the one value when
+/// `code` declines.
+fn push_coded(out: &mut Vec<u8>, syms: &[u16], code: impl FnOnce(&mut Vec<u8>) -> Option<u8>) {
     let start = out.len();
     out.extend_from_slice(&[0; 5]);
-    match append_coded_symbols(out, syms, counts, slack) {
+    match code(out) {
         Some(method) => {
             let len = (out.len() - start - 5) as u32;
             out[start] = method;
