@@ -361,6 +361,10 @@ def bench_codecs(
     The passes are interleaved: round ``i`` runs every codec's ``i``-th pass in turn, so a
     burst of load on this shared machine falls on all codecs alike instead of on whichever
     one was running, and the ratios between rows hold better than the speeds themselves.
+    Each round starts one codec further down the list, so that no codec always follows the
+    same one: on the development VM a codec's pass read up to a quarter slower right after
+    openzl's than after another codec's (the same Mithril encoder in two rows of
+    ``recycled_memory.py``, 732-933 against 909-1020 MB/s).
     The warm-up matters: first passes pay for page faults and allocator growth (zipnn's
     first pass over the 47 MB embedding runs at a fraction of its speed).
     """
@@ -369,7 +373,9 @@ def bench_codecs(
     best_dec = [math.inf] * len(codecs)
     sizes: list[int | None] = [None] * len(codecs)
     for attempt in range(repeat + 1):
-        for i, codec in enumerate(codecs):
+        for k in range(len(codecs)):
+            i = (attempt + k) % len(codecs)
+            codec = codecs[i]
             enc, dec, total = timed_pass(codec, dtype, cases)
             if sizes[i] is not None and sizes[i] != total:
                 raise RoundTripError(
