@@ -1,11 +1,11 @@
-//! Whether the reader's parallel loops may hand work to rayon, or must keep it on the
-//! calling thread.
+//! Whether the reader's and writer's parallel loops may hand work to rayon, or must keep
+//! it on the calling thread.
 //!
 //! A caller that wants one thread could install a one-thread rayon pool, but then every
-//! chunk is decoded on that pool's thread, not the caller's: what the caller just touched
+//! chunk is coded on that pool's thread, not the caller's: what the caller just touched
 //! sits in another core's cache, and each call waits on a hand-over. Inside
-//! [`on_calling_thread`], [`crate::Reader`] decodes chunk after chunk on the thread that
-//! called.
+//! [`on_calling_thread`], [`crate::Reader`] decodes and the writer encodes chunk after
+//! chunk on the thread that called.
 
 use rayon::prelude::*;
 use std::cell::Cell;
@@ -14,7 +14,7 @@ std::thread_local! {
     static CALLING_THREAD_ONLY: Cell<bool> = const { Cell::new(false) };
 }
 
-/// Run `f` with the reader's loops done in order on the calling thread.
+/// Run `f` with the reader's and writer's loops done in order on the calling thread.
 pub fn on_calling_thread<R>(f: impl FnOnce() -> R) -> R {
     struct Restore(bool);
     impl Drop for Restore {

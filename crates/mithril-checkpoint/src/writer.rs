@@ -185,11 +185,13 @@ impl Assembled<'_> {
     }
 
     /// [`Assembled::copy_to`], piece by piece on the current rayon pool: writing fresh
-    /// memory is mostly page faults, which the cores take in parallel.
+    /// memory is mostly page faults, which the cores take in parallel. Inside
+    /// [`crate::parallel::on_calling_thread`] it copies in order on the calling thread.
     pub fn copy_to_parallel(&self, out: &mut [MaybeUninit<u8>]) -> Result<()> {
-        self.placed(out)?
-            .into_par_iter()
-            .for_each(|(dst, src)| put(dst, src));
+        let Ok(()) = crate::parallel::try_for_each(self.placed(out)?, |(dst, src)| {
+            put(dst, src);
+            Ok::<(), std::convert::Infallible>(())
+        });
         Ok(())
     }
 

@@ -250,11 +250,7 @@ fn write_bytes<'py>(
         })?
         .py()?;
     filled_bytes(py, assembled.len(), |out| {
-        if chunks > 1 && threads != Some(1) {
-            threads::run(threads, || assembled.copy_to_parallel(out))?.py()
-        } else {
-            assembled.copy_to(out).py()
-        }
+        threads::run_on_caller_if_one(threads, chunks > 1, || assembled.copy_to_parallel(out))?.py()
     })
 }
 
