@@ -518,14 +518,14 @@ def test_freed_decode_memory_is_reused_exactly_and_can_be_released():
     t = mc.decompress_tensor(blobs[0])
     ptr = t.data_ptr()
     del t
-    assert mithril._native.kept_decode_bytes() >= 2 << 20
+    assert mithril._native.kept_memory_bytes() >= 2 << 20
     u = mc.decompress_tensor(blobs[1])
     assert u.data_ptr() == ptr
     assert torch.equal(u, torch.full(POOLED_SHAPE, -3.0))
     del u
     assert mc.release_memory() >= 2 << 20
     assert mc.release_memory() == 0
-    assert mithril._native.kept_decode_bytes() == 0
+    assert mithril._native.kept_memory_bytes() == 0
 
 
 def test_a_view_keeps_its_memory_while_others_are_decoded():

@@ -18,8 +18,8 @@ __all__ = [
     "Reader",
     "DecodeBuffer",
     "POOLED_FROM",
-    "release_decode_buffers",
-    "kept_decode_bytes",
+    "release_kept_memory",
+    "kept_memory_bytes",
     "MinHasher",
     "Deduper",
     "BloomDeduper",
@@ -127,8 +127,8 @@ class DecodeBuffer:
     def __new__(cls, nbytes: int) -> DecodeBuffer: ...
     def __len__(self) -> int: ...
 
-def release_decode_buffers() -> int: ...
-def kept_decode_bytes() -> int: ...
+def release_kept_memory() -> int: ...
+def kept_memory_bytes() -> int: ...
 
 # Dedup. Texts are a list of str/bytes/None or an Arrow string/binary array (PyCapsule).
 

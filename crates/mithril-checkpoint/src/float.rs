@@ -169,9 +169,7 @@ fn head_histogram<const W: usize>(raw: &[u8], split: Split) -> Vec<u32> {
             count_heads::<W>(&pair[..BLOCK], split, &mut tables);
         }
         count_heads::<W>(tail, split, &mut tables);
-        let sample: Vec<u32> = (0..HEAD_BINS)
-            .map(|i| tables.iter().map(|t| t[i]).sum())
-            .collect();
+        let sample = summed(&tables, cardinality);
         let mut present = [0u64; HEAD_BINS / 64];
         for (i, _) in sample.iter().enumerate().filter(|(_, &c)| c > 0) {
             present[i / 64] |= 1 << (i % 64);
@@ -190,7 +188,12 @@ fn head_histogram<const W: usize>(raw: &[u8], split: Split) -> Vec<u32> {
             .collect();
     }
     count_heads::<W>(raw, split, &mut tables);
-    (0..cardinality)
+    summed(&tables, cardinality)
+}
+
+/// The first `bins` counts of the four tables of [`count_heads`], added up.
+fn summed(tables: &[[u32; HEAD_BINS]; 4], bins: usize) -> Vec<u32> {
+    (0..bins)
         .map(|i| tables.iter().map(|t| t[i]).sum())
         .collect()
 }

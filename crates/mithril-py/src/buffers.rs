@@ -71,20 +71,20 @@ impl DecodeBuffer {
 /// Give the kept decode blocks and encoder payload buffers back to the allocator; returns
 /// the bytes released.
 #[pyfunction]
-fn release_decode_buffers() -> usize {
+fn release_kept_memory() -> usize {
     buffer_pool::release_all()
 }
 
 /// Bytes kept for reuse: decode blocks and encoder payload buffers.
 #[pyfunction]
-fn kept_decode_bytes() -> usize {
+fn kept_memory_bytes() -> usize {
     buffer_pool::kept_bytes()
 }
 
 pub fn register(m: &Bound<'_, PyModule>) -> PyResult<()> {
     m.add_class::<DecodeBuffer>()?;
     m.add("POOLED_FROM", POOLED_FROM)?;
-    m.add_function(wrap_pyfunction!(release_decode_buffers, m)?)?;
-    m.add_function(wrap_pyfunction!(kept_decode_bytes, m)?)?;
+    m.add_function(wrap_pyfunction!(release_kept_memory, m)?)?;
+    m.add_function(wrap_pyfunction!(kept_memory_bytes, m)?)?;
     Ok(())
 }

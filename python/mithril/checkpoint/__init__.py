@@ -435,7 +435,7 @@ def release_memory() -> int:
     the page faults and zeroing of fresh memory. Encoding likewise keeps up to 64 MiB of
     chunk buffers once their bytes are copied out. Call this after loading or saving when
     the process should shrink to what its live tensors hold."""
-    return _native.release_decode_buffers()
+    return _native.release_kept_memory()
 
 
 def compress_safetensors(
