@@ -142,13 +142,17 @@ pub struct EncodedChunk<'a> {
 
 /// Encode one chunk of whole elements of `dtype`.
 pub fn encode_chunk<'a>(raw: &'a [u8], dtype: DType, opts: &EncodeOptions) -> EncodedChunk<'a> {
-    let coded = match dtype.float_bits() {
-        Some(bits) => Some((Encoding::Float, float::encode(raw, bits, dtype.size()))),
-        None => crate::scratch::zstd_compress(raw, opts.zstd_level)
-            .ok()
-            .map(|z| (Encoding::Zstd, z)),
+    let (coded, raw_hash) = match dtype.float_bits() {
+        Some(bits) => {
+            let (payload, hash) = float::encode_hashed(raw, bits, dtype.size());
+            (Some((Encoding::Float, payload)), hash)
+        }
+        None => {
+            let zstd = crate::scratch::zstd_compress(raw, opts.zstd_level);
+            (zstd.ok().map(|z| (Encoding::Zstd, z)), None)
+        }
     };
-    let raw_checksum = xxh3_checksum(raw);
+    let raw_checksum = raw_hash.unwrap_or_else(|| xxh3_checksum(raw));
     let (encoding, data) = match coded {
         Some((enc, data)) if data.len() < raw.len() => (enc, Cow::Owned(data)),
         _ => (Encoding::Raw, Cow::Borrowed(raw)),
@@ -344,8 +348,11 @@ fn decode_checked(
     if xxh3_checksum(data) != checksum {
         return Err(corrupt("stored checksum mismatch"));
     }
-    decoded?;
-    if xxh3_checksum(out) != raw_checksum {
+    let decoded_checksum = match decoded? {
+        Some(hash) => hash,
+        None => xxh3_checksum(out),
+    };
+    if decoded_checksum != raw_checksum {
         if encoding.is_delta() {
             return Err(corrupt(
                 "decoded data checksum mismatch (delta chunk: corrupt, or applied to the wrong base)",
@@ -357,14 +364,15 @@ fn decode_checked(
 }
 
 /// Decode `data` (the payload of a chunk in `encoding`) into `out`, checksums unchecked;
-/// a delta against `base`, or against `out` itself without one.
+/// a delta against `base`, or against `out` itself without one. Returns the xxh3-64 of
+/// `out` where the decoder computed it on the way.
 fn decode_payload(
     encoding: Encoding,
     data: &[u8],
     dtype: DType,
     base: Option<&[u8]>,
     out: &mut [u8],
-) -> Result<()> {
+) -> Result<Option<u64>> {
     let delta = |op: DeltaOp, out: &mut [u8]| match base {
         Some(base) => delta::decode_onto(op, data, dtype, base, out),
         None => delta::decode(op, data, dtype, out),
@@ -380,7 +388,7 @@ fn decode_payload(
             let bits = dtype
                 .float_bits()
                 .ok_or_else(|| corrupt(format!("float encoding on {dtype} data")))?;
-            float::decode(data, bits, dtype.size(), out)?;
+            return float::decode_hashed(data, bits, dtype.size(), out);
         }
         Encoding::Zstd => {
             let n = zstd::bulk::decompress_to_buffer(data, out)
@@ -394,7 +402,7 @@ fn decode_payload(
         Encoding::SubCtx => delta(DeltaOp::SubCtx, out)?,
         Encoding::SubQuad => delta(DeltaOp::SubQuad, out)?,
     }
-    Ok(())
+    Ok(None)
 }
 
 /// Split `len` bytes of `dtype` elements into chunk lengths of about `target` bytes.

@@ -20,6 +20,24 @@ use crate::scratch;
 use std::borrow::Cow;
 use std::cell::RefCell;
 
+#[cfg(target_arch = "x86_64")]
+use crate::xxh3_avx512::StripeHash;
+
+/// Where no kernel hashes the words it joins, there is no such hash.
+#[cfg(not(target_arch = "x86_64"))]
+enum StripeHash {}
+
+#[cfg(not(target_arch = "x86_64"))]
+impl StripeHash {
+    fn new(_len: usize) -> Option<StripeHash> {
+        None
+    }
+
+    fn finish(self, _data: &[u8]) -> Option<u64> {
+        match self {}
+    }
+}
+
 pub(crate) const METHOD_RAW: u8 = 0;
 pub(crate) const METHOD_CONST: u8 = 1;
 pub(crate) const METHOD_RANS: u8 = 2;
@@ -343,14 +361,30 @@ pub(crate) fn read_symbols(
 
 /// Encode `raw` (whole elements of a float type with layout `bits`, `W` bytes each).
 pub fn encode(raw: &[u8], bits: FloatBits, word_bytes: usize) -> Vec<u8> {
-    if word_bytes == 2 {
-        encode_words::<2>(raw, bits)
-    } else {
-        encode_words::<4>(raw, bits)
-    }
+    encode_hashed(raw, bits, word_bytes).0
 }
 
-fn encode_words<const W: usize>(raw: &[u8], bits: FloatBits) -> Vec<u8> {
+/// [`encode`], and the xxh3-64 of `raw` where it can be had without a pass of its own: on
+/// AVX-512 CPUs the split hashes the words as it reads them.
+pub(crate) fn encode_hashed(
+    raw: &[u8],
+    bits: FloatBits,
+    word_bytes: usize,
+) -> (Vec<u8>, Option<u64>) {
+    let mut hash = StripeHash::new(raw.len());
+    let payload = if word_bytes == 2 {
+        encode_words::<2>(raw, bits, hash.as_mut())
+    } else {
+        encode_words::<4>(raw, bits, hash.as_mut())
+    };
+    (payload, hash.and_then(|h| h.finish(raw)))
+}
+
+fn encode_words<const W: usize>(
+    raw: &[u8],
+    bits: FloatBits,
+    hash: Option<&mut StripeHash>,
+) -> Vec<u8> {
     let n = raw.len() / W;
     let choices = head_mantissa_choices(bits);
     let kmax = choices.iter().copied().max().unwrap_or(0);
@@ -398,7 +432,7 @@ fn encode_words<const W: usize>(raw: &[u8], bits: FloatBits) -> Vec<u8> {
             sampled_not_random = true;
         } else if matches!(split.rem_bits, 6 | 7) {
             return with_scratch(n, packed_room(n), |heads, packed| {
-                let packed = split_packed(raw, split, heads, packed);
+                let packed = split_packed(raw, split, heads, packed, hash);
                 let plane = (METHOD_RAW, Cow::Borrowed(packed));
                 payload(split, heads, &counts, [plane], raw.len())
             });
@@ -412,7 +446,7 @@ fn encode_words<const W: usize>(raw: &[u8], bits: FloatBits) -> Vec<u8> {
             rem.push(plane);
             rest = tail;
         }
-        split_planes::<W>(raw, split, heads, &mut rem);
+        split_planes::<W>(raw, split, heads, &mut rem, hash);
         let planes = rem.iter().enumerate().map(|(p, plane)| {
             let width = split.plane_width(p);
             if sampled_not_random {
@@ -432,6 +466,7 @@ fn split_planes<const W: usize>(
     split: Split,
     heads: &mut [u16],
     rem: &mut [&mut [u8]],
+    hash: Option<&mut StripeHash>,
 ) {
     let planes = rem.len();
     if let [r0] = rem {
@@ -443,14 +478,25 @@ fn split_planes<const W: usize>(
     } else if let [p0, p1, p2] = rem {
         // fp32 (sign + 23 mantissa bits): the only three-plane split; one pass, no indexing.
         let mut done = 0usize;
+        #[cfg(not(target_arch = "x86_64"))]
+        let _ = hash;
         #[cfg(target_arch = "x86_64")]
-        if W == 4 && crate::float_avx2::available() {
-            // SAFETY: AVX2 is present; heads and planes hold one value per word. The high
-            // half of an fp32 word splits with `low - 16` mantissa bits in its remainder.
-            done = unsafe {
-                let planes = [&mut p0[..], &mut p1[..], &mut p2[..]];
-                crate::float_avx2::split_f32(raw, split.low - 16, heads, planes)
-            };
+        if W == 4 {
+            // The high half of an fp32 word splits with `low - 16` mantissa bits in its
+            // remainder.
+            let (low, planes) = (split.low - 16, [&mut p0[..], &mut p1[..], &mut p2[..]]);
+            match hash {
+                Some(hash) if crate::float_avx512::available() => {
+                    // SAFETY: AVX-512F is present; heads and planes hold one value per word;
+                    // nothing of `raw` was hashed yet.
+                    done = unsafe { crate::float_avx512::split_f32(raw, low, heads, planes, hash) };
+                }
+                _ if crate::float_avx2::available() => {
+                    // SAFETY: AVX2 is present; sizes as above.
+                    done = unsafe { crate::float_avx2::split_f32(raw, low, heads, planes) };
+                }
+                _ => {}
+            }
         }
         let words = raw[W * done..]
             .chunks_exact(W)
@@ -527,10 +573,16 @@ fn packed_room(n: usize) -> usize {
 /// bits (bf16 with one or two mantissa bits in the head), into `heads` (one per word) and
 /// `packed` (at least [`packed_room`] bytes). Returns the packed bytes, packed as
 /// [`pack_bits`] does.
-fn split_packed<'p>(raw: &[u8], split: Split, heads: &mut [u16], packed: &'p mut [u8]) -> &'p [u8] {
+fn split_packed<'p>(
+    raw: &[u8],
+    split: Split,
+    heads: &mut [u16],
+    packed: &'p mut [u8],
+    hash: Option<&mut StripeHash>,
+) -> &'p [u8] {
     match split.rem_bits {
-        6 => split_packed_width::<6>(raw, heads, packed),
-        _ => split_packed_width::<7>(raw, heads, packed),
+        6 => split_packed_width::<6>(raw, heads, packed, hash),
+        _ => split_packed_width::<7>(raw, heads, packed, hash),
     }
 }
 
@@ -562,6 +614,7 @@ fn split_packed_width<'p, const WIDTH: usize>(
     raw: &[u8],
     heads: &mut [u16],
     packed: &'p mut [u8],
+    hash: Option<&mut StripeHash>,
 ) -> &'p [u8] {
     let n = raw.len() / 2;
     let packed_len = (n * WIDTH).div_ceil(8);
@@ -569,11 +622,20 @@ fn split_packed_width<'p, const WIDTH: usize>(
     // Room for the 8-byte tail store and the SIMD kernel's overhanging stores.
     let packed = &mut packed[..packed_len + 32];
     let mut done = 0usize;
+    #[cfg(not(target_arch = "x86_64"))]
+    let _ = hash;
     #[cfg(target_arch = "x86_64")]
-    if crate::float_avx2::available() {
-        // SAFETY: AVX2 is present; `heads` holds n values and `packed` has the room the
-        // kernel asks for.
-        done = unsafe { crate::float_avx2::split_packed::<WIDTH>(raw, heads, packed) };
+    match hash {
+        Some(hash) if crate::float_avx512::available() => {
+            // SAFETY: AVX-512F is present; `heads` holds n values and `packed` has the room
+            // the kernel asks for; nothing of `raw` was hashed yet.
+            done = unsafe { crate::float_avx512::split_packed::<WIDTH>(raw, heads, packed, hash) };
+        }
+        _ if crate::float_avx2::available() => {
+            // SAFETY: AVX2 is present; sizes as above.
+            done = unsafe { crate::float_avx2::split_packed::<WIDTH>(raw, heads, packed) };
+        }
+        _ => {}
     }
     let out = &mut packed[done / 8 * WIDTH..];
     let groups = raw[2 * done..]
@@ -593,7 +655,13 @@ fn split_packed_width<'p, const WIDTH: usize>(
 }
 
 /// Inverse of [`split_packed`]: 16-bit words from heads and a raw bit-packed remainder.
-fn join_packed(heads: &[u16], packed: &[u8], split: Split, out: &mut [u8]) -> Result<bool> {
+fn join_packed(
+    heads: &[u16],
+    packed: &[u8],
+    split: Split,
+    out: &mut [u8],
+    hash: Option<&mut StripeHash>,
+) -> Result<bool> {
     let width = split.rem_bits as usize;
     if !(6..=7).contains(&width) {
         return Ok(false);
@@ -606,21 +674,36 @@ fn join_packed(heads: &[u16], packed: &[u8], split: Split, out: &mut [u8]) -> Re
         )));
     }
     if width == 6 {
-        join_packed_width::<6>(heads, packed, out);
+        join_packed_width::<6>(heads, packed, out, hash);
     } else {
-        join_packed_width::<7>(heads, packed, out);
+        join_packed_width::<7>(heads, packed, out, hash);
     }
     Ok(true)
 }
 
-fn join_packed_width<const WIDTH: usize>(heads: &[u16], packed: &[u8], out: &mut [u8]) {
+fn join_packed_width<const WIDTH: usize>(
+    heads: &[u16],
+    packed: &[u8],
+    out: &mut [u8],
+    hash: Option<&mut StripeHash>,
+) {
     let mask = (1u64 << WIDTH) - 1;
     let mut done = 0usize;
+    #[cfg(not(target_arch = "x86_64"))]
+    let _ = hash;
     #[cfg(target_arch = "x86_64")]
-    if crate::float_avx2::available() {
-        // SAFETY: AVX2 is present; `out` holds 2 bytes per head and `packed` was checked to
-        // hold the packed remainders of every head.
-        done = unsafe { crate::float_avx2::join_packed::<WIDTH>(heads, packed, out) };
+    match hash {
+        Some(hash) if crate::float_avx512::available() => {
+            // SAFETY: AVX-512F/BW are present; `out` holds 2 bytes per head and `packed`
+            // was checked to hold the packed remainders of every head; nothing of `out` was
+            // hashed yet.
+            done = unsafe { crate::float_avx512::join_packed::<WIDTH>(heads, packed, out, hash) };
+        }
+        _ if crate::float_avx2::available() => {
+            // SAFETY: AVX2 is present; sizes as above.
+            done = unsafe { crate::float_avx2::join_packed::<WIDTH>(heads, packed, out) };
+        }
+        _ => {}
     }
     let groups = out[2 * done..]
         .chunks_mut(16)
@@ -1003,14 +1086,32 @@ pub(crate) fn decode_plane(method: u8, data: &[u8], out: &mut [u8], width: u32) 
 
 /// Decode a payload made by [`encode`] into `out` (whole elements).
 pub fn decode(payload: &[u8], bits: FloatBits, word_bytes: usize, out: &mut [u8]) -> Result<()> {
-    if word_bytes == 2 {
-        decode_words::<2>(payload, bits, out)
-    } else {
-        decode_words::<4>(payload, bits, out)
-    }
+    decode_hashed(payload, bits, word_bytes, out).map(|_| ())
 }
 
-fn decode_words<const W: usize>(payload: &[u8], bits: FloatBits, out: &mut [u8]) -> Result<()> {
+/// [`decode`], returning the xxh3-64 of `out` where it can be had without a pass of its own:
+/// on AVX-512 CPUs the joins hash the words as they store them.
+pub(crate) fn decode_hashed(
+    payload: &[u8],
+    bits: FloatBits,
+    word_bytes: usize,
+    out: &mut [u8],
+) -> Result<Option<u64>> {
+    let mut hash = StripeHash::new(out.len());
+    if word_bytes == 2 {
+        decode_words::<2>(payload, bits, out, hash.as_mut())?;
+    } else {
+        decode_words::<4>(payload, bits, out, hash.as_mut())?;
+    }
+    Ok(hash.and_then(|h| h.finish(out)))
+}
+
+fn decode_words<const W: usize>(
+    payload: &[u8],
+    bits: FloatBits,
+    out: &mut [u8],
+    mut hash: Option<&mut StripeHash>,
+) -> Result<()> {
     let n = out.len() / W;
     let mut rd = StreamReader::new(payload);
     let k = rd.byte()? as u32;
@@ -1029,7 +1130,7 @@ fn decode_words<const W: usize>(payload: &[u8], bits: FloatBits, out: &mut [u8])
             let mut peek = rd;
             if let (METHOD_RAW, packed) = peek.stream()? {
                 peek.finish()?;
-                if join_packed(heads, packed, split, out)? {
+                if join_packed(heads, packed, split, out, hash.as_deref_mut())? {
                     return Ok(());
                 }
             }
@@ -1053,24 +1154,44 @@ fn decode_words<const W: usize>(payload: &[u8], bits: FloatBits, out: &mut [u8])
             }
         }
         rd.finish()?;
-        join_planes::<W>(heads, &rem, split, out);
+        join_planes::<W>(heads, &rem, split, out, hash);
         Ok(())
     })
 }
 
 /// Words from heads and remainder byte planes (most significant first).
-fn join_planes<const W: usize>(heads: &[u16], rem: &[&[u8]], split: Split, out: &mut [u8]) {
+fn join_planes<const W: usize>(
+    heads: &[u16],
+    rem: &[&[u8]],
+    split: Split,
+    out: &mut [u8],
+    hash: Option<&mut StripeHash>,
+) {
     if let [r0] = rem {
         for ((o, &h), &r) in out.chunks_exact_mut(W).zip(heads).zip(r0.iter()) {
             store::<W>(o, split.join(h, r as u32));
         }
     } else if let [p0, p1, p2] = rem {
         let mut done = 0usize;
+        #[cfg(not(target_arch = "x86_64"))]
+        let _ = hash;
         #[cfg(target_arch = "x86_64")]
-        if W == 4 && crate::float_avx2::available() {
-            // SAFETY: AVX2 is present; every plane holds one value per head and `out` four
-            // bytes per head.
-            done = unsafe { crate::float_avx2::join_f32(heads, split.low - 16, [p0, p1, p2], out) };
+        if W == 4 {
+            let low = split.low - 16;
+            match hash {
+                Some(hash) if crate::float_avx512::available() => {
+                    // SAFETY: AVX-512F/BW are present; every plane holds one value per head
+                    // and `out` four bytes per head; nothing of `out` was hashed yet.
+                    done = unsafe {
+                        crate::float_avx512::join_f32(heads, low, [p0, p1, p2], out, hash)
+                    };
+                }
+                _ if crate::float_avx2::available() => {
+                    // SAFETY: AVX2 is present; sizes as above.
+                    done = unsafe { crate::float_avx2::join_f32(heads, low, [p0, p1, p2], out) };
+                }
+                _ => {}
+            }
         }
         let words = out[W * done..].chunks_exact_mut(W).zip(&heads[done..]);
         let (p0, p1, p2) = (&p0[done..], &p1[done..], &p2[done..]);
@@ -1228,10 +1349,26 @@ mod tests {
 
     fn roundtrip(raw: &[u8], dtype: DType) -> usize {
         let bits = dtype.float_bits().unwrap();
-        let enc = encode(raw, bits, dtype.size());
+        let (enc, hash) = encode_hashed(raw, bits, dtype.size());
+        if let Some(hash) = hash {
+            assert_eq!(
+                hash,
+                xxhash_rust::xxh3::xxh3_64(raw),
+                "{dtype}, {} bytes",
+                raw.len()
+            );
+        }
         let mut out = vec![0u8; raw.len()];
-        decode(&enc, bits, dtype.size(), &mut out).unwrap();
+        let hash = decode_hashed(&enc, bits, dtype.size(), &mut out).unwrap();
         assert_eq!(out, raw, "{dtype}");
+        if let Some(hash) = hash {
+            assert_eq!(
+                hash,
+                xxhash_rust::xxh3::xxh3_64(raw),
+                "{dtype}, {} bytes",
+                raw.len()
+            );
+        }
         enc.len()
     }
 
@@ -1293,14 +1430,25 @@ mod tests {
         let bits = DType::BF16.float_bits().unwrap();
         for k in [1u32, 2] {
             let split = Split::new(bits, k);
-            for n in [0usize, 1, 7, 8, 31, 32, 33, 47, 64, 1000, 65_536, 69_999] {
+            let lengths = [
+                0usize, 1, 7, 8, 31, 32, 33, 47, 64, 120, 121, 512, 513, 1000,
+            ];
+            for n in lengths.into_iter().chain([65_536, 69_999]) {
                 let raw = &words[..2 * n];
                 // Buffers full of stale bytes, as a reused scratch buffer is: the split
                 // must overwrite everything it hands on.
                 let mut heads = vec![0xabcdu16; n + 5];
                 let mut room = vec![0xffu8; (n * 7).div_ceil(8) + 40];
-                let packed = split_packed(raw, split, &mut heads, &mut room).to_vec();
+                let packed = split_packed(raw, split, &mut heads, &mut room, None).to_vec();
                 let heads = &heads[..n];
+                // Split again (AVX-512) hashing what it reads: the same split, and the hash.
+                if let Some(mut hash) = StripeHash::new(raw.len()) {
+                    let (mut again, mut room) = (vec![0x1234u16; n + 5], vec![0x55u8; room.len()]);
+                    let repacked = split_packed(raw, split, &mut again, &mut room, Some(&mut hash));
+                    assert_eq!((repacked, &again[..n]), (&packed[..], heads), "k={k} n={n}");
+                    let reference = xxhash_rust::xxh3::xxh3_64(raw);
+                    assert_eq!(hash.finish(raw), Some(reference), "k={k} n={n}");
+                }
                 let plain_heads: Vec<u16> = raw
                     .chunks_exact(2)
                     .map(|w| split.head(load::<2>(w)))
@@ -1311,11 +1459,21 @@ mod tests {
                     .collect();
                 assert_eq!(heads, plain_heads, "k={k} n={n}");
                 assert_eq!(packed, pack_bits(&rems, split.rem_bits), "k={k} n={n}");
-                let mut out = vec![0u8; raw.len()];
-                assert!(join_packed(heads, &packed, split, &mut out).unwrap());
-                assert_eq!(out, raw, "k={k} n={n}");
+                // Joined alone, and (AVX-512) hashing what it joins.
+                for hashed in [false, true] {
+                    let mut out = vec![0u8; raw.len()];
+                    let mut hash = StripeHash::new(raw.len()).filter(|_| hashed);
+                    let joined = join_packed(heads, &packed, split, &mut out, hash.as_mut());
+                    assert!(joined.unwrap());
+                    assert_eq!(out, raw, "k={k} n={n}");
+                    if let Some(hash) = hash {
+                        let reference = xxhash_rust::xxh3::xxh3_64(raw);
+                        assert_eq!(hash.finish(&out), Some(reference), "k={k} n={n}");
+                    }
+                }
                 if n > 0 {
-                    assert!(join_packed(heads, &packed[1..], split, &mut out).is_err());
+                    let mut out = vec![0u8; raw.len()];
+                    assert!(join_packed(heads, &packed[1..], split, &mut out, None).is_err());
                 }
             }
         }
@@ -1345,6 +1503,30 @@ mod tests {
                 )
             };
             assert_eq!(done, n / 8 * 8);
+            if crate::float_avx512::available() {
+                let mut hash = StripeHash::new(raw.len()).unwrap();
+                let mut again = (vec![0u16; n], vec![0u8; n], vec![0u8; n], vec![0u8; n]);
+                let planes = [&mut again.1[..], &mut again.2[..], &mut again.3[..]];
+                let hashed = unsafe {
+                    crate::float_avx512::split_f32(
+                        &raw,
+                        split.low - 16,
+                        &mut again.0,
+                        planes,
+                        &mut hash,
+                    )
+                };
+                assert_eq!(hashed, n / 16 * 16);
+                let upto = |v: &[u8]| v[..hashed].to_vec();
+                assert_eq!(again.0[..hashed], heads[..hashed], "k={k}");
+                assert_eq!(
+                    [upto(&again.1), upto(&again.2), upto(&again.3)],
+                    [upto(&p0), upto(&p1), upto(&p2)],
+                    "k={k}"
+                );
+                let reference = xxhash_rust::xxh3::xxh3_64(&raw);
+                assert_eq!(hash.finish(&raw), Some(reference), "k={k}");
+            }
             for (i, w) in raw.chunks_exact(4).take(done).enumerate() {
                 let w = load::<4>(w);
                 let r = split.rem(w);
@@ -1360,6 +1542,26 @@ mod tests {
             };
             assert_eq!(joined, done);
             assert_eq!(out[..4 * done], raw[..4 * done]);
+            if crate::float_avx512::available() {
+                let mut fused = vec![0u8; raw.len()];
+                let mut hash = StripeHash::new(raw.len()).unwrap();
+                let planes = [&p0[..], &p1[..], &p2[..]];
+                let joined = unsafe {
+                    crate::float_avx512::join_f32(
+                        &heads,
+                        split.low - 16,
+                        planes,
+                        &mut fused,
+                        &mut hash,
+                    )
+                };
+                assert_eq!(joined, n / 16 * 16);
+                // The words the kernel left are the scalar join's.
+                fused[4 * joined..].copy_from_slice(&raw[4 * joined..]);
+                assert_eq!(fused, raw, "k={k}");
+                let reference = xxhash_rust::xxh3::xxh3_64(&raw);
+                assert_eq!(hash.finish(&fused), Some(reference), "k={k}");
+            }
         }
         for len in [0usize, 4, 28, 32, 36, 4012] {
             roundtrip(&raw[..len], DType::F32);

@@ -11,7 +11,7 @@ use std::arch::x86_64::*;
 /// How far ahead the joins prefetch their packed remainders and planes, in bytes: on
 /// decoding they are the first reads of the payload past the head stream, and the hardware
 /// prefetcher alone leaves the loops waiting on memory.
-const PREFETCH: usize = 1024;
+pub(crate) const PREFETCH: usize = 1024;
 
 pub(crate) fn available() -> bool {
     is_x86_feature_detected!("avx2")
@@ -19,7 +19,7 @@ pub(crate) fn available() -> bool {
 
 /// Per-lane byte pairs and multipliers that move value `j` of a group of eight to the top
 /// of its 16-bit lane.
-const fn unpack_controls(width: usize) -> ([i8; 16], [i16; 8]) {
+pub(crate) const fn unpack_controls(width: usize) -> ([i8; 16], [i16; 8]) {
     let mut shuffle = [0i8; 16];
     let mut multiply = [0i16; 8];
     let mut j = 0;
@@ -210,38 +210,76 @@ pub(crate) unsafe fn split_packed<const WIDTH: usize>(
     heads: &mut [u16],
     packed: &mut [u8],
 ) -> usize {
-    let low = WIDTH as i32 - 1;
     let n = raw.len() / 2;
-    // SAFETY (whole function): the loop condition keeps 64 raw bytes, 32 heads and
-    // `4 * WIDTH + 4` packed bytes in bounds for every group.
+    let split = SplitPackedKernel::<WIDTH>::new();
+    let mut done = 0usize;
+    // SAFETY: the loop condition keeps 64 raw bytes, 32 heads and `4 * WIDTH + 4` packed
+    // bytes in bounds for every group.
     unsafe {
-        let low_mask = _mm256_set1_epi16(((1 << low) - 1) as i16);
-        let head_mask = _mm256_set1_epi16(((1 << (15 - low)) - 1) as i16);
-        let packer = Packer::<WIDTH>::new();
-        let mut done = 0usize;
         while done + 32 <= n && (done / 8) * WIDTH + 4 * WIDTH + 4 <= packed.len() {
             let src = raw.as_ptr().add(2 * done);
-            let w0 = _mm256_loadu_si256(src.cast());
-            let w1 = _mm256_loadu_si256(src.add(32).cast());
-            let shift = _mm_cvtsi32_si128(low);
-            let h0 = _mm256_and_si256(_mm256_srl_epi16(w0, shift), head_mask);
-            let h1 = _mm256_and_si256(_mm256_srl_epi16(w1, shift), head_mask);
-            _mm256_storeu_si256(heads.as_mut_ptr().add(done).cast(), h0);
-            _mm256_storeu_si256(heads.as_mut_ptr().add(done + 16).cast(), h1);
-            let r0 = _mm256_or_si256(
-                _mm256_sll_epi16(_mm256_srli_epi16::<15>(w0), shift),
-                _mm256_and_si256(w0, low_mask),
+            let words = [
+                _mm256_loadu_si256(src.cast()),
+                _mm256_loadu_si256(src.add(32).cast()),
+            ];
+            split.group(
+                words,
+                heads.as_mut_ptr().add(done),
+                packed.as_mut_ptr().add(done / 8 * WIDTH),
             );
-            let r1 = _mm256_or_si256(
-                _mm256_sll_epi16(_mm256_srli_epi16::<15>(w1), shift),
-                _mm256_and_si256(w1, low_mask),
-            );
-            // packus interleaves the 128-bit lanes; the permute puts the 32 bytes in order.
-            let bytes = _mm256_permute4x64_epi64::<0xD8>(_mm256_packus_epi16(r0, r1));
-            packer.store(bytes, packed.as_mut_ptr().add(done / 8 * WIDTH));
             done += 32;
         }
-        done
+    }
+    done
+}
+
+/// The 16-bit split with a `WIDTH`-bit remainder (6 or 7), a group of 32 words at a time.
+pub(crate) struct SplitPackedKernel<const WIDTH: usize> {
+    low_mask: __m256i,
+    head_mask: __m256i,
+    shift: __m128i,
+    packer: Packer<WIDTH>,
+}
+
+impl<const WIDTH: usize> SplitPackedKernel<WIDTH> {
+    const LOW: i32 = WIDTH as i32 - 1;
+
+    #[target_feature(enable = "avx2")]
+    pub(crate) fn new() -> Self {
+        SplitPackedKernel {
+            low_mask: _mm256_set1_epi16(((1 << Self::LOW) - 1) as i16),
+            head_mask: _mm256_set1_epi16(((1 << (15 - Self::LOW)) - 1) as i16),
+            shift: _mm_cvtsi32_si128(Self::LOW),
+            packer: Packer::<WIDTH>::new(),
+        }
+    }
+
+    /// Split the 32 words of `words` (in order): heads to `heads`, the packed remainders
+    /// to `packed`.
+    ///
+    /// # Safety
+    /// `heads` must be valid for 32 writes and `packed` for `4 * WIDTH + 4` bytes.
+    #[inline]
+    #[target_feature(enable = "avx2")]
+    pub(crate) unsafe fn group(&self, [w0, w1]: [__m256i; 2], heads: *mut u16, packed: *mut u8) {
+        let h0 = _mm256_and_si256(_mm256_srl_epi16(w0, self.shift), self.head_mask);
+        let h1 = _mm256_and_si256(_mm256_srl_epi16(w1, self.shift), self.head_mask);
+        let r0 = _mm256_or_si256(
+            _mm256_sll_epi16(_mm256_srli_epi16::<15>(w0), self.shift),
+            _mm256_and_si256(w0, self.low_mask),
+        );
+        let r1 = _mm256_or_si256(
+            _mm256_sll_epi16(_mm256_srli_epi16::<15>(w1), self.shift),
+            _mm256_and_si256(w1, self.low_mask),
+        );
+        // packus interleaves the 128-bit lanes; the permute puts the 32 bytes in order.
+        let bytes = _mm256_permute4x64_epi64::<0xD8>(_mm256_packus_epi16(r0, r1));
+        // SAFETY: the caller provides the room.
+        unsafe {
+            _mm256_storeu_si256(heads.cast(), h0);
+            _mm256_storeu_si256(heads.add(16).cast(), h1);
+            self.packer.store(bytes, packed);
+        }
     }
 }
 
@@ -262,37 +300,75 @@ pub(crate) unsafe fn split_f32(
     heads: &mut [u16],
     planes: [&mut [u8]; 3],
 ) -> usize {
-    let n = raw.len() / 4;
     let [p0, p1, p2] = planes;
-    // SAFETY (whole function): the loop condition keeps 32 raw bytes and 8 values of every
-    // output in bounds.
+    let n = (raw.len() / 4)
+        .min(heads.len())
+        .min(p0.len())
+        .min(p1.len())
+        .min(p2.len());
+    let split = SplitF32Kernel::new(low);
+    let (heads, planes) = (
+        heads.as_mut_ptr(),
+        [p0.as_mut_ptr(), p1.as_mut_ptr(), p2.as_mut_ptr()],
+    );
+    let mut done = 0usize;
+    // SAFETY: the loop condition keeps 32 raw bytes and 8 values of every output in bounds.
     unsafe {
-        let gather = _mm256_broadcastsi128_si256(_mm_loadu_si128(F32_GATHER.as_ptr().cast()));
-        let order = _mm256_setr_epi32(0, 4, 1, 5, 2, 3, 6, 7);
-        let shift = _mm_cvtsi32_si128(low as i32);
-        let low_mask = _mm_set1_epi16(((1u32 << low) - 1) as i16);
-        let head_mask = _mm_set1_epi16(((1u32 << (15 - low)) - 1) as i16);
-        let mut done = 0usize;
-        while done + 8 <= n.min(heads.len()).min(p0.len()).min(p1.len()).min(p2.len()) {
+        while done + 8 <= n {
             let w = _mm256_loadu_si256(raw.as_ptr().add(4 * done).cast());
-            let sorted = _mm256_permutevar8x32_epi32(_mm256_shuffle_epi8(w, gather), order);
-            let bytes = _mm256_castsi256_si128(sorted);
-            let hi = _mm256_extracti128_si256::<1>(sorted);
-            _mm_storel_epi64(p2.as_mut_ptr().add(done).cast(), bytes);
-            _mm_storel_epi64(
-                p1.as_mut_ptr().add(done).cast(),
-                _mm_unpackhi_epi64(bytes, bytes),
-            );
-            let head = _mm_and_si128(_mm_srl_epi16(hi, shift), head_mask);
-            _mm_storeu_si128(heads.as_mut_ptr().add(done).cast(), head);
-            let rem = _mm_or_si128(
-                _mm_sll_epi16(_mm_srli_epi16::<15>(hi), shift),
-                _mm_and_si128(hi, low_mask),
-            );
-            _mm_storel_epi64(p0.as_mut_ptr().add(done).cast(), _mm_packus_epi16(rem, rem));
+            split.group(w, (heads.add(done), planes.map(|p| p.add(done))));
             done += 8;
         }
-        done
+    }
+    done
+}
+
+/// The fp32 split, a group of 8 words at a time.
+pub(crate) struct SplitF32Kernel {
+    gather: __m256i,
+    order: __m256i,
+    shift: __m128i,
+    low_mask: __m128i,
+    head_mask: __m128i,
+}
+
+impl SplitF32Kernel {
+    /// The split whose high halves keep `low` mantissa bits below the head.
+    #[target_feature(enable = "avx2")]
+    pub(crate) fn new(low: u32) -> Self {
+        // SAFETY: `F32_GATHER` is 16 bytes.
+        let gather = unsafe { _mm_loadu_si128(F32_GATHER.as_ptr().cast()) };
+        SplitF32Kernel {
+            gather: _mm256_broadcastsi128_si256(gather),
+            order: _mm256_setr_epi32(0, 4, 1, 5, 2, 3, 6, 7),
+            shift: _mm_cvtsi32_si128(low as i32),
+            low_mask: _mm_set1_epi16(((1u32 << low) - 1) as i16),
+            head_mask: _mm_set1_epi16(((1u32 << (15 - low)) - 1) as i16),
+        }
+    }
+
+    /// Split the 8 words of `w`: heads to `heads`, remainder bytes to planes 0, 1 and 2.
+    ///
+    /// # Safety
+    /// Every pointer must be valid for 8 writes.
+    #[inline]
+    #[target_feature(enable = "avx2")]
+    pub(crate) unsafe fn group(&self, w: __m256i, (heads, [p0, p1, p2]): (*mut u16, [*mut u8; 3])) {
+        let sorted = _mm256_permutevar8x32_epi32(_mm256_shuffle_epi8(w, self.gather), self.order);
+        let bytes = _mm256_castsi256_si128(sorted);
+        let hi = _mm256_extracti128_si256::<1>(sorted);
+        let head = _mm_and_si128(_mm_srl_epi16(hi, self.shift), self.head_mask);
+        let rem = _mm_or_si128(
+            _mm_sll_epi16(_mm_srli_epi16::<15>(hi), self.shift),
+            _mm_and_si128(hi, self.low_mask),
+        );
+        // SAFETY: the caller provides the room.
+        unsafe {
+            _mm_storel_epi64(p2.cast(), bytes);
+            _mm_storel_epi64(p1.cast(), _mm_unpackhi_epi64(bytes, bytes));
+            _mm_storeu_si128(heads.cast(), head);
+            _mm_storel_epi64(p0.cast(), _mm_packus_epi16(rem, rem));
+        }
     }
 }
 

@@ -18,6 +18,8 @@ pub mod error;
 pub mod float;
 #[cfg(target_arch = "x86_64")]
 mod float_avx2;
+#[cfg(target_arch = "x86_64")]
+mod float_avx512;
 pub mod format;
 #[cfg(target_arch = "x86_64")]
 mod head_sample_avx512;

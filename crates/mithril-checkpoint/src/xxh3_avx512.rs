@@ -59,6 +59,136 @@ pub unsafe fn hash_long(data: &[u8]) -> u64 {
     )
 }
 
+/// xxh3-64 of an input of known length fed 64-byte stripe by stripe from registers, as a
+/// kernel writes it: the decoders' joins hash the words they store, so the decoded chunk
+/// is not read back for its checksum (by then it has often left L2). The stripes handed
+/// to [`StripeHash::push`] must be the input's first ones, in order; [`StripeHash::finish`]
+/// reads the rest from memory.
+pub(crate) struct StripeHash {
+    products: __m512i,
+    words: __m512i,
+    /// Stripes taken so far.
+    taken: usize,
+    /// Stripes the block loop of the algorithm takes: the last one, at `len - 64`, is
+    /// keyed apart, so a length that is a multiple of 64 leaves its last stripe out.
+    limit: usize,
+    len: usize,
+}
+
+impl StripeHash {
+    /// A hash of `len` bytes, or `None` where [`hash_long`] does not apply (a CPU without
+    /// AVX-512F, or an input shorter than [`LONG_FROM`]).
+    pub(crate) fn new(len: usize) -> Option<StripeHash> {
+        if len < LONG_FROM || !available() {
+            return None;
+        }
+        // SAFETY: AVX-512F is present (checked above).
+        let products = unsafe { initial_accumulators() };
+        Some(StripeHash {
+            products,
+            // SAFETY: as above.
+            words: unsafe { _mm512_setzero_si512() },
+            taken: 0,
+            limit: (len - 1) / STRIPE,
+            len,
+        })
+    }
+
+    /// Take the next stripe of the input (a stripe past those the algorithm keys in its
+    /// block loop is left for [`StripeHash::finish`]).
+    ///
+    /// # Safety
+    /// The CPU must support AVX-512F (it does wherever a `StripeHash` exists).
+    #[inline]
+    #[target_feature(enable = "avx512f")]
+    pub(crate) unsafe fn push(&mut self, data: __m512i) {
+        if self.taken >= self.limit {
+            return;
+        }
+        let slot = self.taken % STRIPES_PER_BLOCK;
+        // SAFETY: the key's 64 bytes start at most 8 * 15 = 120 bytes into the 192-byte secret.
+        let key = unsafe { _mm512_loadu_si512(SECRET.as_ptr().add(slot * 8).cast()) };
+        let keyed = _mm512_xor_si512(data, key);
+        let product = _mm512_mul_epu32(keyed, _mm512_srli_epi64::<32>(keyed));
+        self.products = _mm512_add_epi64(self.products, product);
+        self.words = _mm512_add_epi64(self.words, data);
+        self.taken += 1;
+        if slot == STRIPES_PER_BLOCK - 1 {
+            // SAFETY: the scramble key is the secret's last 64 bytes.
+            let scramble_key =
+                unsafe { _mm512_loadu_si512(SECRET.as_ptr().add(SECRET_LEN - STRIPE).cast()) };
+            self.products = scramble(self.folded(), scramble_key);
+            self.words = _mm512_setzero_si512();
+        }
+    }
+
+    /// The accumulators, with the neighbours' words swapped in.
+    #[inline]
+    #[target_feature(enable = "avx512f")]
+    fn folded(&self) -> __m512i {
+        _mm512_add_epi64(
+            self.products,
+            _mm512_shuffle_epi32::<0b01_00_11_10>(self.words),
+        )
+    }
+
+    /// The hash of `data`, the whole input: the stripes not yet pushed are read from it.
+    /// `None` if `data` is not as long as the hash was made for.
+    pub(crate) fn finish(self, data: &[u8]) -> Option<u64> {
+        // SAFETY: a `StripeHash` exists only where AVX-512F is present.
+        (data.len() == self.len).then(|| unsafe { self.finish_avx512(data) })
+    }
+
+    /// [`StripeHash::finish`] of an input of the right length.
+    ///
+    /// # Safety
+    /// The CPU must support AVX-512F, and `data` be `self.len` bytes long.
+    #[target_feature(enable = "avx512f")]
+    unsafe fn finish_avx512(mut self, data: &[u8]) -> u64 {
+        // SAFETY (every load): stripes below `limit` end at most at `len - 1`, the last
+        // one starts at `len - 64`, and `len` is at least `LONG_FROM`.
+        unsafe {
+            while self.taken < self.limit {
+                self.push(_mm512_loadu_si512(
+                    data.as_ptr().add(self.taken * STRIPE).cast(),
+                ));
+            }
+            let secret = SECRET
+                .as_ptr()
+                .add(SECRET_LEN - STRIPE - LAST_STRIPE_SECRET_BACK);
+            let acc = accumulate(
+                self.folded(),
+                data.as_ptr().add(self.len - STRIPE),
+                1,
+                secret,
+            );
+            let mut lanes = [0u64; 8];
+            _mm512_storeu_si512(lanes.as_mut_ptr().cast(), acc);
+            merge(
+                &lanes,
+                MERGE_SECRET_START,
+                (self.len as u64).wrapping_mul(PRIME64_1),
+            )
+        }
+    }
+}
+
+/// The accumulators' starting values.
+#[inline]
+#[target_feature(enable = "avx512f")]
+fn initial_accumulators() -> __m512i {
+    _mm512_setr_epi64(
+        PRIME32_3 as i64,
+        PRIME64_1 as i64,
+        PRIME64_2 as i64,
+        PRIME64_3 as i64,
+        PRIME64_4 as i64,
+        PRIME32_2 as i64,
+        PRIME64_5 as i64,
+        PRIME32_1 as i64,
+    )
+}
+
 /// Whether [`hash128_prefixed`] takes a prefix of `prefix` bytes before `data` bytes: a
 /// prefix shorter than a block, and the two together longer than a block and a stripe.
 pub fn prefixed_fits(prefix: usize, data: usize) -> bool {
@@ -107,16 +237,7 @@ pub unsafe fn hash128_prefixed(prefix: &[u8], data: &[u8]) -> u128 {
 #[target_feature(enable = "avx512f")]
 unsafe fn accumulators(len: usize, first: *const u8, rest: *const u8) -> [u64; 8] {
     let secret = SECRET.as_ptr();
-    let mut acc = _mm512_setr_epi64(
-        PRIME32_3 as i64,
-        PRIME64_1 as i64,
-        PRIME64_2 as i64,
-        PRIME64_3 as i64,
-        PRIME64_4 as i64,
-        PRIME32_2 as i64,
-        PRIME64_5 as i64,
-        PRIME32_1 as i64,
-    );
+    let mut acc = initial_accumulators();
     let at = |offset: usize| {
         if offset < BLOCK {
             first.wrapping_add(offset)
