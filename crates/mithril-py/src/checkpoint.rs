@@ -221,16 +221,6 @@ fn write_bytes<'py>(
     let srcs = sources(&tensors)?;
     let base_list = base_tensor.map(|t| vec![t]);
     let base_srcs = base_list.as_deref().map(sources).transpose()?;
-    let base = base_srcs.as_ref().and_then(|list| {
-        let b = list.first()?;
-        Some(DeltaBase {
-            reference: BaseRef {
-                id: tensor_content_id(b.dtype, &b.shape, b.data),
-                path: None,
-            },
-            tensors: BaseTensors::memory(list),
-        })
-    });
     let extras = FileExtras {
         metadata,
         safetensors_header: None,
@@ -244,6 +234,17 @@ fn write_bytes<'py>(
         .sum();
     let assembled = py
         .detach(|| {
+            // The base's content id is a pass over the whole base: made without the GIL.
+            let base = base_srcs.as_ref().and_then(|list| {
+                let b = list.first()?;
+                Some(DeltaBase {
+                    reference: BaseRef {
+                        id: tensor_content_id(b.dtype, &b.shape, b.data),
+                        path: None,
+                    },
+                    tensors: BaseTensors::memory(list),
+                })
+            });
             threads::run_on_caller_if_one(threads, chunks > 1, || {
                 writer::assemble(&srcs, &extras, &opts, base.as_ref())
             })
