@@ -300,17 +300,8 @@ pub(crate) unsafe fn split_f32(
     heads: &mut [u16],
     planes: [&mut [u8]; 3],
 ) -> usize {
-    let [p0, p1, p2] = planes;
-    let n = (raw.len() / 4)
-        .min(heads.len())
-        .min(p0.len())
-        .min(p1.len())
-        .min(p2.len());
+    let (n, (heads, planes)) = f32_split_outputs(raw, heads, planes);
     let split = SplitF32Kernel::new(low);
-    let (heads, planes) = (
-        heads.as_mut_ptr(),
-        [p0.as_mut_ptr(), p1.as_mut_ptr(), p2.as_mut_ptr()],
-    );
     let mut done = 0usize;
     // SAFETY: the loop condition keeps 32 raw bytes and 8 values of every output in bounds.
     unsafe {
@@ -383,13 +374,8 @@ pub(crate) unsafe fn join_f32(
     planes: [&[u8]; 3],
     out: &mut [u8],
 ) -> usize {
+    let n = f32_join_len(heads, planes, out);
     let [p0, p1, p2] = planes;
-    let n = heads
-        .len()
-        .min(p0.len())
-        .min(p1.len())
-        .min(p2.len())
-        .min(out.len() / 4);
     // SAFETY (whole function): the loop condition keeps 8 values of every input and 32
     // output bytes in bounds.
     unsafe {
@@ -399,13 +385,7 @@ pub(crate) unsafe fn join_f32(
         let sign = _mm_set1_epi16(i16::MIN);
         let mut done = 0usize;
         while done + 8 <= n {
-            if done.is_multiple_of(64) {
-                for plane in [p0, p1, p2] {
-                    _mm_prefetch::<_MM_HINT_T0>(
-                        plane.as_ptr().wrapping_add(done + PREFETCH).cast(),
-                    );
-                }
-            }
+            prefetch_planes(planes, done);
             let head = _mm_loadu_si128(heads.as_ptr().add(done).cast());
             let rem = _mm_cvtepu8_epi16(_mm_loadl_epi64(p0.as_ptr().add(done).cast()));
             let hi = _mm_or_si128(
@@ -424,5 +404,39 @@ pub(crate) unsafe fn join_f32(
             done += 8;
         }
         done
+    }
+}
+
+/// How many words an fp32 split of `raw` can do, and where its outputs start: heads, then
+/// remainder planes 0 to 2.
+pub(crate) fn f32_split_outputs(
+    raw: &[u8],
+    heads: &mut [u16],
+    planes: [&mut [u8]; 3],
+) -> (usize, (*mut u16, [*mut u8; 3])) {
+    let n = planes
+        .iter()
+        .map(|p| p.len())
+        .fold((raw.len() / 4).min(heads.len()), usize::min);
+    (n, (heads.as_mut_ptr(), planes.map(|p| p.as_mut_ptr())))
+}
+
+/// How many words an fp32 join can write: one per head and per byte of each plane, four
+/// bytes each into `out`.
+pub(crate) fn f32_join_len(heads: &[u16], planes: [&[u8]; 3], out: &[u8]) -> usize {
+    planes
+        .iter()
+        .map(|p| p.len())
+        .fold(heads.len().min(out.len() / 4), usize::min)
+}
+
+/// Once every 64 words, prefetch the fp32 join's planes [`PREFETCH`] bytes past word `done`.
+#[inline]
+#[target_feature(enable = "sse")]
+pub(crate) fn prefetch_planes(planes: [&[u8]; 3], done: usize) {
+    if done.is_multiple_of(64) {
+        for plane in planes {
+            _mm_prefetch::<_MM_HINT_T0>(plane.as_ptr().wrapping_add(done + PREFETCH).cast());
+        }
     }
 }

@@ -4,7 +4,10 @@
 //! decoding when the payload came from memory: by then the heads, the payload and the
 //! output no longer fit in L2 together.
 
-use crate::float_avx2::{unpack_controls, SplitF32Kernel, SplitPackedKernel, PREFETCH};
+use crate::float_avx2::{
+    f32_join_len, f32_split_outputs, prefetch_planes, unpack_controls, SplitF32Kernel,
+    SplitPackedKernel, PREFETCH,
+};
 use crate::xxh3_avx512::StripeHash;
 use std::arch::x86_64::*;
 
@@ -58,17 +61,8 @@ pub(crate) unsafe fn split_f32(
     planes: [&mut [u8]; 3],
     hash: &mut StripeHash,
 ) -> usize {
-    let [p0, p1, p2] = planes;
-    let n = (raw.len() / 4)
-        .min(heads.len())
-        .min(p0.len())
-        .min(p1.len())
-        .min(p2.len());
+    let (n, (heads, planes)) = f32_split_outputs(raw, heads, planes);
     let split = SplitF32Kernel::new(low);
-    let (heads, planes) = (
-        heads.as_mut_ptr(),
-        [p0.as_mut_ptr(), p1.as_mut_ptr(), p2.as_mut_ptr()],
-    );
     let mut done = 0usize;
     // SAFETY: the loop condition keeps 64 raw bytes and 16 values of every output in bounds.
     unsafe {
@@ -161,13 +155,8 @@ pub(crate) unsafe fn join_f32(
     out: &mut [u8],
     hash: &mut StripeHash,
 ) -> usize {
+    let n = f32_join_len(heads, planes, out);
     let [p0, p1, p2] = planes;
-    let n = heads
-        .len()
-        .min(p0.len())
-        .min(p1.len())
-        .min(p2.len())
-        .min(out.len() / 4);
     // SAFETY (whole function): the loop condition keeps 16 values of every input and 64
     // output bytes in bounds.
     unsafe {
@@ -177,13 +166,7 @@ pub(crate) unsafe fn join_f32(
         let sign = _mm256_set1_epi16(i16::MIN);
         let mut done = 0usize;
         while done + 16 <= n {
-            if done.is_multiple_of(64) {
-                for plane in [p0, p1, p2] {
-                    _mm_prefetch::<_MM_HINT_T0>(
-                        plane.as_ptr().wrapping_add(done + PREFETCH).cast(),
-                    );
-                }
-            }
+            prefetch_planes(planes, done);
             let head = _mm256_loadu_si256(heads.as_ptr().add(done).cast());
             let rem = _mm256_cvtepu8_epi16(_mm_loadu_si128(p0.as_ptr().add(done).cast()));
             let hi = _mm256_or_si256(
