@@ -145,6 +145,12 @@ impl StripeHash {
     /// The CPU must support AVX-512F, and `data` be `self.len` bytes long.
     #[target_feature(enable = "avx512f")]
     unsafe fn finish_avx512(mut self, data: &[u8]) -> u64 {
+        if self.taken == 0 {
+            // Nothing was pushed (the chunk took a kernel that does not hash): the block
+            // loop of `hash_long` is faster than stripe-by-stripe pushes.
+            // SAFETY: AVX-512F is present and `data` is at least `LONG_FROM` bytes long.
+            return unsafe { hash_long(data) };
+        }
         // SAFETY (every load): stripes below `limit` end at most at `len - 1`, the last
         // one starts at `len - 64`, and `len` is at least `LONG_FROM`.
         unsafe {
