@@ -58,17 +58,25 @@ def passes(dtype: torch.dtype, rounds: int) -> dict[str, float]:
         "zipnn": zipnn_decode,
         "mithril": mithril,
     }
+    return best_speeds(runs, rounds, sum(len(r) for r in raws))
+
+
+def best_speeds(runs: dict[str, Callable[[], None]], rounds: int, nbytes: int) -> dict[str, float]:
+    """MB/s of ``nbytes`` for each of ``runs``, best of ``rounds`` passes after one untimed
+    warm-up, the runs' passes interleaved so that they share the machine's moods, with the
+    garbage collector off while they run."""
     best = dict.fromkeys(runs, float("inf"))
     gc.disable()
-    for attempt in range(rounds + 1):
-        for name, run in runs.items():
-            t0 = time.perf_counter()
-            run()
-            if attempt:
-                best[name] = min(best[name], time.perf_counter() - t0)
-    gc.enable()
-    total = sum(len(r) for r in raws)
-    return {name: total / seconds / 1e6 for name, seconds in best.items()}
+    try:
+        for attempt in range(rounds + 1):
+            for name, run in runs.items():
+                t0 = time.perf_counter()
+                run()
+                if attempt:
+                    best[name] = min(best[name], time.perf_counter() - t0)
+    finally:
+        gc.enable()
+    return {name: nbytes / seconds / 1e6 for name, seconds in best.items()}
 
 
 def main(argv: list[str]) -> int:

@@ -15,14 +15,13 @@ at two training steps::
 from __future__ import annotations
 
 import argparse
-import gc
 import sys
-import time
 from collections.abc import Callable, Sequence
 
 import mithril.checkpoint as mc
 import numpy as np
 import torch
+from decode_floor import best_speeds
 from safetensors.torch import load_file
 
 
@@ -60,19 +59,7 @@ def passes(base_path: str, new_path: str, rounds: int) -> dict[str, float]:
         "full": full_decode,
         "fast": fast_decode,
     }
-    best = dict.fromkeys(runs, float("inf"))
-    gc.disable()
-    try:
-        for attempt in range(rounds + 1):
-            for name, run in runs.items():
-                t0 = time.perf_counter()
-                run()
-                if attempt:
-                    best[name] = min(best[name], time.perf_counter() - t0)
-    finally:
-        gc.enable()
-    total = sum(len(o) for o in outs)
-    return {name: total / seconds / 1e6 for name, seconds in best.items()}
+    return best_speeds(runs, rounds, sum(len(o) for o in outs))
 
 
 def main(argv: Sequence[str] | None = None) -> int:
