@@ -179,20 +179,28 @@ pub(crate) unsafe fn plan_blocks<const W: usize>(
 
 /// Whether [`apply_in_order`] and [`apply_quads`] may run on this CPU.
 pub(crate) fn apply_available() -> bool {
-    available() && is_x86_feature_detected!("avx512vbmi")
+    available() && is_x86_feature_detected!("avx512vbmi") && is_x86_feature_detected!("avx512vbmi2")
 }
 
 /// The differences of sixteen escape symbols (16-bit symbols at `symbols`) whose extra bits
 /// start at bit `first_bit` (below 8) of `window`, unzigzagged in 32-bit lanes; and the
-/// extra bits they take. Symbols must be below the cardinality for 32-bit words, so that
-/// no difference has more than 28 extra bits and sixteen fit the window.
+/// extra bits they take. Symbols must be below the cardinality for `W`-byte words, so that
+/// no difference has more than `8 W - 4` extra bits and sixteen fit the window.
+///
+/// Each lane's bits are cut from the two 32-bit words of the window at its starting byte
+/// and four bytes on (one byte permute each), joined and shifted by a double shift; 16-bit
+/// words take at most 12 bits, which with the bit offset fit the first word alone.
 ///
 /// # Safety
 /// The CPU must support what [`apply_available`] checks; `symbols` must point at sixteen
 /// readable `u16`s.
 #[inline]
-#[target_feature(enable = "avx512f,avx512cd,avx512bw,avx512vl,avx512vbmi,bmi2")]
-unsafe fn escaped_diffs16(window: __m512i, first_bit: u32, symbols: *const u16) -> (__m512i, u64) {
+#[target_feature(enable = "avx512f,avx512cd,avx512bw,avx512vl,avx512vbmi,avx512vbmi2,bmi2")]
+unsafe fn escaped_diffs16<const W: usize>(
+    window: __m512i,
+    first_bit: u32,
+    symbols: *const u16,
+) -> (__m512i, u64) {
     let zero = _mm512_setzero_si512();
     let one = _mm512_set1_epi32(1);
     let exact_v = _mm512_set1_epi32(EXACT as i32);
@@ -220,46 +228,31 @@ unsafe fn escaped_diffs16(window: __m512i, first_bit: u32, symbols: *const u16) 
         _mm512_sub_epi32(ends, extra),
         _mm512_set1_epi32(first_bit as i32),
     );
-    let start_byte = _mm512_srli_epi32::<3>(starts);
     let start_bit = _mm512_and_si512(starts, _mm512_set1_epi32(7));
-    // Byte 0 of each 64-bit lane copied to all eight of its bytes, then 0..8 added: the
-    // eight window bytes from that lane's starting byte.
-    let replicate = _mm512_set_epi64(
-        0x0808_0808_0808_0808,
-        0,
-        0x0808_0808_0808_0808,
-        0,
-        0x0808_0808_0808_0808,
-        0,
-        0x0808_0808_0808_0808,
-        0,
+    // Byte 0 of each lane (its starting byte) copied to all four of its bytes, plus 0..4:
+    // the indices of the four window bytes from that byte.
+    let index = _mm512_add_epi8(
+        _mm512_shuffle_epi8(
+            _mm512_srli_epi32::<3>(starts),
+            _mm512_set4_epi32(0x0C0C_0C0C, 0x0808_0808, 0x0404_0404, 0),
+        ),
+        _mm512_set1_epi32(0x0302_0100),
     );
-    let byte_steps = _mm512_set1_epi64(0x0706_0504_0302_0100);
-    let one64 = _mm512_set1_epi64(1);
-    let half = |v: __m512i, high: bool| {
-        _mm512_cvtepu32_epi64(if high {
-            _mm512_extracti64x4_epi64::<1>(v)
-        } else {
-            _mm512_castsi512_si256(v)
-        })
+    let low = _mm512_permutexvar_epi8(index, window);
+    let words = if W == 2 {
+        _mm512_srlv_epi32(low, start_bit)
+    } else {
+        let high = _mm512_permutexvar_epi8(_mm512_add_epi8(index, _mm512_set1_epi8(4)), window);
+        _mm512_shrdv_epi32(low, high, start_bit)
     };
-    let take = |high: bool| {
-        let index = _mm512_add_epi8(
-            _mm512_shuffle_epi8(half(start_byte, high), replicate),
-            byte_steps,
-        );
-        let words = _mm512_permutexvar_epi8(index, window);
-        let mask = _mm512_sub_epi64(_mm512_sllv_epi64(one64, half(extra, high)), one64);
-        let got = _mm512_and_si512(_mm512_srlv_epi64(words, half(start_bit, high)), mask);
-        _mm512_cvtepi64_epi32(got)
-    };
-    let taken = _mm512_inserti64x4::<1>(_mm512_castsi256_si512(take(false)), take(true));
-    let d = _mm512_add_epi32(value, taken);
+    let mask = _mm512_sub_epi32(_mm512_sllv_epi32(one, extra), one);
+    let d = _mm512_add_epi32(value, _mm512_and_si512(words, mask));
     let diff = _mm512_xor_si512(
         _mm512_srli_epi32::<1>(d),
         _mm512_sub_epi32(zero, _mm512_and_si512(d, one)),
     );
-    (diff, _mm512_reduce_add_epi32(extra) as u64)
+    let taken = _mm_extract_epi32::<3>(_mm512_extracti32x4_epi32::<3>(ends));
+    (diff, taken as u32 as u64)
 }
 
 /// [`escaped_diffs16`] of the sixteen symbols at `symbols`, their extra bits from bit `pos`
@@ -269,14 +262,18 @@ unsafe fn escaped_diffs16(window: __m512i, first_bit: u32, symbols: *const u16) 
 /// # Safety
 /// As [`escaped_diffs16`].
 #[inline]
-#[target_feature(enable = "avx512f,avx512cd,avx512bw,avx512vl,avx512vbmi,bmi2")]
-unsafe fn diffs_at(data: &[u8], pos: u64, symbols: *const u16) -> Option<(__m512i, u64)> {
+#[target_feature(enable = "avx512f,avx512cd,avx512bw,avx512vl,avx512vbmi,avx512vbmi2,bmi2")]
+unsafe fn diffs_at<const W: usize>(
+    data: &[u8],
+    pos: u64,
+    symbols: *const u16,
+) -> Option<(__m512i, u64)> {
     let byte = (pos >> 3) as usize;
     let window = data.get(byte..byte + 64)?;
     // SAFETY: `window` is 64 bytes; the symbols are the caller's.
     unsafe {
         let window = _mm512_loadu_si512(window.as_ptr().cast());
-        Some(escaped_diffs16(window, (pos & 7) as u32, symbols))
+        Some(escaped_diffs16::<W>(window, (pos & 7) as u32, symbols))
     }
 }
 
@@ -290,7 +287,7 @@ unsafe fn diffs_at(data: &[u8], pos: u64, symbols: *const u16) -> Option<(__m512
 /// # Safety
 /// The CPU must support what [`apply_available`] checks; `base`, if given, must be at
 /// least as long as `elems`.
-#[target_feature(enable = "avx512f,avx512cd,avx512bw,avx512vl,avx512vbmi,bmi2")]
+#[target_feature(enable = "avx512f,avx512cd,avx512bw,avx512vl,avx512vbmi,avx512vbmi2,bmi2")]
 pub(crate) unsafe fn apply_in_order<const W: usize>(
     elems: &mut [u8],
     base: Option<&[u8]>,
@@ -308,7 +305,7 @@ pub(crate) unsafe fn apply_in_order<const W: usize>(
         // SAFETY: the step's 16 symbols and `16 W` element bytes lie inside `escapes` and
         // `elems` (`done < steps`), and so inside `base`.
         let Some((diff, taken)) =
-            (unsafe { diffs_at(data, pos, escapes.as_ptr().add(BLOCK * done)) })
+            (unsafe { diffs_at::<W>(data, pos, escapes.as_ptr().add(BLOCK * done)) })
         else {
             break;
         };
@@ -339,7 +336,7 @@ pub(crate) unsafe fn apply_in_order<const W: usize>(
 /// # Safety
 /// The CPU must support what [`apply_available`] checks. Every index in `at` must be a
 /// whole quad of `block`, and `escapes` must hold four symbols per index.
-#[target_feature(enable = "avx512f,avx512cd,avx512bw,avx512vl,avx512vbmi,bmi2")]
+#[target_feature(enable = "avx512f,avx512cd,avx512bw,avx512vl,avx512vbmi,avx512vbmi2,bmi2")]
 pub(crate) unsafe fn apply_quads<const W: usize>(
     block: &mut [u8],
     at: &[u32],
@@ -353,7 +350,8 @@ pub(crate) unsafe fn apply_quads<const W: usize>(
     while done + 4 <= at.len() {
         // SAFETY: the sixteen symbols of these four quads lie inside `escapes`, and each
         // quad's `4 W` bytes inside `block` (the caller's contract).
-        let Some((diff, taken)) = (unsafe { diffs_at(data, pos, escapes.as_ptr().add(4 * done)) })
+        let Some((diff, taken)) =
+            (unsafe { diffs_at::<W>(data, pos, escapes.as_ptr().add(4 * done)) })
         else {
             break;
         };
