@@ -373,10 +373,7 @@ fn decode_payload(
     base: Option<&[u8]>,
     out: &mut [u8],
 ) -> Result<Option<u64>> {
-    let delta = |op: DeltaOp, out: &mut [u8]| match base {
-        Some(base) => delta::decode_onto(op, data, dtype, base, out),
-        None => delta::decode(op, data, dtype, out),
-    };
+    let delta = |op: DeltaOp, out: &mut [u8]| delta::decode_hashed(op, data, dtype, base, out);
     match encoding {
         Encoding::Raw => {
             if data.len() != out.len() {
@@ -397,10 +394,10 @@ fn decode_payload(
                 return Err(corrupt("zstd chunk decoded to the wrong length"));
             }
         }
-        Encoding::Xor => delta(DeltaOp::Xor, out)?,
-        Encoding::Sub => delta(DeltaOp::Sub, out)?,
-        Encoding::SubCtx => delta(DeltaOp::SubCtx, out)?,
-        Encoding::SubQuad => delta(DeltaOp::SubQuad, out)?,
+        Encoding::Xor => return delta(DeltaOp::Xor, out),
+        Encoding::Sub => return delta(DeltaOp::Sub, out),
+        Encoding::SubCtx => return delta(DeltaOp::SubCtx, out),
+        Encoding::SubQuad => return delta(DeltaOp::SubQuad, out),
     }
     Ok(None)
 }

@@ -559,14 +559,15 @@ pub fn encode(raw: &[u8], base: &[u8], dtype: DType, mode: DeltaMode) -> (DeltaO
 
 /// Decode into `inout`: against what it holds, or against `base` (as long as `inout`).
 /// `sub-quad` reads `base` where it adds the differences; the other operations copy it into
-/// `inout` first.
+/// `inout` first. Returns the xxh3-64 of the decoded elements where the decoder took it on
+/// the way (`sub-quad` on AVX-512 CPUs).
 fn decode_words<T: Word>(
     op: DeltaOp,
     payload: &[u8],
     dtype: DType,
     base: Option<&[u8]>,
     inout: &mut [u8],
-) -> Result<()> {
+) -> Result<Option<u64>> {
     let n = inout.len() / T::BYTES;
     if op == DeltaOp::SubQuad {
         if context_shift(dtype).is_none() {
@@ -618,7 +619,7 @@ fn decode_words<T: Word>(
             next[g as usize] += 1;
             words[at].add_unzigzag(T::load(o)).store(o);
         }
-        return Ok(());
+        return Ok(None);
     }
     // Plane by plane into whole words: each merge is one pass the compiler vectorises.
     let mut words = vec![T::ZERO; n];
@@ -641,7 +642,7 @@ fn decode_words<T: Word>(
             w.add_unzigzag(T::load(o)).store(o);
         }
     }
-    Ok(())
+    Ok(None)
 }
 
 /// [`decode`] with the base held apart: `out` (as long as `base`) gets the decoded
@@ -654,30 +655,31 @@ pub fn decode_onto(
     base: &[u8],
     out: &mut [u8],
 ) -> Result<()> {
-    if base.len() != out.len() {
-        return Err(Error::Invalid(format!(
-            "a {}-byte base for a {}-byte delta chunk",
-            base.len(),
-            out.len()
-        )));
-    }
-    decode_elements(op, payload, dtype, Some(base), out)
+    decode_hashed(op, payload, dtype, Some(base), out).map(|_| ())
 }
 
 /// Apply a delta payload: `inout` holds the base elements (of `dtype`) on entry and the
 /// decoded elements on return.
 pub fn decode(op: DeltaOp, payload: &[u8], dtype: DType, inout: &mut [u8]) -> Result<()> {
-    decode_elements(op, payload, dtype, None, inout)
+    decode_hashed(op, payload, dtype, None, inout).map(|_| ())
 }
 
-/// [`decode`] or [`decode_onto`], by element width.
-fn decode_elements(
+/// [`decode_onto`] with `base`, else [`decode`]; returns the xxh3-64 of the decoded
+/// elements where the decoder took it on the way.
+pub(crate) fn decode_hashed(
     op: DeltaOp,
     payload: &[u8],
     dtype: DType,
     base: Option<&[u8]>,
     inout: &mut [u8],
-) -> Result<()> {
+) -> Result<Option<u64>> {
+    if let Some(base) = base.filter(|b| b.len() != inout.len()) {
+        return Err(Error::Invalid(format!(
+            "a {}-byte base for a {}-byte delta chunk",
+            base.len(),
+            inout.len()
+        )));
+    }
     if !inout.len().is_multiple_of(dtype.size()) {
         return Err(corrupt("delta chunk is not whole elements"));
     }

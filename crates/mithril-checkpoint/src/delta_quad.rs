@@ -21,7 +21,7 @@
 use crate::delta::{LeWord, Word};
 use crate::delta_bits::{max_symbol, symbol_of, BitReader, BitWriter, EXACT, SYMBOLS};
 use crate::error::{corrupt, Result};
-use crate::float::{push_huffman, push_stream, read_symbols, StreamReader, METHOD_RAW};
+use crate::float::{push_huffman, push_stream, read_symbols, StreamReader, StripeHash, METHOD_RAW};
 use crate::huffman;
 use crate::rans;
 use std::cell::RefCell;
@@ -395,14 +395,7 @@ fn apply_escapes<T: Word, P: Packed>(
     at: &[u32],
     escapes: &[u16],
     bits: &mut BitReader,
-    simd: bool,
 ) {
-    let done = if simd {
-        apply_quads_simd::<T>(block, at, escapes, bits)
-    } else {
-        0
-    };
-    let (at, escapes) = (&at[done..], &escapes[(QUAD * done).min(escapes.len())..]);
     let mut reader = *bits;
     for (&i, e) in at.iter().zip(escapes.chunks_exact(QUAD)) {
         if let Some(el) = block.get_mut(i as usize * P::BYTES..(i as usize + 1) * P::BYTES) {
@@ -414,22 +407,94 @@ fn apply_escapes<T: Word, P: Packed>(
     *bits = reader;
 }
 
+/// The differences of `escapes` (their extra bits from `bits`), unzigzagged into `out` as
+/// words of `T`, which must have room for them; returns the bytes written. `simd`: the
+/// leading ones with AVX-512 where the CPU has it (off only to test that both agree).
+fn escape_diffs<T: Word>(
+    escapes: &[u16],
+    bits: &mut BitReader,
+    out: &mut [u8],
+    simd: bool,
+) -> usize {
+    let w = T::BYTES;
+    let done = if simd {
+        escape_diffs_simd::<T>(escapes, bits, out)
+    } else {
+        0
+    };
+    let mut reader = *bits;
+    for (o, &s) in out[done * w..].chunks_exact_mut(w).zip(&escapes[done..]) {
+        let (value, extra) = SYMBOLS[s as usize];
+        T::from_u64((value + reader.take(extra)) as u64)
+            .add_unzigzag(T::ZERO)
+            .store(o);
+    }
+    *bits = reader;
+    escapes.len() * w
+}
+
+/// Add every quad of `qs` to `block`, or with `base` (as long as `block`) to `base`'s
+/// quads, writing the sums to `block`: a plain quad from `table`, an escaped one from the
+/// next four words of `diffs` (the block's escaped differences, from [`escape_diffs`], and
+/// 64 bytes of slack). One pass: an escape's differences are ready when its quad is
+/// reached, so no quad is stored twice. Stored 64-byte steps go to `hash` while every step
+/// of the block was; returns whether it was.
+fn add_quads<T: Word, P: Packed>(
+    block: &mut [u8],
+    base: Option<&[u8]>,
+    qs: &[u16],
+    table: &[P; QUAD_CARDINALITY],
+    diffs: &[u8],
+    hash: Option<&mut StripeHash>,
+    simd: bool,
+) -> bool {
+    let w = T::BYTES;
+    let (done, mut used) = if simd {
+        add_quads_simd::<T>(block, base, qs, diffs, hash)
+    } else {
+        (0, 0)
+    };
+    for (i, &q) in qs.iter().enumerate().skip(done) {
+        let at = i * P::BYTES;
+        let Some(el) = block.get_mut(at..at + P::BYTES) else {
+            break;
+        };
+        let from = match base.and_then(|b| b.get(at..at + P::BYTES)) {
+            Some(b) => P::load(b),
+            None => P::load(el),
+        };
+        let add = if q == ESCAPE {
+            let lanes = std::array::from_fn(|j| {
+                let k = (used + j) * w;
+                diffs.get(k..k + w).map_or(0, |d| T::load(d).to_u64())
+            });
+            used += QUAD;
+            P::pack(lanes)
+        } else {
+            table[(q as usize).min(ESCAPE as usize)]
+        };
+        from.lanes_add(add).store(el);
+    }
+    done == qs.len()
+}
+
 /// Add escaped quads to every quad of `elems`, in order: with every quad escaped, each
 /// element takes its own symbol, so the elements are added one by one, without packing
 /// each quad's four differences into lanes first. With `base` (as long as `elems`), the
 /// differences are added to `base`'s elements and the sums written to `elems`. `simd`: the
 /// leading elements with AVX-512 where the CPU has it (off only to test that both give the
-/// same elements).
+/// same elements). The elements stored by AVX-512 go to `hash`.
 #[inline(never)]
 fn apply_escapes_in_order<T: Word>(
     elems: &mut [u8],
     base: Option<&[u8]>,
     escapes: &[u16],
     bits: &mut BitReader,
+    hash: Option<&mut StripeHash>,
     simd: bool,
 ) {
     let done = if simd {
-        apply_in_order_simd::<T>(elems, base, escapes, bits)
+        apply_in_order_simd::<T>(elems, base, escapes, bits, hash)
     } else {
         0
     };
@@ -450,35 +515,72 @@ fn apply_escapes_in_order<T: Word>(
     *bits = reader;
 }
 
-/// The leading escaped quads of [`apply_escapes`] with AVX-512 where the CPU has it;
-/// returns how many were applied.
-#[inline(always)]
-fn apply_quads_simd<T: Word>(
-    block: &mut [u8],
-    at: &[u32],
-    escapes: &[u16],
-    bits: &mut BitReader,
-) -> usize {
+/// Whether [`add_quads`] and [`escape_diffs`] have AVX-512 kernels on this CPU.
+fn merged_simd_available() -> bool {
     #[cfg(target_arch = "x86_64")]
-    if crate::delta_quad_avx512::apply_available()
-        && escapes.len() >= QUAD * at.len()
-        && at
-            .iter()
-            .all(|&i| (i as usize + 1) * QUAD * T::BYTES <= block.len())
-    {
-        use crate::delta_quad_avx512::apply_quads;
-        // SAFETY: the CPU has the features `apply_available` checks, every index is a
-        // whole quad of `block` and `escapes` holds four symbols per index (checked above).
+    return crate::delta_quad_avx512::apply_available();
+    #[cfg(not(target_arch = "x86_64"))]
+    false
+}
+
+/// The leading differences of [`escape_diffs`] with AVX-512 where the CPU has it; returns
+/// how many were written.
+#[inline(always)]
+fn escape_diffs_simd<T: Word>(escapes: &[u16], bits: &mut BitReader, out: &mut [u8]) -> usize {
+    #[cfg(target_arch = "x86_64")]
+    if crate::delta_quad_avx512::apply_available() {
+        use crate::delta_quad_avx512::escape_diffs;
+        // SAFETY: the CPU has the features `apply_available` checks.
         return unsafe {
             match T::BYTES {
-                2 => apply_quads::<2>(block, at, escapes, bits),
-                4 => apply_quads::<4>(block, at, escapes, bits),
+                2 => escape_diffs::<2>(escapes, bits, out),
+                4 => escape_diffs::<4>(escapes, bits, out),
                 _ => 0,
             }
         };
     }
-    let _ = (block, at, escapes, bits);
+    let _ = (escapes, bits, out);
     0
+}
+
+/// The leading quads of [`add_quads`] with AVX-512 where the CPU has it: the quads done
+/// and the differences used.
+#[inline(always)]
+fn add_quads_simd<T: Word>(
+    block: &mut [u8],
+    base: Option<&[u8]>,
+    qs: &[u16],
+    diffs: &[u8],
+    hash: Option<&mut StripeHash>,
+) -> (usize, usize) {
+    #[cfg(target_arch = "x86_64")]
+    if crate::delta_quad_avx512::apply_available()
+        && block.len() >= QUAD * T::BYTES * qs.len()
+        && base.is_none_or(|b| b.len() >= QUAD * T::BYTES * qs.len())
+    {
+        use crate::delta_quad_avx512::add_quads;
+        // SAFETY: the CPU has the features `apply_available` checks; `block` and `base`
+        // hold every quad of `qs` (checked above).
+        return unsafe {
+            match T::BYTES {
+                2 => add_quads::<2>(block, base, qs, diffs, ESCAPE, hash),
+                4 => add_quads::<4>(block, base, qs, diffs, ESCAPE, hash),
+                _ => (0, 0),
+            }
+        };
+    }
+    let _ = (block, base, qs, diffs, hash);
+    (0, 0)
+}
+
+/// How many of `qs` are escapes.
+fn count_escapes(qs: &[u16]) -> usize {
+    #[cfg(target_arch = "x86_64")]
+    if crate::delta_quad_avx512::available() {
+        // SAFETY: the CPU has the features `available` checks.
+        return unsafe { crate::delta_quad_avx512::count_symbol(qs, ESCAPE) };
+    }
+    qs.iter().filter(|&&q| q == ESCAPE).count()
 }
 
 /// The leading elements of [`apply_escapes_in_order`] with AVX-512 where the CPU has it;
@@ -489,6 +591,7 @@ fn apply_in_order_simd<T: Word>(
     base: Option<&[u8]>,
     escapes: &[u16],
     bits: &mut BitReader,
+    hash: Option<&mut StripeHash>,
 ) -> usize {
     #[cfg(target_arch = "x86_64")]
     if crate::delta_quad_avx512::apply_available() && base.is_none_or(|b| b.len() >= elems.len()) {
@@ -497,43 +600,45 @@ fn apply_in_order_simd<T: Word>(
         // as `elems` (checked above).
         return unsafe {
             match T::BYTES {
-                2 => apply_in_order::<2>(elems, base, escapes, bits),
-                4 => apply_in_order::<4>(elems, base, escapes, bits),
+                2 => apply_in_order::<2>(elems, base, escapes, bits, hash),
+                4 => apply_in_order::<4>(elems, base, escapes, bits, hash),
                 _ => 0,
             }
         };
     }
-    let _ = (elems, base, escapes, bits);
+    let _ = (elems, base, escapes, bits, hash);
     0
 }
 
 /// Apply a `sub-quad` payload: `inout` holds the base elements on entry and the decoded
 /// elements on return.
 pub fn decode<T: Word>(payload: &[u8], inout: &mut [u8]) -> Result<()> {
-    decode_from::<T>(payload, None, inout)
+    decode_from::<T>(payload, None, inout).map(|_| ())
 }
 
 /// Apply a `sub-quad` payload to `base` (which must be as long as `out`, as
 /// `delta::decode_onto` checks), writing the decoded elements to `out`: the base is read
-/// where the differences are added, not copied first. Without `base`, [`decode`].
+/// where the differences are added, not copied first. Without `base`, [`decode`]. Returns
+/// the xxh3-64 of `out` where the decoder hashed the elements as it stored them.
 pub(crate) fn decode_from<T: Word>(
     payload: &[u8],
     base: Option<&[u8]>,
     out: &mut [u8],
-) -> Result<()> {
+) -> Result<Option<u64>> {
     debug_assert!(base.is_none_or(|b| b.len() == out.len()));
     let n = out.len() / T::BYTES;
     let mut quads = take_spare();
     set_len_keeping(&mut quads, n.div_ceil(QUAD));
     let mut escapes = take_spare();
+    let mut hash = StripeHash::new(out.len());
     let result = match T::BYTES {
-        2 => decode_with::<T, u64>(payload, base, out, &mut quads, &mut escapes),
-        4 => decode_with::<T, u128>(payload, base, out, &mut quads, &mut escapes),
+        2 => decode_with::<T, u64>(payload, base, out, &mut quads, &mut escapes, hash.as_mut()),
+        4 => decode_with::<T, u128>(payload, base, out, &mut quads, &mut escapes, hash.as_mut()),
         w => Err(corrupt(format!("sub-quad on {w}-byte elements"))),
     };
     return_buffer(quads);
     return_buffer(escapes);
-    result
+    result.map(|()| hash.and_then(|h| h.finish(out)))
 }
 
 fn decode_with<T: Word, P: Packed>(
@@ -542,12 +647,13 @@ fn decode_with<T: Word, P: Packed>(
     inout: &mut [u8],
     quads: &mut [u16],
     escapes: &mut Vec<u16>,
+    mut hash: Option<&mut StripeHash>,
 ) -> Result<()> {
     debug_assert_eq!(P::BYTES, QUAD * T::BYTES);
     let w = T::BYTES;
     let mut rd = StreamReader::new(payload);
     read_symbols(rd.stream()?, quads, QUAD_CARDINALITY, "delta quad")?;
-    let escaped = quads.iter().filter(|&&q| q == ESCAPE).count();
+    let escaped = count_escapes(quads);
     set_len_keeping(escapes, QUAD * escaped);
     let cardinality = max_symbol(8 * w as u32) as usize + 1;
     read_symbols(rd.stream()?, escapes, cardinality, "delta escape")?;
@@ -560,30 +666,49 @@ fn decode_with<T: Word, P: Packed>(
     let table = quad_table::<T, P>();
     let mut bits = BitReader::new(extra);
     let mut escapes: &[u16] = escapes;
-    // Per block of quads, two passes: every plain quad from the table without a branch (an
-    // escape adds zero and is noted), then the block's escaped quads. Escapes are
-    // unpredictable, and a branch on them costs more than the second pass, which finds the
-    // block still in cache.
     let full = inout.len() / P::BYTES * P::BYTES;
+    let block_bytes = BLOCK_QUADS * P::BYTES;
+    let blocks = inout[..full]
+        .chunks_mut(block_bytes)
+        .zip(quads.chunks(BLOCK_QUADS))
+        .enumerate();
     if escaped == quads.len() {
         // Every quad escaped (wide differences, as in fp32): no plain pass.
         let (these, rest) = escapes.split_at((full / P::BYTES * QUAD).min(escapes.len()));
         let base = base.map(|b| &b[..full]);
-        apply_escapes_in_order::<T>(&mut inout[..full], base, these, &mut bits, true);
+        apply_escapes_in_order::<T>(&mut inout[..full], base, these, &mut bits, hash, true);
         escapes = rest;
+    } else if merged_simd_available() {
+        // Per block of quads: its escaped differences into `diffs`, then one pass that adds
+        // every quad, plain or escaped, and hashes what it stores.
+        let mut diffs = vec![0u8; block_bytes + 64];
+        for (k, (block, qs)) in blocks {
+            let start = k * block_bytes;
+            let base = base.map(|b| &b[start..start + block.len()]);
+            // The last block's symbols run on to the short quad after `full`.
+            let qs = &qs[..block.len() / P::BYTES];
+            let found = count_escapes(qs);
+            let (these, rest) = escapes.split_at((QUAD * found).min(escapes.len()));
+            let filled = escape_diffs::<T>(these, &mut bits, &mut diffs, true);
+            let diffs = &diffs[..filled + 64];
+            if !add_quads::<T, P>(block, base, qs, &table, diffs, hash.as_deref_mut(), true) {
+                // The stripes hashed must be the chunk's first ones: the rest is read back.
+                hash = None;
+            }
+            escapes = rest;
+        }
     } else {
+        // Per block of quads, two passes: every plain quad from the table without a branch
+        // (an escape adds zero and is noted), then the block's escaped quads. Escapes are
+        // unpredictable, and a branch on them costs more than the second pass, which finds
+        // the block still in cache.
         let mut at = [0u32; BLOCK_QUADS + 1];
-        let block_bytes = BLOCK_QUADS * P::BYTES;
-        for (k, (block, qs)) in inout[..full]
-            .chunks_mut(block_bytes)
-            .zip(quads.chunks(BLOCK_QUADS))
-            .enumerate()
-        {
+        for (k, (block, qs)) in blocks {
             let start = k * block_bytes;
             let base = base.map(|b| &b[start..start + block.len()]);
             let found = add_plain_quads::<T, P>(block, base, qs, &table, &mut at, true);
             let (these, rest) = escapes.split_at((QUAD * found).min(escapes.len()));
-            apply_escapes::<T, P>(block, &at[..found], these, &mut bits, true);
+            apply_escapes::<T, P>(block, &at[..found], these, &mut bits);
             escapes = rest;
         }
     }
@@ -773,7 +898,7 @@ mod tests {
             let run = |simd: bool, apart: bool| {
                 let (mut elems, from) = start_of(&base, apart);
                 let mut bits = BitReader::new(&stream);
-                apply_escapes_in_order::<T>(&mut elems, from, &escapes, &mut bits, simd);
+                apply_escapes_in_order::<T>(&mut elems, from, &escapes, &mut bits, None, simd);
                 (elems, bits.parts().1)
             };
             let want = run(false, false);
@@ -792,16 +917,22 @@ mod tests {
         }
     }
 
-    /// The same for the escaped quads of a block of mixed quads.
+    /// A block of mixed quads decoded in one pass (its escaped differences first, vector or
+    /// scalar) must give what the two-pass scalar decoder gives, and leave the bit stream
+    /// at the same place.
     #[test]
-    fn vector_and_scalar_escaped_quads_agree() {
+    fn one_pass_and_two_pass_blocks_agree() {
         fn check<T: Word, P: Packed>(quads: usize, seed: u64) {
             let cardinality = max_symbol(8 * T::BYTES as u32) + 1;
             let mut next = xorshift(seed);
-            let at: Vec<u32> = (0..quads as u32)
-                .filter(|_| next().is_multiple_of(3))
+            let qs: Vec<u16> = (0..quads)
+                .map(|_| match next() % 3 {
+                    0 => ESCAPE,
+                    _ => (next() % 256) as u16,
+                })
                 .collect();
-            let escapes: Vec<u16> = (0..QUAD * at.len())
+            let found = qs.iter().filter(|&&q| q == ESCAPE).count();
+            let escapes: Vec<u16> = (0..QUAD * found)
                 .map(|i| match i % 3 {
                     0 => (next() % cardinality as u64) as u16,
                     _ => (next() % 40) as u16,
@@ -809,22 +940,94 @@ mod tests {
                 .collect();
             let stream = extra_bits_for(&escapes, &mut next);
             let base: Vec<u8> = (0..quads * P::BYTES).map(|_| next() as u8).collect();
-            let run = |simd: bool| {
+            let table = quad_table::<T, P>();
+            let two_pass = || {
                 let mut block = base.clone();
                 let mut bits = BitReader::new(&stream);
-                apply_escapes::<T, P>(&mut block, &at, &escapes, &mut bits, simd);
+                let mut at = vec![0u32; quads + 1];
+                let n = add_plain_quads::<T, P>(&mut block, None, &qs, &table, &mut at, false);
+                apply_escapes::<T, P>(&mut block, &at[..n], &escapes, &mut bits);
                 (block, bits.parts().1)
             };
-            assert_eq!(
-                run(true),
-                run(false),
-                "{}-byte words, {quads} quads",
-                T::BYTES
-            );
+            let one_pass = |simd: bool, apart: bool| {
+                let (mut block, from) = start_of(&base, apart);
+                let mut bits = BitReader::new(&stream);
+                let mut diffs = vec![0x5a; QUAD * T::BYTES * found + 64];
+                let filled = escape_diffs::<T>(&escapes, &mut bits, &mut diffs, simd);
+                assert_eq!(filled, escapes.len() * T::BYTES);
+                add_quads::<T, P>(&mut block, from, &qs, &table, &diffs, None, simd);
+                (block, bits.parts().1)
+            };
+            let want = two_pass();
+            for (simd, apart) in [(true, false), (true, true), (false, false), (false, true)] {
+                assert_eq!(
+                    one_pass(simd, apart),
+                    want,
+                    "{}-byte words, {quads} quads, simd {simd}, base apart {apart}",
+                    T::BYTES
+                );
+            }
         }
-        for quads in [0, 3, 4, 13, 64, 1024] {
+        for quads in [0, 3, 4, 7, 8, 13, 64, 1024, 2048] {
             check::<u16, u64>(quads, quads as u64 + 3);
             check::<u32, u128>(quads, quads as u64 + 4);
+        }
+    }
+
+    /// The checksum a decoder takes on the way must be xxh3-64 of what it decoded, in the
+    /// one-pass blocks and the all-escape path, whatever the length's remainder.
+    #[test]
+    fn decoded_hash_is_reference_xxh3() {
+        for (n, all_escape) in [
+            (64, false),
+            (241, false),
+            (4096, false),
+            (3 * BLOCK_QUADS * QUAD + 5, false),
+            (2 * BLOCK_QUADS * QUAD, false),
+            (4099, true),
+            (3 * BLOCK_QUADS * QUAD + 37, true),
+        ] {
+            // `all_escape`: every element moves far, so every quad escapes.
+            let (base, raw) = if all_escape {
+                let base: Vec<u8> = (0..n as u32)
+                    .flat_map(|i| (i << 20).to_le_bytes())
+                    .collect();
+                let raw = (0..n as u32)
+                    .flat_map(|i| (u32::MAX - (i << 21)).to_le_bytes())
+                    .collect();
+                (base, raw)
+            } else {
+                pair::<4>(n, n as u64)
+            };
+            let payload = encode::<u32>(&raw, &base);
+            let mut out = vec![0u8; base.len()];
+            let hash = decode_from::<u32>(&payload, Some(&base), &mut out).unwrap();
+            assert_eq!(out, raw);
+            if let Some(hash) = hash {
+                assert_eq!(hash, xxhash_rust::xxh3::xxh3_64(&raw), "{n} u32 elements");
+            }
+            let (base, raw) = if all_escape {
+                let base: Vec<u16> = (0..2 * n as u16).map(|i| i.wrapping_mul(40503)).collect();
+                let raw = base
+                    .iter()
+                    .enumerate()
+                    .map(|(i, b)| b.wrapping_add(1000 + i as u16 % 7));
+                (
+                    base.iter()
+                        .flat_map(|b| b.to_le_bytes())
+                        .collect::<Vec<u8>>(),
+                    raw.flat_map(u16::to_le_bytes).collect::<Vec<u8>>(),
+                )
+            } else {
+                pair::<2>(2 * n, n as u64 + 1)
+            };
+            let payload = encode::<u16>(&raw, &base);
+            let mut out = base.clone();
+            let hash = decode_from::<u16>(&payload, None, &mut out).unwrap();
+            assert_eq!(out, raw);
+            if let Some(hash) = hash {
+                assert_eq!(hash, xxhash_rust::xxh3::xxh3_64(&raw), "{n} u16 elements");
+            }
         }
     }
 

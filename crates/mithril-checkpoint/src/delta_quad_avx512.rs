@@ -13,13 +13,17 @@
 //!
 //! [`apply_in_order`] is the decoder's side for chunks whose every quad escaped: sixteen
 //! elements' extra bits are cut out of one 64-byte window of the stream at offsets from a
-//! prefix sum of their widths, instead of one dependent read per element. [`apply_quads`]
-//! does the same for the escaped quads of a block of mixed quads, four at a time, and
-//! [`add_plain_quads`] adds a block's plain quads from their symbols.
+//! prefix sum of their widths, instead of one dependent read per element. For a block of
+//! mixed quads, [`escape_diffs`] does the same into a buffer of the block's escaped
+//! differences, and [`add_quads`] then adds every quad in one pass: a plain quad's
+//! differences from its symbol, an escaped one's expanded from that buffer. Both hand the
+//! words they store to the chunk's checksum. [`add_plain_quads`] is the plain pass alone,
+//! for CPUs without the byte permutes (the escapes then follow one by one).
 
 #![cfg(target_arch = "x86_64")]
 
 use crate::delta_bits::{BitReader, BitWriter, EXACT, FIRST_LEN, KEPT_BITS};
+use crate::xxh3_avx512::StripeHash;
 use std::arch::x86_64::*;
 
 /// How far ahead of a step its inputs are prefetched, in bytes.
@@ -35,6 +39,7 @@ pub(crate) fn available() -> bool {
         && is_x86_feature_detected!("avx512bw")
         && is_x86_feature_detected!("avx512vl")
         && is_x86_feature_detected!("bmi2")
+        && is_x86_feature_detected!("popcnt")
 }
 
 /// Extra-bit bytes a step can append, and the slack its last 8-byte store needs.
@@ -50,7 +55,7 @@ pub(crate) const fn extra_room<const W: usize>(blocks: usize) -> usize {
 /// The CPU must support what [`available`] checks. `raw` and `base` must hold
 /// `BLOCK * W * blocks` bytes, `quads` `4 blocks` symbols, and `escapes` spare capacity
 /// for `BLOCK * blocks + BLOCK` more.
-#[target_feature(enable = "avx512f,avx512cd,avx512bw,avx512vl,bmi2")]
+#[target_feature(enable = "avx512f,avx512cd,avx512bw,avx512vl,bmi2,popcnt")]
 pub(crate) unsafe fn plan_blocks<const W: usize>(
     raw: &[u8],
     base: &[u8],
@@ -177,7 +182,7 @@ pub(crate) unsafe fn plan_blocks<const W: usize>(
     BitWriter::resume(extra, acc, filled)
 }
 
-/// Whether [`apply_in_order`] and [`apply_quads`] may run on this CPU.
+/// Whether [`apply_in_order`], [`escape_diffs`] and [`add_quads`] may run on this CPU.
 pub(crate) fn apply_available() -> bool {
     available() && is_x86_feature_detected!("avx512vbmi") && is_x86_feature_detected!("avx512vbmi2")
 }
@@ -195,7 +200,7 @@ pub(crate) fn apply_available() -> bool {
 /// The CPU must support what [`apply_available`] checks; `symbols` must point at sixteen
 /// readable `u16`s.
 #[inline]
-#[target_feature(enable = "avx512f,avx512cd,avx512bw,avx512vl,avx512vbmi,avx512vbmi2,bmi2")]
+#[target_feature(enable = "avx512f,avx512cd,avx512bw,avx512vl,avx512vbmi,avx512vbmi2,bmi2,popcnt")]
 unsafe fn escaped_diffs16<const W: usize>(
     window: __m512i,
     first_bit: u32,
@@ -262,7 +267,7 @@ unsafe fn escaped_diffs16<const W: usize>(
 /// # Safety
 /// As [`escaped_diffs16`].
 #[inline]
-#[target_feature(enable = "avx512f,avx512cd,avx512bw,avx512vl,avx512vbmi,avx512vbmi2,bmi2")]
+#[target_feature(enable = "avx512f,avx512cd,avx512bw,avx512vl,avx512vbmi,avx512vbmi2,bmi2,popcnt")]
 unsafe fn diffs_at<const W: usize>(
     data: &[u8],
     pos: u64,
@@ -280,22 +285,27 @@ unsafe fn diffs_at<const W: usize>(
 /// Add each element's escaped difference (symbol `escapes[i]` and its extra bits from
 /// `bits`) to the words of `elems` (`W` = 2 or 4 bytes), or with `base` to the words of
 /// `base`, writing the sums to `elems`; sixteen a step, while a step's 64-byte window of
-/// extra bits lies inside the stream. Returns the elements done, a multiple of [`BLOCK`],
-/// and leaves `bits` after their extra bits; the caller does the rest one by one. Symbols
-/// must be below the cardinality for `W` (as `read_symbols` checks).
+/// extra bits lies inside the stream. Every 64 bytes stored go to `hash`. Returns the
+/// elements done, a multiple of [`BLOCK`], and leaves `bits` after their extra bits; the
+/// caller does the rest one by one. Symbols must be below the cardinality for `W` (as
+/// `read_symbols` checks).
 ///
 /// # Safety
 /// The CPU must support what [`apply_available`] checks; `base`, if given, must be at
 /// least as long as `elems`.
-#[target_feature(enable = "avx512f,avx512cd,avx512bw,avx512vl,avx512vbmi,avx512vbmi2,bmi2")]
+#[target_feature(enable = "avx512f,avx512cd,avx512bw,avx512vl,avx512vbmi,avx512vbmi2,bmi2,popcnt")]
 pub(crate) unsafe fn apply_in_order<const W: usize>(
     elems: &mut [u8],
     base: Option<&[u8]>,
     escapes: &[u16],
     bits: &mut BitReader,
+    mut hash: Option<&mut StripeHash>,
 ) -> usize {
     debug_assert!(W == 2 || W == 4);
     debug_assert!(base.is_none_or(|b| b.len() >= elems.len()));
+    // A 16-bit step stores 32 bytes: the even step's sum waits here for the odd one's, to
+    // hash 64 bytes at a time.
+    let mut even_half = _mm256_setzero_si256();
     let steps = (elems.len() / W).min(escapes.len()) / BLOCK;
     let dst = elems.as_mut_ptr();
     let src = base.map_or(dst.cast_const(), <[u8]>::as_ptr);
@@ -315,10 +325,21 @@ pub(crate) unsafe fn apply_in_order<const W: usize>(
             if W == 4 {
                 let sum = _mm512_add_epi32(_mm512_loadu_si512(from.cast()), diff);
                 _mm512_storeu_si512(to.cast(), sum);
+                if let Some(h) = hash.as_deref_mut() {
+                    h.push(sum);
+                }
             } else {
                 let sum =
                     _mm256_add_epi16(_mm256_loadu_si256(from.cast()), _mm512_cvtepi32_epi16(diff));
                 _mm256_storeu_si256(to.cast(), sum);
+                if done % 2 == 0 {
+                    even_half = sum;
+                } else if let Some(h) = hash.as_deref_mut() {
+                    h.push(_mm512_inserti64x4::<1>(
+                        _mm512_castsi256_si512(even_half),
+                        sum,
+                    ));
+                }
             }
             pos += taken;
         }
@@ -328,60 +349,185 @@ pub(crate) unsafe fn apply_in_order<const W: usize>(
     done * BLOCK
 }
 
-/// Add escaped quads to `block`, four at a time: quad `at[k]` (an index of `4 W`-byte
-/// quads in `block`) takes symbols `escapes[4 k..4 k + 4]` and their extra bits from
-/// `bits`. Runs while four quads remain and their window of extra bits lies inside the
-/// stream; returns the quads done (a multiple of four) and leaves `bits` after them.
+/// The differences of `escapes` (symbols below the cardinality for `W`, their extra bits
+/// from `bits`) unzigzagged into `out` as `W`-byte words, sixteen a step while sixteen remain
+/// and a step's window of extra bits lies inside the stream. Returns the differences done
+/// (a multiple of [`BLOCK`]) and leaves `bits` after their extra bits; the caller does the
+/// rest one by one.
 ///
 /// # Safety
-/// The CPU must support what [`apply_available`] checks. Every index in `at` must be a
-/// whole quad of `block`, and `escapes` must hold four symbols per index.
-#[target_feature(enable = "avx512f,avx512cd,avx512bw,avx512vl,avx512vbmi,avx512vbmi2,bmi2")]
-pub(crate) unsafe fn apply_quads<const W: usize>(
-    block: &mut [u8],
-    at: &[u32],
+/// The CPU must support what [`apply_available`] checks.
+#[target_feature(enable = "avx512f,avx512cd,avx512bw,avx512vl,avx512vbmi,avx512vbmi2,bmi2,popcnt")]
+pub(crate) unsafe fn escape_diffs<const W: usize>(
     escapes: &[u16],
     bits: &mut BitReader,
+    out: &mut [u8],
 ) -> usize {
     debug_assert!(W == 2 || W == 4);
-    debug_assert!(escapes.len() >= 4 * at.len());
+    let steps = escapes.len().min(out.len() / W) / BLOCK;
     let (data, mut pos) = bits.parts();
     let mut done = 0;
-    while done + 4 <= at.len() {
-        // SAFETY: the sixteen symbols of these four quads lie inside `escapes`, and each
-        // quad's `4 W` bytes inside `block` (the caller's contract).
+    while done < steps {
+        // SAFETY: the step's sixteen symbols lie inside `escapes` and its `16 W` bytes
+        // inside `out` (`done < steps`).
         let Some((diff, taken)) =
-            (unsafe { diffs_at::<W>(data, pos, escapes.as_ptr().add(4 * done)) })
+            (unsafe { diffs_at::<W>(data, pos, escapes.as_ptr().add(BLOCK * done)) })
         else {
             break;
         };
         unsafe {
-            let quads = if W == 4 {
-                diff
+            let to = out.as_mut_ptr().add(BLOCK * W * done);
+            if W == 4 {
+                _mm512_storeu_si512(to.cast(), diff);
             } else {
-                _mm512_castsi256_si512(_mm512_cvtepi32_epi16(diff))
-            };
-            let mut lanes = [0u8; 64];
-            _mm512_storeu_si512(lanes.as_mut_ptr().cast(), quads);
-            for (k, &i) in at[done..done + 4].iter().enumerate() {
-                let el = block.as_mut_ptr().add(i as usize * 4 * W);
-                let add = lanes.as_ptr().add(k * 4 * W);
-                if W == 4 {
-                    let sum =
-                        _mm_add_epi32(_mm_loadu_si128(el.cast()), _mm_loadu_si128(add.cast()));
-                    _mm_storeu_si128(el.cast(), sum);
-                } else {
-                    let sum =
-                        _mm_add_epi16(_mm_loadl_epi64(el.cast()), _mm_loadl_epi64(add.cast()));
-                    _mm_storel_epi64(el.cast(), sum);
-                }
+                _mm256_storeu_si256(to.cast(), _mm512_cvtepi32_epi16(diff));
             }
-            pos += taken;
         }
-        done += 4;
+        pos += taken;
+        done += 1;
     }
     *bits = BitReader::at(data, pos);
-    done
+    done * BLOCK
+}
+
+/// How many of `qs` are `symbol`.
+///
+/// # Safety
+/// The CPU must support what [`available`] checks.
+#[target_feature(enable = "avx512f,avx512bw,popcnt")]
+pub(crate) unsafe fn count_symbol(qs: &[u16], symbol: u16) -> usize {
+    let wanted = _mm512_set1_epi16(symbol as i16);
+    let mut groups = qs.chunks_exact(32);
+    let mut count = 0usize;
+    for g in &mut groups {
+        // SAFETY: `g` is 32 symbols, 64 bytes.
+        let v = unsafe { _mm512_loadu_si512(g.as_ptr().cast()) };
+        count += _mm512_cmpeq_epi16_mask(v, wanted).count_ones() as usize;
+    }
+    count + groups.remainder().iter().filter(|&&q| q == symbol).count()
+}
+
+/// The differences of the quads of one 64-byte step (eight 16-bit symbols or four 32-bit
+/// ones in the low lanes of `q`), unzigzagged in their `W`-byte lanes: each symbol's four
+/// two-bit differences spread to their lanes by a permute and a variable shift. An escape
+/// symbol (256) has zeros in its low eight bits and so gives zeros.
+#[inline]
+#[target_feature(enable = "avx512f,avx512bw")]
+fn plain_diffs<const W: usize>(q: __m128i) -> __m512i {
+    if W == 2 {
+        let spread = _mm512_permutexvar_epi16(
+            _mm512_set_epi16(
+                7, 7, 7, 7, 6, 6, 6, 6, 5, 5, 5, 5, 4, 4, 4, 4, 3, 3, 3, 3, 2, 2, 2, 2, 1, 1, 1, 1,
+                0, 0, 0, 0,
+            ),
+            _mm512_castsi128_si512(q),
+        );
+        let shifts = _mm512_set1_epi64(0x0006_0004_0002_0000);
+        let z = _mm512_and_si512(_mm512_srlv_epi16(spread, shifts), _mm512_set1_epi16(3));
+        _mm512_xor_si512(
+            _mm512_srli_epi16::<1>(z),
+            _mm512_sub_epi16(
+                _mm512_setzero_si512(),
+                _mm512_and_si512(z, _mm512_set1_epi16(1)),
+            ),
+        )
+    } else {
+        let spread = _mm512_permutexvar_epi32(
+            _mm512_set_epi32(3, 3, 3, 3, 2, 2, 2, 2, 1, 1, 1, 1, 0, 0, 0, 0),
+            _mm512_cvtepu16_epi32(_mm256_castsi128_si256(q)),
+        );
+        let shifts = _mm512_set_epi32(6, 4, 2, 0, 6, 4, 2, 0, 6, 4, 2, 0, 6, 4, 2, 0);
+        let z = _mm512_and_si512(_mm512_srlv_epi32(spread, shifts), _mm512_set1_epi32(3));
+        _mm512_xor_si512(
+            _mm512_srli_epi32::<1>(z),
+            _mm512_sub_epi32(
+                _mm512_setzero_si512(),
+                _mm512_and_si512(z, _mm512_set1_epi32(1)),
+            ),
+        )
+    }
+}
+
+/// The symbols of one 64-byte step: eight 16-bit quads or four 32-bit ones.
+///
+/// # Safety
+/// `qs` must point at `16 / W` readable symbols.
+#[inline]
+#[target_feature(enable = "avx512f,avx512bw")]
+unsafe fn step_symbols<const W: usize>(qs: *const u16) -> __m128i {
+    // SAFETY: the caller's.
+    unsafe {
+        if W == 2 {
+            _mm_loadu_si128(qs.cast())
+        } else {
+            _mm_loadl_epi64(qs.cast())
+        }
+    }
+}
+
+/// Add every quad of `qs` to `block` (quad `i` is `4 W` bytes at `4 W i`), or with `base`
+/// to the same quads of `base`, writing the sums to `block`; 64 bytes a step. A plain quad
+/// adds the differences its symbol packs; an escaped one the next four of `diffs` (the
+/// block's escaped differences, `W`-byte words in order, from [`escape_diffs`]), expanded
+/// into its lanes. Each stored step is handed to `hash`, so that the decoded chunk is not
+/// read back for its checksum. Runs while 64 bytes of `diffs` are readable from the next
+/// difference; returns the quads done and the differences used. The caller does the rest.
+///
+/// # Safety
+/// The CPU must support what [`apply_available`] checks. `block` (and `base`, if given)
+/// must hold `4 W` bytes per symbol of `qs`.
+#[target_feature(enable = "avx512f,avx512cd,avx512bw,avx512vl,avx512vbmi2,bmi2,popcnt")]
+pub(crate) unsafe fn add_quads<const W: usize>(
+    block: &mut [u8],
+    base: Option<&[u8]>,
+    qs: &[u16],
+    diffs: &[u8],
+    escape_symbol: u16,
+    mut hash: Option<&mut StripeHash>,
+) -> (usize, usize) {
+    debug_assert!(W == 2 || W == 4);
+    debug_assert!(block.len() >= 4 * W * qs.len());
+    debug_assert!(base.is_none_or(|b| b.len() >= 4 * W * qs.len()));
+    let dst = block.as_mut_ptr();
+    let src = base.map_or(dst.cast_const(), <[u8]>::as_ptr);
+    // Quads per 64-byte step.
+    let per = 16 / W;
+    let steps = qs.len() / per;
+    let escape = _mm_set1_epi16(escape_symbol as i16);
+    let lane_spread = if W == 2 { 0x1111_1111 } else { 0x1111 };
+    let mut used = 0usize;
+    let mut s = 0;
+    while s < steps && W * used + 64 <= diffs.len() {
+        // SAFETY: step `s` reads `per` symbols of `qs` and 64 bytes of `block` (or `base`)
+        // at `64 s`, inside the lengths above, and 64 bytes of `diffs` at `W used`
+        // (checked by the loop condition).
+        unsafe {
+            let q = step_symbols::<W>(qs.as_ptr().add(per * s));
+            let escaped = (_mm_cmpeq_epi16_mask(q, escape) as u32) & ((1 << per) - 1);
+            let lanes = _pdep_u32(escaped, lane_spread) * 0xF;
+            let (from, to) = (src.add(64 * s), dst.add(64 * s));
+            _mm_prefetch::<_MM_HINT_T0>(from.wrapping_add(PREFETCH).cast());
+            let next = _mm512_loadu_si512(diffs.as_ptr().add(W * used).cast());
+            let sum = if W == 2 {
+                let d =
+                    _mm512_add_epi16(plain_diffs::<2>(q), _mm512_maskz_expand_epi16(lanes, next));
+                _mm512_add_epi16(_mm512_loadu_si512(from.cast()), d)
+            } else {
+                let d = _mm512_add_epi32(
+                    plain_diffs::<4>(q),
+                    _mm512_maskz_expand_epi32(lanes as __mmask16, next),
+                );
+                _mm512_add_epi32(_mm512_loadu_si512(from.cast()), d)
+            };
+            _mm512_storeu_si512(to.cast(), sum);
+            if let Some(h) = hash.as_deref_mut() {
+                h.push(sum);
+            }
+            used += lanes.count_ones() as usize;
+        }
+        s += 1;
+    }
+    (s * per, used)
 }
 
 /// Add the plain quads of `qs` to `block` (quad `i` is `4 W` bytes at `4 W i`), or with
@@ -394,7 +540,7 @@ pub(crate) unsafe fn apply_quads<const W: usize>(
 /// # Safety
 /// The CPU must support what [`available`] checks. `block` (and `base`, if given) must
 /// hold `4 W` bytes per symbol of `qs`, and `at` one slot per symbol.
-#[target_feature(enable = "avx512f,avx512cd,avx512bw,avx512vl,bmi2")]
+#[target_feature(enable = "avx512f,avx512cd,avx512bw,avx512vl,bmi2,popcnt")]
 pub(crate) unsafe fn add_plain_quads<const W: usize>(
     block: &mut [u8],
     base: Option<&[u8]>,
@@ -417,47 +563,14 @@ pub(crate) unsafe fn add_plain_quads<const W: usize>(
         // `base`) at `64 s`, inside the lengths above; `at` has a slot for each of the
         // step's quads past the `found <= per s` already noted.
         unsafe {
-            let q = if W == 2 {
-                _mm_loadu_si128(qs.as_ptr().add(per * s).cast())
-            } else {
-                _mm_loadl_epi64(qs.as_ptr().add(per * s).cast())
-            };
+            let q = step_symbols::<W>(qs.as_ptr().add(per * s));
             let escaped = (_mm_cmpeq_epi16_mask(q, escape) as u32) & ((1 << per) - 1);
             let (from, to) = (src.add(64 * s), dst.add(64 * s));
             _mm_prefetch::<_MM_HINT_T0>(from.wrapping_add(PREFETCH).cast());
             let sum = if W == 2 {
-                let spread = _mm512_permutexvar_epi16(
-                    _mm512_set_epi16(
-                        7, 7, 7, 7, 6, 6, 6, 6, 5, 5, 5, 5, 4, 4, 4, 4, 3, 3, 3, 3, 2, 2, 2, 2, 1,
-                        1, 1, 1, 0, 0, 0, 0,
-                    ),
-                    _mm512_castsi128_si512(q),
-                );
-                let shifts = _mm512_set1_epi64(0x0006_0004_0002_0000);
-                let z = _mm512_and_si512(_mm512_srlv_epi16(spread, shifts), _mm512_set1_epi16(3));
-                let d = _mm512_xor_si512(
-                    _mm512_srli_epi16::<1>(z),
-                    _mm512_sub_epi16(
-                        _mm512_setzero_si512(),
-                        _mm512_and_si512(z, _mm512_set1_epi16(1)),
-                    ),
-                );
-                _mm512_add_epi16(_mm512_loadu_si512(from.cast()), d)
+                _mm512_add_epi16(_mm512_loadu_si512(from.cast()), plain_diffs::<2>(q))
             } else {
-                let spread = _mm512_permutexvar_epi32(
-                    _mm512_set_epi32(3, 3, 3, 3, 2, 2, 2, 2, 1, 1, 1, 1, 0, 0, 0, 0),
-                    _mm512_cvtepu16_epi32(_mm256_castsi128_si256(q)),
-                );
-                let shifts = _mm512_set_epi32(6, 4, 2, 0, 6, 4, 2, 0, 6, 4, 2, 0, 6, 4, 2, 0);
-                let z = _mm512_and_si512(_mm512_srlv_epi32(spread, shifts), _mm512_set1_epi32(3));
-                let d = _mm512_xor_si512(
-                    _mm512_srli_epi32::<1>(z),
-                    _mm512_sub_epi32(
-                        _mm512_setzero_si512(),
-                        _mm512_and_si512(z, _mm512_set1_epi32(1)),
-                    ),
-                );
-                _mm512_add_epi32(_mm512_loadu_si512(from.cast()), d)
+                _mm512_add_epi32(_mm512_loadu_si512(from.cast()), plain_diffs::<4>(q))
             };
             _mm512_storeu_si512(to.cast(), sum);
             if escaped != 0 {

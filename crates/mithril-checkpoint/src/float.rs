@@ -21,19 +21,19 @@ use std::borrow::Cow;
 use std::cell::RefCell;
 
 #[cfg(target_arch = "x86_64")]
-use crate::xxh3_avx512::StripeHash;
+pub(crate) use crate::xxh3_avx512::StripeHash;
 
 /// Where no kernel hashes the words it joins, there is no such hash.
 #[cfg(not(target_arch = "x86_64"))]
-enum StripeHash {}
+pub(crate) enum StripeHash {}
 
 #[cfg(not(target_arch = "x86_64"))]
 impl StripeHash {
-    fn new(_len: usize) -> Option<StripeHash> {
+    pub(crate) fn new(_len: usize) -> Option<StripeHash> {
         None
     }
 
-    fn finish(self, _data: &[u8]) -> Option<u64> {
+    pub(crate) fn finish(self, _data: &[u8]) -> Option<u64> {
         match self {}
     }
 }
