@@ -74,6 +74,15 @@ fn return_buffer(v: Vec<u16>) {
     });
 }
 
+/// Keep a chunk's symbol buffers for the next chunk on this thread, the escapes' below the
+/// quads': the next chunk takes its quad buffer first, and so gets each buffer back in the
+/// role it had. Swapped, the escape buffer would be the shorter one and be grown (zeroed
+/// when decoding, reallocated when planning) on every chunk.
+fn return_buffers(quads: Vec<u16>, escapes: Vec<u16>) {
+    return_buffer(escapes);
+    return_buffer(quads);
+}
+
 /// What [`plan`] found: the symbols and extra bits of a chunk, and their counts.
 pub struct QuadPlan {
     pub estimate: usize,
@@ -237,8 +246,7 @@ impl QuadPlan {
         push_huffman(&mut out, &self.quads, self.quad_code.as_ref());
         push_huffman(&mut out, &self.escapes, self.escape_code.as_ref());
         push_stream(&mut out, METHOD_RAW, &self.extra);
-        return_buffer(self.quads);
-        return_buffer(self.escapes);
+        return_buffers(self.quads, self.escapes);
         out
     }
 }
@@ -636,8 +644,7 @@ pub(crate) fn decode_from<T: Word>(
         4 => decode_with::<T, u128>(payload, base, out, &mut quads, &mut escapes, hash.as_mut()),
         w => Err(corrupt(format!("sub-quad on {w}-byte elements"))),
     };
-    return_buffer(quads);
-    return_buffer(escapes);
+    return_buffers(quads, escapes);
     result.map(|()| hash.and_then(|h| h.finish(out)))
 }
 
