@@ -54,15 +54,15 @@ fn take_spare() -> Vec<u16> {
     SPARE.with(|s| s.borrow_mut().pop()).unwrap_or_default()
 }
 
-/// `v` made `len` entries long for a decoder to overwrite, zeroing only entries it did not
-/// have: what a reused buffer held is left in place, since the symbol readers write every
-/// entry or fail.
-fn set_len_keeping(v: &mut Vec<u16>, len: usize) {
-    if v.len() >= len {
-        v.truncate(len);
-    } else {
+/// The first `len` entries of `v`, for a decoder to overwrite, zeroing only entries it did
+/// not have: what a reused buffer held is left in place, since the symbol readers write
+/// every entry or fail. `v` is never cut short, so that a short chunk between two long
+/// ones does not make the next long one zero what it then grows back.
+fn first_entries(v: &mut Vec<u16>, len: usize) -> &mut [u16] {
+    if v.len() < len {
         v.resize(len, 0);
     }
+    &mut v[..len]
 }
 
 fn return_buffer(v: Vec<u16>) {
@@ -636,12 +636,12 @@ pub(crate) fn decode_from<T: Word>(
     debug_assert!(base.is_none_or(|b| b.len() == out.len()));
     let n = out.len() / T::BYTES;
     let mut quads = take_spare();
-    set_len_keeping(&mut quads, n.div_ceil(QUAD));
     let mut escapes = take_spare();
+    let symbols = first_entries(&mut quads, n.div_ceil(QUAD));
     let mut hash = StripeHash::new(out.len());
     let result = match T::BYTES {
-        2 => decode_with::<T, u64>(payload, base, out, &mut quads, &mut escapes, hash.as_mut()),
-        4 => decode_with::<T, u128>(payload, base, out, &mut quads, &mut escapes, hash.as_mut()),
+        2 => decode_with::<T, u64>(payload, base, out, symbols, &mut escapes, hash.as_mut()),
+        4 => decode_with::<T, u128>(payload, base, out, symbols, &mut escapes, hash.as_mut()),
         w => Err(corrupt(format!("sub-quad on {w}-byte elements"))),
     };
     return_buffers(quads, escapes);
@@ -661,7 +661,7 @@ fn decode_with<T: Word, P: Packed>(
     let mut rd = StreamReader::new(payload);
     read_symbols(rd.stream()?, quads, QUAD_CARDINALITY, "delta quad")?;
     let escaped = count_escapes(quads);
-    set_len_keeping(escapes, QUAD * escaped);
+    let escapes = first_entries(escapes, QUAD * escaped);
     let cardinality = max_symbol(8 * w as u32) as usize + 1;
     read_symbols(rd.stream()?, escapes, cardinality, "delta escape")?;
     let (method, extra) = rd.stream()?;
@@ -918,7 +918,7 @@ mod tests {
                 );
             }
         }
-        for n in [0, 15, 16, 17, 100, 1000, 4099] {
+        for n in [0, 15, 16, 17, 31, 32, 33, 65, 100, 1000, 4099] {
             check::<u16>(n, n as u64 + 1);
             check::<u32>(n, n as u64 + 2);
         }

@@ -11,9 +11,10 @@
 //! (two values of at most 28 bits fit 64), and one branch-free loop appends the pairs to
 //! the bit stream. The output is the scalar planner's, byte for byte (a test checks it).
 //!
-//! [`apply_in_order`] is the decoder's side for chunks whose every quad escaped: sixteen
-//! elements' extra bits are cut out of one 64-byte window of the stream at offsets from a
-//! prefix sum of their widths, instead of one dependent read per element. For a block of
+//! [`apply_in_order`] is the decoder's side for chunks whose every quad escaped: the extra
+//! bits of a 64-byte vector of elements (sixteen 32-bit or thirty-two 16-bit ones) are cut
+//! out of one 64-byte window of the stream at offsets from a prefix sum of their widths,
+//! instead of one dependent read per element. For a block of
 //! mixed quads, [`escape_diffs`] does the same into a buffer of the block's escaped
 //! differences, and [`add_quads`] then adds every quad in one pass: a plain quad's
 //! differences from its symbol, an escaped one's expanded from that buffer. Both hand the
@@ -187,25 +188,20 @@ pub(crate) fn apply_available() -> bool {
     available() && is_x86_feature_detected!("avx512vbmi") && is_x86_feature_detected!("avx512vbmi2")
 }
 
-/// The differences of sixteen escape symbols (16-bit symbols at `symbols`) whose extra bits
-/// start at bit `first_bit` (below 8) of `window`, unzigzagged in 32-bit lanes; and the
-/// extra bits they take. Symbols must be below the cardinality for `W`-byte words, so that
-/// no difference has more than `8 W - 4` extra bits and sixteen fit the window.
+/// The differences of sixteen escape symbols of 32-bit words (16-bit symbols at `symbols`)
+/// whose extra bits start at bit `first_bit` (below 8) of `window`, unzigzagged in 32-bit
+/// lanes; and the extra bits they take. Symbols must be below the cardinality for 32-bit
+/// words, so that no difference has more than 28 extra bits and sixteen fit the window.
 ///
 /// Each lane's bits are cut from the two 32-bit words of the window at its starting byte
-/// and four bytes on (one byte permute each), joined and shifted by a double shift; 16-bit
-/// words take at most 12 bits, which with the bit offset fit the first word alone.
+/// and four bytes on (one byte permute each), joined and shifted by a double shift.
 ///
 /// # Safety
 /// The CPU must support what [`apply_available`] checks; `symbols` must point at sixteen
 /// readable `u16`s.
 #[inline]
 #[target_feature(enable = "avx512f,avx512cd,avx512bw,avx512vl,avx512vbmi,avx512vbmi2,bmi2,popcnt")]
-unsafe fn escaped_diffs16<const W: usize>(
-    window: __m512i,
-    first_bit: u32,
-    symbols: *const u16,
-) -> (__m512i, u64) {
+unsafe fn escaped_diffs16(window: __m512i, first_bit: u32, symbols: *const u16) -> (__m512i, u64) {
     let zero = _mm512_setzero_si512();
     let one = _mm512_set1_epi32(1);
     let exact_v = _mm512_set1_epi32(EXACT as i32);
@@ -244,12 +240,8 @@ unsafe fn escaped_diffs16<const W: usize>(
         _mm512_set1_epi32(0x0302_0100),
     );
     let low = _mm512_permutexvar_epi8(index, window);
-    let words = if W == 2 {
-        _mm512_srlv_epi32(low, start_bit)
-    } else {
-        let high = _mm512_permutexvar_epi8(_mm512_add_epi8(index, _mm512_set1_epi8(4)), window);
-        _mm512_shrdv_epi32(low, high, start_bit)
-    };
+    let high = _mm512_permutexvar_epi8(_mm512_add_epi8(index, _mm512_set1_epi8(4)), window);
+    let words = _mm512_shrdv_epi32(low, high, start_bit);
     let mask = _mm512_sub_epi32(_mm512_sllv_epi32(one, extra), one);
     let d = _mm512_add_epi32(value, _mm512_and_si512(words, mask));
     let diff = _mm512_xor_si512(
@@ -260,12 +252,81 @@ unsafe fn escaped_diffs16<const W: usize>(
     (diff, taken as u32 as u64)
 }
 
-/// [`escaped_diffs16`] of the sixteen symbols at `symbols`, their extra bits from bit `pos`
-/// of the stream `data`; `None` where the 64-byte window from that bit's byte would pass
+/// [`escaped_diffs16`] for 16-bit words, thirty-two symbols in 16-bit lanes: at most 12
+/// extra bits each, so thirty-two fit the window, and a lane's bits, after an offset of
+/// up to 7, the two 16-bit words at its starting byte and two bytes on.
+///
+/// # Safety
+/// As [`escaped_diffs16`], with thirty-two readable `u16`s at `symbols`, each below the
+/// cardinality for 16-bit words.
+#[inline]
+#[target_feature(enable = "avx512f,avx512cd,avx512bw,avx512vl,avx512vbmi,avx512vbmi2,bmi2,popcnt")]
+unsafe fn escaped_diffs32(window: __m512i, first_bit: u32, symbols: *const u16) -> (__m512i, u64) {
+    let zero = _mm512_setzero_si512();
+    let one = _mm512_set1_epi16(1);
+    let exact_v = _mm512_set1_epi16(EXACT as i16);
+    // SAFETY: the caller guarantees thirty-two readable symbols.
+    let symbols = unsafe { _mm512_loadu_si512(symbols.cast()) };
+    let exact = _mm512_cmplt_epu16_mask(symbols, exact_v);
+    let j = _mm512_sub_epi16(symbols, exact_v);
+    let extra = _mm512_maskz_add_epi16(
+        !exact,
+        _mm512_srli_epi16::<{ KEPT_BITS }>(j),
+        _mm512_set1_epi16((FIRST_LEN - 1 - KEPT_BITS) as i16),
+    );
+    let lead = _mm512_add_epi16(
+        _mm512_set1_epi16(1 << KEPT_BITS),
+        _mm512_and_si512(j, _mm512_set1_epi16((1 << KEPT_BITS) - 1)),
+    );
+    let value = _mm512_mask_mov_epi16(_mm512_sllv_epi16(lead, extra), exact, symbols);
+    // Inclusive prefix sum of the widths: lane i adds lane i - k, for k = 1, 2, 4, 8, 16.
+    let lanes = _mm512_set_epi16(
+        31, 30, 29, 28, 27, 26, 25, 24, 23, 22, 21, 20, 19, 18, 17, 16, 15, 14, 13, 12, 11, 10, 9,
+        8, 7, 6, 5, 4, 3, 2, 1, 0,
+    );
+    let mut ends = extra;
+    for k in [1, 2, 4, 8, 16] {
+        let from = _mm512_sub_epi16(lanes, _mm512_set1_epi16(k));
+        let shifted = _mm512_maskz_permutexvar_epi16(!((1u32 << k) - 1), from, ends);
+        ends = _mm512_add_epi16(ends, shifted);
+    }
+    let starts = _mm512_add_epi16(
+        _mm512_sub_epi16(ends, extra),
+        _mm512_set1_epi16(first_bit as i16),
+    );
+    let start_bit = _mm512_and_si512(starts, _mm512_set1_epi16(7));
+    // The starting byte in both bytes of its lane, plus 0 and 1: the indices of the first
+    // word's two bytes; the second word's are two on.
+    let index = _mm512_add_epi16(
+        _mm512_mullo_epi16(_mm512_srli_epi16::<3>(starts), _mm512_set1_epi16(0x0101)),
+        _mm512_set1_epi16(0x0100),
+    );
+    let low = _mm512_permutexvar_epi8(index, window);
+    let high = _mm512_permutexvar_epi8(_mm512_add_epi16(index, _mm512_set1_epi16(0x0202)), window);
+    let words = _mm512_shrdv_epi16(low, high, start_bit);
+    let mask = _mm512_sub_epi16(_mm512_sllv_epi16(one, extra), one);
+    let d = _mm512_add_epi16(value, _mm512_and_si512(words, mask));
+    let diff = _mm512_xor_si512(
+        _mm512_srli_epi16::<1>(d),
+        _mm512_sub_epi16(zero, _mm512_and_si512(d, one)),
+    );
+    let taken = _mm_extract_epi16::<7>(_mm512_extracti32x4_epi32::<3>(ends));
+    (diff, taken as u16 as u64)
+}
+
+/// Escape symbols a step decodes: a 64-byte vector of `W`-byte differences.
+pub(crate) const fn step_elems<const W: usize>() -> usize {
+    64 / W
+}
+
+/// The differences of the [`step_elems`] symbols at `symbols` as `W`-byte words, their
+/// extra bits from bit `pos` of the stream `data` ([`escaped_diffs16`] or
+/// [`escaped_diffs32`]); `None` where the 64-byte window from that bit's byte would pass
 /// the end of the stream (the caller finishes one element at a time).
 ///
 /// # Safety
-/// As [`escaped_diffs16`].
+/// The CPU must support what [`apply_available`] checks; `symbols` must point at
+/// [`step_elems`] readable symbols, each below the cardinality for `W`-byte words.
 #[inline]
 #[target_feature(enable = "avx512f,avx512cd,avx512bw,avx512vl,avx512vbmi,avx512vbmi2,bmi2,popcnt")]
 unsafe fn diffs_at<const W: usize>(
@@ -278,16 +339,20 @@ unsafe fn diffs_at<const W: usize>(
     // SAFETY: `window` is 64 bytes; the symbols are the caller's.
     unsafe {
         let window = _mm512_loadu_si512(window.as_ptr().cast());
-        Some(escaped_diffs16::<W>(window, (pos & 7) as u32, symbols))
+        Some(if W == 4 {
+            escaped_diffs16(window, (pos & 7) as u32, symbols)
+        } else {
+            escaped_diffs32(window, (pos & 7) as u32, symbols)
+        })
     }
 }
 
 /// Add each element's escaped difference (symbol `escapes[i]` and its extra bits from
 /// `bits`) to the words of `elems` (`W` = 2 or 4 bytes), or with `base` to the words of
-/// `base`, writing the sums to `elems`; sixteen a step, while a step's 64-byte window of
-/// extra bits lies inside the stream. Every 64 bytes stored go to `hash`. Returns the
-/// elements done, a multiple of [`BLOCK`], and leaves `bits` after their extra bits; the
-/// caller does the rest one by one. Symbols must be below the cardinality for `W` (as
+/// `base`, writing the sums to `elems`; 64 bytes a step, while a step's 64-byte window of
+/// extra bits lies inside the stream. Every step's sums go to `hash`. Returns the elements
+/// done, a multiple of [`step_elems`], and leaves `bits` after their extra bits; the caller
+/// does the rest one by one. Symbols must be below the cardinality for `W` (as
 /// `read_symbols` checks).
 ///
 /// # Safety
@@ -303,57 +368,46 @@ pub(crate) unsafe fn apply_in_order<const W: usize>(
 ) -> usize {
     debug_assert!(W == 2 || W == 4);
     debug_assert!(base.is_none_or(|b| b.len() >= elems.len()));
-    // A 16-bit step stores 32 bytes: the even step's sum waits here for the odd one's, to
-    // hash 64 bytes at a time.
-    let mut even_half = _mm256_setzero_si256();
-    let steps = (elems.len() / W).min(escapes.len()) / BLOCK;
+    let per = step_elems::<W>();
+    let steps = (elems.len() / W).min(escapes.len()) / per;
     let dst = elems.as_mut_ptr();
     let src = base.map_or(dst.cast_const(), <[u8]>::as_ptr);
     let (data, mut pos) = bits.parts();
     let mut done = 0;
     while done < steps {
-        // SAFETY: the step's 16 symbols and `16 W` element bytes lie inside `escapes` and
-        // `elems` (`done < steps`), and so inside `base`.
+        // SAFETY: the step's symbols and 64 element bytes lie inside `escapes` and `elems`
+        // (`done < steps`), and so inside `base`.
         let Some((diff, taken)) =
-            (unsafe { diffs_at::<W>(data, pos, escapes.as_ptr().add(BLOCK * done)) })
+            (unsafe { diffs_at::<W>(data, pos, escapes.as_ptr().add(per * done)) })
         else {
             break;
         };
         unsafe {
-            let (from, to) = (src.add(BLOCK * W * done), dst.add(BLOCK * W * done));
+            let (from, to) = (src.add(64 * done), dst.add(64 * done));
             _mm_prefetch::<_MM_HINT_T0>(from.wrapping_add(PREFETCH).cast());
-            if W == 4 {
-                let sum = _mm512_add_epi32(_mm512_loadu_si512(from.cast()), diff);
-                _mm512_storeu_si512(to.cast(), sum);
-                if let Some(h) = hash.as_deref_mut() {
-                    h.push(sum);
-                }
+            let old = _mm512_loadu_si512(from.cast());
+            let sum = if W == 4 {
+                _mm512_add_epi32(old, diff)
             } else {
-                let sum =
-                    _mm256_add_epi16(_mm256_loadu_si256(from.cast()), _mm512_cvtepi32_epi16(diff));
-                _mm256_storeu_si256(to.cast(), sum);
-                if done % 2 == 0 {
-                    even_half = sum;
-                } else if let Some(h) = hash.as_deref_mut() {
-                    h.push(_mm512_inserti64x4::<1>(
-                        _mm512_castsi256_si512(even_half),
-                        sum,
-                    ));
-                }
+                _mm512_add_epi16(old, diff)
+            };
+            _mm512_storeu_si512(to.cast(), sum);
+            if let Some(h) = hash.as_deref_mut() {
+                h.push(sum);
             }
-            pos += taken;
         }
+        pos += taken;
         done += 1;
     }
     *bits = BitReader::at(data, pos);
-    done * BLOCK
+    done * per
 }
 
 /// The differences of `escapes` (symbols below the cardinality for `W`, their extra bits
-/// from `bits`) unzigzagged into `out` as `W`-byte words, sixteen a step while sixteen remain
-/// and a step's window of extra bits lies inside the stream. Returns the differences done
-/// (a multiple of [`BLOCK`]) and leaves `bits` after their extra bits; the caller does the
-/// rest one by one.
+/// from `bits`) unzigzagged into `out` as `W`-byte words, 64 bytes a step while a step's
+/// symbols remain and its window of extra bits lies inside the stream. Returns the
+/// differences done (a multiple of [`step_elems`]) and leaves `bits` after their extra
+/// bits; the caller does the rest one by one.
 ///
 /// # Safety
 /// The CPU must support what [`apply_available`] checks.
@@ -364,30 +418,25 @@ pub(crate) unsafe fn escape_diffs<const W: usize>(
     out: &mut [u8],
 ) -> usize {
     debug_assert!(W == 2 || W == 4);
-    let steps = escapes.len().min(out.len() / W) / BLOCK;
+    let per = step_elems::<W>();
+    let steps = escapes.len().min(out.len() / W) / per;
     let (data, mut pos) = bits.parts();
     let mut done = 0;
     while done < steps {
-        // SAFETY: the step's sixteen symbols lie inside `escapes` and its `16 W` bytes
-        // inside `out` (`done < steps`).
+        // SAFETY: the step's symbols lie inside `escapes` and its 64 bytes inside `out`
+        // (`done < steps`).
         let Some((diff, taken)) =
-            (unsafe { diffs_at::<W>(data, pos, escapes.as_ptr().add(BLOCK * done)) })
+            (unsafe { diffs_at::<W>(data, pos, escapes.as_ptr().add(per * done)) })
         else {
             break;
         };
-        unsafe {
-            let to = out.as_mut_ptr().add(BLOCK * W * done);
-            if W == 4 {
-                _mm512_storeu_si512(to.cast(), diff);
-            } else {
-                _mm256_storeu_si256(to.cast(), _mm512_cvtepi32_epi16(diff));
-            }
-        }
+        // SAFETY: as above.
+        unsafe { _mm512_storeu_si512(out.as_mut_ptr().add(64 * done).cast(), diff) };
         pos += taken;
         done += 1;
     }
     *bits = BitReader::at(data, pos);
-    done * BLOCK
+    done * per
 }
 
 /// How many of `qs` are `symbol`.
