@@ -260,6 +260,31 @@ def test_compress_tensor_with_base(small_state_dict, coding: str) -> None:
         mc.decompress_tensor(blob, base=x.to(torch.bfloat16))
 
 
+def test_compress_tensor_stores_whole_what_the_base_does_not_help(coding: str) -> None:
+    """Against a base of zeros (the optimizer moments' first base) no chunk gains from a
+    delta: the blob records no base, holds what the plain one holds (its index has room
+    for a base reference) and decodes without a base, or with any."""
+    from mithril import _native
+
+    g = torch.Generator().manual_seed(5)
+    moment = torch.randn(300, 200, generator=g).abs() * 1e-3
+    zeros = torch.zeros_like(moment)
+    blob = mc.compress_tensor(moment, base=zeros, delta_coding=coding)  # type: ignore[arg-type]
+    plain = mc.compress_tensor(moment)
+    assert _native.Reader.from_bytes(blob).lone_tensor() == ("F32", [300, 200], False)
+    assert len(plain) <= len(blob) <= len(plain) + 128
+    assert blob.endswith(plain[-100_000:])
+    assert_same_tensor(mc.decompress_tensor(blob), moment)
+    assert_same_tensor(mc.decompress_tensor(blob, base=zeros), moment)
+    assert_same_tensor(mc.decompress_tensor(blob, base=moment + 1), moment)
+    # One step on, the base helps, and the blob needs it.
+    step = moment * 0.999
+    delta = mc.compress_tensor(step, base=moment, delta_coding=coding)  # type: ignore[arg-type]
+    with pytest.raises(mithril.BaseCheckpointError, match="pass the base"):
+        mc.decompress_tensor(delta)
+    assert_same_tensor(mc.decompress_tensor(delta, base=moment), step)
+
+
 @pytest.mark.parametrize(
     "dtype", [torch.float32, torch.bfloat16, torch.float16, torch.int64, torch.int8, torch.bool]
 )

@@ -4,7 +4,7 @@
 
 use mithril_checkpoint::chunk::encode_chunk;
 use mithril_checkpoint::{float, rans, write_bytes, DType, EncodeOptions, FileExtras};
-use mithril_checkpoint::{BaseRef, BaseTensors, DeltaBase, Encoding, TensorSource};
+use mithril_checkpoint::{BaseId, BaseRef, BaseTensors, DeltaBase, Encoding, TensorSource};
 use std::collections::BTreeMap;
 use std::error::Error;
 use std::path::Path;
@@ -153,10 +153,10 @@ fn container_seeds(dir: &Path) -> Res<()> {
         .collect();
     let base_list = [t("long", DType::BF16, &[1000], &long)];
     let base = DeltaBase {
-        reference: BaseRef {
+        reference: BaseId::Given(BaseRef {
             id: "0123456789abcdef0123456789abcdef".into(),
             path: Some("base.mithril".into()),
-        },
+        }),
         tensors: BaseTensors::memory(&base_list),
     };
     let target = [t("long", DType::BF16, &[1000], &moved)];

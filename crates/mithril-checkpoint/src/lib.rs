@@ -41,4 +41,6 @@ pub use error::{Error, Result};
 pub use format::BaseRef;
 pub use format::{Index, TensorInfo};
 pub use reader::Reader;
-pub use writer::{write_bytes, write_file, BaseTensors, DeltaBase, FileExtras, TensorSource};
+pub use writer::{
+    write_bytes, write_file, BaseId, BaseTensors, DeltaBase, FileExtras, TensorSource,
+};

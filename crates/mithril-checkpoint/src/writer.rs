@@ -51,9 +51,35 @@ impl<'a> BaseTensors<'a> {
 
 /// The checkpoint a new file is written as a delta against.
 pub struct DeltaBase<'a> {
-    /// Recorded in the new file's index.
-    pub reference: BaseRef,
+    /// What the new file's index records.
+    pub reference: BaseId,
     pub tensors: BaseTensors<'a>,
+}
+
+/// What a delta container records as its base.
+pub enum BaseId {
+    /// This reference, whatever its chunks turn out to be (a file's base checkpoint).
+    Given(BaseRef),
+    /// The content id ([`format::tensor_content_id`]) of the lone tensor's base, made only
+    /// when some chunk is stored as a delta against it: a container whose chunks all gain
+    /// nothing from the base is stored whole, records no base and decodes without one. The
+    /// id is a pass over the whole base, and a reader given a base would make it again to
+    /// check a base that no chunk reads.
+    LoneTensorIfUsed,
+}
+
+impl BaseId {
+    /// A reference as long in the index as the one recorded: room is reserved before the
+    /// chunks are encoded.
+    fn widest(&self) -> BaseRef {
+        match self {
+            BaseId::Given(r) => r.clone(),
+            BaseId::LoneTensorIfUsed => BaseRef {
+                id: "0".repeat(32),
+                path: None,
+            },
+        }
+    }
 }
 
 impl DeltaBase<'_> {
@@ -313,6 +339,32 @@ fn jobs_to_reach(jobs: &[Job], target: usize) -> usize {
     n
 }
 
+/// The base reference a finished container records (see [`BaseId`]).
+fn recorded_base(
+    base: &DeltaBase,
+    tensors: &[TensorSource],
+    index: &Index,
+) -> Result<Option<BaseRef>> {
+    let BaseId::Given(reference) = &base.reference else {
+        let used = index
+            .tensors
+            .iter()
+            .flat_map(|t| &t.chunks)
+            .any(|c| Encoding::parse(&c.encoding).is_some_and(Encoding::is_delta));
+        let [t] = tensors else {
+            return Ok(None);
+        };
+        return Ok(match base.bytes_for(t)? {
+            Some(bytes) if used => Some(BaseRef {
+                id: format::tensor_content_id(t.dtype, &t.shape, &bytes),
+                path: None,
+            }),
+            _ => None,
+        });
+    };
+    Ok(Some(reference.clone()))
+}
+
 /// Encode `tensors` into `sink`.
 fn write_to<'a, S: Sink<'a>>(
     sink: &mut S,
@@ -362,7 +414,7 @@ fn write_to<'a, S: Sink<'a>>(
             .collect(),
         metadata: extras.metadata.clone(),
         safetensors_header: extras.safetensors_header.clone(),
-        base: base.map(|b| b.reference.clone()),
+        base: base.map(|b| b.reference.widest()),
     };
     let bound = serde_json::to_vec(&index)?.len();
     if bound as u64 > format::MAX_INDEX_LEN {
@@ -458,6 +510,9 @@ fn write_to<'a, S: Sink<'a>>(
     if let Some((prev, chunks)) = pending {
         done += write_window(&mut *sink, &mut index, &mut offset, prev, chunks)?;
         progress(done, total)?;
+    }
+    if let Some(b) = base {
+        index.base = recorded_base(b, tensors, &index)?;
     }
     let json = serde_json::to_vec(&index)?;
     if format::data_offset_for(json.len()) > data_offset {

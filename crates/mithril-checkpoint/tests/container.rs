@@ -115,7 +115,7 @@ fn single_bit_flips_are_caught() {
 #[test]
 fn decoding_on_the_calling_thread_matches_the_parallel_decoder() {
     use mithril_checkpoint::parallel::on_calling_thread;
-    use mithril_checkpoint::{BaseRef, BaseTensors, DeltaBase};
+    use mithril_checkpoint::{BaseId, BaseRef, BaseTensors, DeltaBase};
     let (bytes, tensors) = build(512);
     let r = Reader::from_bytes(bytes).unwrap();
     for (name, _, _, data) in &tensors {
@@ -142,10 +142,10 @@ fn decoding_on_the_calling_thread_matches_the_parallel_decoder() {
         data: base,
     }];
     let delta_base = DeltaBase {
-        reference: BaseRef {
+        reference: BaseId::Given(BaseRef {
             id: mithril_checkpoint::format::tensor_content_id(*dtype, shape, base),
             path: None,
-        },
+        }),
         tensors: BaseTensors::memory(&base_source),
     };
     let source = [TensorSource {
@@ -173,4 +173,75 @@ fn decoding_on_the_calling_thread_matches_the_parallel_decoder() {
     // content id computed and found to be another's.
     let err = r.read_with_base(name, &next, &mut out).unwrap_err();
     assert!(matches!(err, Error::Base(_)), "{err}");
+}
+
+/// A lone tensor written against a base whose id is left to the writer records that id
+/// only when a chunk is stored as a delta: a tensor the base does not help is stored
+/// whole, with no base to name, and decodes without one.
+#[test]
+fn a_lone_tensor_records_its_base_only_if_a_chunk_uses_it() {
+    use mithril_checkpoint::format::tensor_content_id;
+    use mithril_checkpoint::{BaseId, BaseTensors, DeltaBase};
+    let floats = |f: &dyn Fn(usize) -> f32| -> Vec<u8> {
+        (0..6_000).flat_map(|i| f(i).to_le_bytes()).collect()
+    };
+    let base = floats(&|i| (i as f32 * 0.37).sin() * 0.02);
+    let near = floats(&|i| (i as f32 * 0.37).sin() * 0.02 + 1e-6);
+    // Bit patterns with no relation to the base's: no delta is smaller than the plain codec.
+    let unrelated = floats(&|i| f32::from_bits((i as u32).wrapping_mul(0x9e37_79b9) >> 2));
+    let shape = vec![6_000u64];
+    let base_source = [TensorSource {
+        name: "w".into(),
+        dtype: DType::F32,
+        shape: shape.clone(),
+        data: &base,
+    }];
+    let delta_base = DeltaBase {
+        reference: BaseId::LoneTensorIfUsed,
+        tensors: BaseTensors::memory(&base_source),
+    };
+    let opts = EncodeOptions {
+        chunk_bytes: 4096,
+        ..Default::default()
+    };
+    let write = |data: &[u8]| {
+        let source = [TensorSource {
+            name: "w".into(),
+            dtype: DType::F32,
+            shape: shape.clone(),
+            data,
+        }];
+        let bytes = write_bytes(&source, &FileExtras::default(), &opts, Some(&delta_base));
+        Reader::from_bytes(bytes.unwrap()).unwrap()
+    };
+
+    let r = write(&near);
+    assert!(r
+        .tensor("w")
+        .unwrap()
+        .chunks
+        .iter()
+        .any(|c| c.encoding.is_delta()));
+    let recorded = r.index().base.as_ref().map(|b| b.id.clone());
+    assert_eq!(recorded, Some(tensor_content_id(DType::F32, &shape, &base)));
+    let mut out = vec![0u8; near.len()];
+    r.read_with_base("w", &base, &mut out).unwrap();
+    assert_eq!(out, near);
+    let err = r.read_with_base("w", &unrelated, &mut out).unwrap_err();
+    assert!(matches!(err, Error::Base(_)), "{err}");
+
+    let r = write(&unrelated);
+    assert!(r
+        .tensor("w")
+        .unwrap()
+        .chunks
+        .iter()
+        .all(|c| !c.encoding.is_delta()));
+    assert!(r.index().base.is_none());
+    let mut out = vec![0u8; unrelated.len()];
+    r.read_into("w", &mut out).unwrap();
+    assert_eq!(out, unrelated);
+    out.fill(0);
+    r.read_with_base("w", &near, &mut out).unwrap();
+    assert_eq!(out, unrelated);
 }

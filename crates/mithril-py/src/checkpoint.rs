@@ -4,10 +4,9 @@ use crate::errors::{config_error, IntoPyResult};
 use crate::threads;
 use mithril_checkpoint::chunk::{chunk_lengths, EncodeOptions};
 use mithril_checkpoint::delta::DeltaMode;
-use mithril_checkpoint::format::tensor_content_id;
 use mithril_checkpoint::parallel;
 use mithril_checkpoint::{
-    safetensors, writer, BaseRef, BaseTensors, DType, DeltaBase, Error, FileExtras, Reader,
+    safetensors, writer, BaseId, BaseRef, BaseTensors, DType, DeltaBase, Error, FileExtras, Reader,
     TensorSource,
 };
 use numpy::PyArray1;
@@ -124,10 +123,10 @@ fn delta_base<'a>(
 ) -> Option<DeltaBase<'a>> {
     let reader = base.as_ref()?;
     Some(DeltaBase {
-        reference: BaseRef {
+        reference: BaseId::Given(BaseRef {
             id: reader.content_id().to_string(),
             path: hint,
-        },
+        }),
         tensors: match in_memory {
             Some(list) => BaseTensors::memory(list),
             None => BaseTensors::File(reader),
@@ -234,16 +233,11 @@ fn write_bytes<'py>(
         .sum();
     let assembled = py
         .detach(|| {
-            // The base's content id is a pass over the whole base: made without the GIL.
-            let base = base_srcs.as_ref().and_then(|list| {
-                let b = list.first()?;
-                Some(DeltaBase {
-                    reference: BaseRef {
-                        id: tensor_content_id(b.dtype, &b.shape, b.data),
-                        path: None,
-                    },
-                    tensors: BaseTensors::memory(list),
-                })
+            // The base's content id, a pass over the whole base, is made here without the
+            // GIL, and only if a chunk is stored against the base.
+            let base = base_srcs.as_ref().map(|list| DeltaBase {
+                reference: BaseId::LoneTensorIfUsed,
+                tensors: BaseTensors::memory(list),
             });
             threads::run_on_caller_if_one(threads, chunks > 1, || {
                 writer::assemble(&srcs, &extras, &opts, base.as_ref())

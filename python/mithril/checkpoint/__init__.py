@@ -321,7 +321,10 @@ def compress_tensor(
 
     With ``base`` (the same tensor at an earlier step: same dtype and shape), the blob is a
     delta against it and records its content id; :func:`decompress_tensor` then needs that
-    exact base back. ``delta_coding`` as for :func:`save_file`."""
+    exact base back. Where no chunk of the tensor is smaller as a delta (a base of zeros,
+    say), the tensor is stored whole: the blob records no base and decodes without one, and
+    the base's content id (a pass over all of it) is never computed. ``delta_coding`` as for
+    :func:`save_file`."""
     base_raw = None if base is None else to_raw("", base)
     return _native.write_bytes(
         [to_raw("", tensor)],
@@ -337,7 +340,8 @@ def decompress_tensor(
     data: bytes, *, base: Any = None, framework: str | None = None, threads: int | None = None
 ) -> Any:
     """Inverse of :func:`compress_tensor`, bit-exact. A delta blob needs the ``base`` it was
-    made against (anything else raises :class:`mithril.BaseCheckpointError`)."""
+    made against (anything else raises :class:`mithril.BaseCheckpointError`); a blob stored
+    whole needs none, and a ``base`` passed with it is not read."""
     threads = _positive("threads", threads)
     reader = _native.Reader.from_bytes(_as_bytes(data))
     lone = reader.lone_tensor()
