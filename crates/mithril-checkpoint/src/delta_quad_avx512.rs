@@ -146,10 +146,12 @@ pub(crate) unsafe fn plan_blocks<const W: usize>(
             _mm256_storeu_si256(esc_out.add(esc_len).cast(), packed);
         }
         esc_len += count;
-        // Pairs of consecutive escaped values in 64-bit lanes: low value, then the high
-        // one above its bits.
-        let v = _mm512_maskz_compress_epi32(lanes, values);
-        let n = _mm512_maskz_compress_epi32(lanes, bits);
+        // Only differences of `EXACT` or more have extra bits (few, in a 16-bit step's
+        // escapes): pairs of consecutive such values in 64-bit lanes, low value, then the
+        // high one above its bits (a lone last value pairs with a zero of no bits).
+        let with_bits = lanes & !exact;
+        let v = _mm512_maskz_compress_epi32(with_bits, values);
+        let n = _mm512_maskz_compress_epi32(with_bits, bits);
         let low_bits = _mm512_and_si512(n, low_half);
         let merged = _mm512_or_si512(
             _mm512_and_si512(v, low_half),
@@ -161,7 +163,7 @@ pub(crate) unsafe fn plan_blocks<const W: usize>(
             _mm512_storeu_si512(pairs.as_mut_ptr().cast(), merged);
             _mm512_storeu_si512(pair_bits.as_mut_ptr().cast(), merged_bits);
         }
-        for j in 0..count / 2 {
+        for j in 0..(with_bits.count_ones() as usize).div_ceil(2) {
             // At most 7 bits wait in `acc` and a pair holds at most 56, so the sum fits.
             acc |= pairs[j] << filled;
             filled += pair_bits[j] as u32;
