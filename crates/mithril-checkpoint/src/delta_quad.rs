@@ -247,6 +247,7 @@ impl QuadPlan {
         push_huffman(&mut out, &self.escapes, self.escape_code.as_ref());
         push_stream(&mut out, METHOD_RAW, &self.extra);
         return_buffers(self.quads, self.escapes);
+        crate::buffer_pool::recycle_payload(self.extra);
         out
     }
 }

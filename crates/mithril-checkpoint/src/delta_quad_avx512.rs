@@ -70,7 +70,8 @@ pub(crate) unsafe fn plan_blocks<const W: usize>(
     debug_assert!(raw.len() >= BLOCK * W * blocks && base.len() >= BLOCK * W * blocks);
     debug_assert!(quads.len() >= 4 * blocks);
     debug_assert!(escapes.capacity() - escapes.len() >= BLOCK * (blocks + 1));
-    let mut extra: Vec<u8> = Vec::with_capacity(extra_room::<W>(blocks));
+    // Recycled: a fresh buffer this large is fresh memory, faulted in page by page.
+    let mut extra: Vec<u8> = crate::buffer_pool::payload_buffer(extra_room::<W>(blocks));
     let out = extra.as_mut_ptr();
     let mut pos = 0usize;
     let mut acc = 0u64;
