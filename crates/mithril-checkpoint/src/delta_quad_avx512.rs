@@ -367,8 +367,10 @@ pub(crate) unsafe fn apply_in_order<const W: usize>(
     base: Option<&[u8]>,
     escapes: &[u16],
     bits: &mut BitReader,
-    mut hash: Option<&mut StripeHash>,
+    hash: Option<&mut StripeHash>,
 ) -> usize {
+    // The hash's state in a local, so that it stays in registers across the loop.
+    let mut local = hash.as_deref().cloned();
     debug_assert!(W == 2 || W == 4);
     debug_assert!(base.is_none_or(|b| b.len() >= elems.len()));
     let per = step_elems::<W>();
@@ -395,7 +397,7 @@ pub(crate) unsafe fn apply_in_order<const W: usize>(
                 _mm512_add_epi16(old, diff)
             };
             _mm512_storeu_si512(to.cast(), sum);
-            if let Some(h) = hash.as_deref_mut() {
+            if let Some(h) = local.as_mut() {
                 h.push(sum);
             }
         }
@@ -403,6 +405,9 @@ pub(crate) unsafe fn apply_in_order<const W: usize>(
         done += 1;
     }
     *bits = BitReader::at(data, pos);
+    if let (Some(to), Some(from)) = (hash, local) {
+        *to = from;
+    }
     done * per
 }
 
@@ -535,8 +540,10 @@ pub(crate) unsafe fn add_quads<const W: usize>(
     qs: &[u16],
     diffs: &[u8],
     escape_symbol: u16,
-    mut hash: Option<&mut StripeHash>,
+    hash: Option<&mut StripeHash>,
 ) -> (usize, usize) {
+    // The hash's state in a local, so that it stays in registers across the loop.
+    let mut local = hash.as_deref().cloned();
     debug_assert!(W == 2 || W == 4);
     debug_assert!(block.len() >= 4 * W * qs.len());
     debug_assert!(base.is_none_or(|b| b.len() >= 4 * W * qs.len()));
@@ -572,12 +579,15 @@ pub(crate) unsafe fn add_quads<const W: usize>(
                 _mm512_add_epi32(_mm512_loadu_si512(from.cast()), d)
             };
             _mm512_storeu_si512(to.cast(), sum);
-            if let Some(h) = hash.as_deref_mut() {
+            if let Some(h) = local.as_mut() {
                 h.push(sum);
             }
             used += lanes.count_ones() as usize;
         }
         s += 1;
+    }
+    if let (Some(to), Some(from)) = (hash, local) {
+        *to = from;
     }
     (s * per, used)
 }

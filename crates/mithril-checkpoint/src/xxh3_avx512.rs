@@ -64,6 +64,7 @@ pub unsafe fn hash_long(data: &[u8]) -> u64 {
 /// is not read back for its checksum (by then it has often left L2). The stripes handed
 /// to [`StripeHash::push`] must be the input's first ones, in order; [`StripeHash::finish`]
 /// reads the rest from memory.
+#[derive(Clone)]
 pub(crate) struct StripeHash {
     products: __m512i,
     words: __m512i,
