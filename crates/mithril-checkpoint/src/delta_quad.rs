@@ -21,9 +21,10 @@
 use crate::delta::{LeWord, Word};
 use crate::delta_bits::{max_symbol, symbol_of, BitReader, BitWriter, EXACT, SYMBOLS};
 use crate::error::{corrupt, Result};
-use crate::float::{push_huffman, push_stream, read_symbols, StreamReader, StripeHash, METHOD_RAW};
+use crate::float::{
+    push_huffman, push_stream, read_symbols, symbol_histogram, StreamReader, StripeHash, METHOD_RAW,
+};
 use crate::huffman;
-use crate::rans;
 use std::cell::RefCell;
 
 /// Elements per quad symbol.
@@ -222,10 +223,10 @@ fn plan_body<T: Word>(raw: &[u8], base: &[u8], simd: bool) -> QuadPlan {
         let (t, b) = (&raw[full * QUAD * w..], &base[full * QUAD * w..]);
         *last = quad_symbol(quad_diffs::<T>(t, b), &mut escapes, &mut extra);
     }
-    // Counted afterwards, four counters per symbol: runs of the all-zero quad would
-    // serialise a count taken in the loop above.
-    let quad_counts = rans::histogram_by(quads.iter().map(|&q| q as usize), QUAD_CARDINALITY);
-    let escape_counts = rans::histogram_by(escapes.iter().map(|&s| s as usize), ESCAPE_CARDINALITY);
+    // Counted afterwards, from a sample where the stream is long: runs of the all-zero
+    // quad would serialise a count taken in the loop above.
+    let quad_counts = symbol_histogram(&quads, QUAD_CARDINALITY);
+    let escape_counts = symbol_histogram(&escapes, ESCAPE_CARDINALITY);
     let extra = extra.finish();
     let (quad_code, quad_bytes) = stream_code(&quad_counts, quads.len());
     let (escape_code, escape_bytes) = stream_code(&escape_counts, escapes.len());

@@ -197,16 +197,78 @@ fn head_histogram<const W: usize>(raw: &[u8], split: Split) -> Vec<u32> {
         // SAFETY: the CPU supports AVX-512 F and BW (checked above).
         let found = unsafe { count_missing::<W>(raw, split.low, mask, &present, &mut missing) };
         let tested = raw.len() / (2 * BLOCK) * (BLOCK / W);
-        let (sampled, held) = ((raw.len() / W - tested) as u64, (tested - found) as u64);
-        return (0..cardinality)
-            .map(|i| {
-                let s = sample[i] as u64;
-                (s + (s * held + sampled / 2) / sampled) as u32 + missing[i]
-            })
-            .collect();
+        return scaled_sample(&sample, &missing, raw.len() / W - tested, tested - found);
     }
     count_heads::<W>(raw, split, &mut tables);
     summed(&tables, cardinality)
+}
+
+/// Histogram of `symbols` (each below `cardinality`): every symbol present has a count,
+/// and long streams are counted from half, as [`head_histogram`] counts heads. The
+/// `sub-quad` planner's quad and escape symbols take it: their exact count was a tenth of
+/// the planning of an fp32 delta, and the Huffman codes need proportions, not exact counts.
+pub(crate) fn symbol_histogram(symbols: &[u16], cardinality: usize) -> Vec<u32> {
+    #[cfg(target_arch = "x86_64")]
+    if cardinality <= HEAD_BINS
+        && 2 * symbols.len() >= SAMPLED_HISTOGRAM_FROM
+        && crate::head_sample_avx512::available()
+    {
+        use crate::head_sample_avx512::{count_missing, BLOCK};
+        // Symbols in each half of a 128-byte pair.
+        let half = BLOCK / 2;
+        let mut tables = [[0u32; HEAD_BINS]; 4];
+        let pairs = symbols.chunks_exact(2 * half);
+        let tail = pairs.remainder();
+        for pair in pairs {
+            count_symbols(&pair[..half], &mut tables);
+        }
+        count_symbols(tail, &mut tables);
+        let sample = summed(&tables, cardinality);
+        let mut present = [0u64; HEAD_BINS / 64];
+        for (i, _) in sample.iter().enumerate().filter(|(_, &c)| c > 0) {
+            present[i / 64] |= 1 << (i % 64);
+        }
+        let mut missing = [0u32; HEAD_BINS];
+        // SAFETY: a `u16` slice is readable as its bytes (no padding, byte alignment).
+        let bytes =
+            unsafe { std::slice::from_raw_parts(symbols.as_ptr().cast::<u8>(), 2 * symbols.len()) };
+        let mask = (HEAD_BINS - 1) as u32;
+        // SAFETY: the CPU supports AVX-512 F and BW (checked above).
+        let found = unsafe { count_missing::<2>(bytes, 0, mask, &present, &mut missing) };
+        let tested = symbols.len() / (2 * half) * half;
+        return scaled_sample(&sample, &missing, symbols.len() - tested, tested - found);
+    }
+    rans::histogram_by(symbols.iter().map(|&s| s as usize), cardinality)
+}
+
+/// Count `symbols` (below [`HEAD_BINS`]) into four tables in turn.
+#[cfg(target_arch = "x86_64")]
+fn count_symbols(symbols: &[u16], tables: &mut [[u32; HEAD_BINS]; 4]) {
+    let mut fours = symbols.chunks_exact(4);
+    for four in &mut fours {
+        for (table, &s) in tables.iter_mut().zip(four) {
+            table[s as usize & (HEAD_BINS - 1)] += 1;
+        }
+    }
+    for &s in fours.remainder() {
+        tables[0][s as usize & (HEAD_BINS - 1)] += 1;
+    }
+}
+
+/// A sampled histogram's counts for a whole stream: `sample` (the `sampled` values counted
+/// exactly) scaled up by the `held` values tested and found in it, plus the `missing` ones
+/// counted one by one.
+#[cfg(target_arch = "x86_64")]
+fn scaled_sample(sample: &[u32], missing: &[u32], sampled: usize, held: usize) -> Vec<u32> {
+    let (sampled, held) = (sampled as u64, held as u64);
+    sample
+        .iter()
+        .zip(missing)
+        .map(|(&s, &m)| {
+            let s = s as u64;
+            (s + (s * held + sampled / 2) / sampled) as u32 + m
+        })
+        .collect()
 }
 
 /// The first `bins` counts of the four tables of [`count_heads`], added up.
@@ -1276,6 +1338,59 @@ mod tests {
                 }
             }
         }
+    }
+
+    #[test]
+    fn a_sampled_symbol_histogram_holds_every_symbol_present() {
+        // Symbols up to 256 (the quad alphabet's escape): common ones everywhere, rare ones
+        // only in the tested halves (symbols 32..64 of every 64, from 64 KiB of symbols on)
+        // and one only in the tail. The rare ones must come out exact; the common ones
+        // within the sampling error; the tail's, counted with the sample and scaled as it
+        // is, present and at most doubled; and a short stream exact throughout.
+        let mut x = 0x2545_f491_4f6c_dd1d_u64;
+        let mut next = move || {
+            x ^= x << 13;
+            x ^= x >> 7;
+            x ^= x << 17;
+            x
+        };
+        let n = (64 << 10) + 40;
+        let tail_from = n / 64 * 64;
+        let symbols: Vec<u16> = (0..n)
+            .map(|i| {
+                let r = next();
+                if i >= tail_from && i % 2 == 0 {
+                    200
+                } else if i % 64 >= 32 && i < tail_from && i % 997 == 40 {
+                    [256, 255, 129][i % 3]
+                } else {
+                    (r % 24) as u16
+                }
+            })
+            .collect();
+        let exact = rans::histogram_by(symbols.iter().map(|&s| s as usize), 257);
+        let sampled = symbol_histogram(&symbols, 257);
+        assert_eq!(sampled.len(), 257);
+        for (v, (&e, &s)) in exact.iter().zip(&sampled).enumerate() {
+            if v == 200 {
+                assert!(s >= e && s <= 2 * e + 1, "symbol {v}: {e} {s}");
+            } else if v >= 24 {
+                assert_eq!(s, e, "symbol {v}");
+            } else {
+                let error = (e as f64).sqrt() * 4.0;
+                assert!((s as f64 - e as f64).abs() <= error, "symbol {v}: {e} {s}");
+            }
+        }
+        assert!(exact[256] > 0 && exact[200] > 0 && exact[129] > 0);
+        // Scaling keeps the total, up to rounding in each bin.
+        let total: u32 = sampled.iter().sum();
+        assert!(
+            total.abs_diff(n as u32) <= 257 + exact[200],
+            "{total} of {n}"
+        );
+        assert_eq!(symbol_histogram(&symbols[..1000], 257), {
+            rans::histogram_by(symbols[..1000].iter().map(|&s| s as usize), 257)
+        });
     }
 
     #[test]
