@@ -885,9 +885,21 @@ pub fn estimate(raw: &[u8], bits: FloatBits, word_bytes: usize, rough: bool) -> 
 
 fn estimate_words<const W: usize>(raw: &[u8], bits: FloatBits, rough: bool) -> usize {
     let split = Split::new(bits, head_mantissa_choices(bits)[0]);
+    let n = raw.len() / W;
+    // The sampled words of a long chunk, read once for all the histograms below: each is
+    // a cache line of its own, and the chunk has often left L1 by now.
+    let sample: Vec<u32> = if n >= SAMPLE_FROM_LEN {
+        raw.chunks_exact(W)
+            .step_by(ESTIMATE_STRIDE)
+            .map(load::<W>)
+            .collect()
+    } else {
+        Vec::new()
+    };
     let heads = if rough {
-        let head = |w: &[u8]| split.head(load::<W>(w)) as usize;
-        sampled_entropy_bytes::<W>(raw, 1 << split.head_bits, head)
+        sampled_entropy_bytes::<W>(raw, &sample, 1 << split.head_bits, |w| {
+            split.head(w) as usize
+        })
     } else {
         rans::estimated_size(&head_histogram::<W>(raw, split))
     };
@@ -897,16 +909,17 @@ fn estimate_words<const W: usize>(raw: &[u8], bits: FloatBits, rough: bool) -> u
             let width = split.plane_width(p);
             let shift = 8 * (planes - 1 - p) as u32;
             let mask = (1u32 << width) - 1;
-            let value = |w: &[u8]| ((split.rem(load::<W>(w)) >> shift) & mask) as usize;
-            sampled_entropy_bytes::<W>(raw, 1 << width, value)
+            sampled_entropy_bytes::<W>(raw, &sample, 1 << width, |w| {
+                ((split.rem(w) >> shift) & mask) as usize
+            })
         })
         .sum();
     heads + remainder
 }
 
 /// Bytes of `raw`'s words mapped by `value` (each below `cardinality`) at their order-0
-/// entropy, counted on every [`ESTIMATE_STRIDE`]-th word of a long chunk (on all of a
-/// short one).
+/// entropy, counted on `sample`, every [`ESTIMATE_STRIDE`]-th word of a long chunk (empty
+/// for a short one, whose words are all counted).
 ///
 /// The remainder planes are counted this way rather than at their raw width: the encoder
 /// codes a plane whenever that pays (optimiser moments, whose low bytes are far from
@@ -914,18 +927,19 @@ fn estimate_words<const W: usize>(raw: &[u8], bits: FloatBits, rough: bool) -> u
 /// which made deltas of moments look smaller than their plain encoding.
 fn sampled_entropy_bytes<const W: usize>(
     raw: &[u8],
+    sample: &[u32],
     cardinality: usize,
-    value: impl Fn(&[u8]) -> usize,
+    value: impl Fn(u32) -> usize,
 ) -> usize {
     let n = raw.len() / W;
-    let stride = if n >= SAMPLE_FROM_LEN {
-        ESTIMATE_STRIDE
+    let (counts, taken) = if sample.is_empty() {
+        let all = raw.chunks_exact(W).map(|w| value(load::<W>(w)));
+        (rans::histogram_by(all, cardinality), n)
     } else {
-        1
+        let some = sample.iter().map(|&w| value(w));
+        (rans::histogram_by(some, cardinality), sample.len())
     };
-    let sample = rans::histogram_by(raw.chunks_exact(W).step_by(stride).map(value), cardinality);
-    let taken = n.div_ceil(stride).max(1);
-    (rans::entropy_bits(&sample) / taken as f64 * n as f64 / 8.0).ceil() as usize
+    (rans::entropy_bits(&counts) / taken.max(1) as f64 * n as f64 / 8.0).ceil() as usize
 }
 
 /// Pack values of `width` (1..=8) bits, LSB first: 8 values make `width` bytes.
