@@ -177,28 +177,14 @@ fn head_histogram<const W: usize>(raw: &[u8], split: Split) -> Vec<u32> {
             .map(|w| split.head(load::<W>(w)) as usize);
         return rans::histogram_by(heads, cardinality);
     }
-    let mut tables = [[0u32; HEAD_BINS]; 4];
     #[cfg(target_arch = "x86_64")]
     if raw.len() >= SAMPLED_HISTOGRAM_FROM && crate::head_sample_avx512::available() {
-        use crate::head_sample_avx512::{count_missing, BLOCK};
-        let pairs = raw.chunks_exact(2 * BLOCK);
-        let tail = pairs.remainder();
-        for pair in pairs {
-            count_heads::<W>(&pair[..BLOCK], split, &mut tables);
-        }
-        count_heads::<W>(tail, split, &mut tables);
-        let sample = summed(&tables, cardinality);
-        let mut present = [0u64; HEAD_BINS / 64];
-        for (i, _) in sample.iter().enumerate().filter(|(_, &c)| c > 0) {
-            present[i / 64] |= 1 << (i % 64);
-        }
-        let mut missing = [0u32; HEAD_BINS];
         let mask = (cardinality - 1) as u32;
+        let count = |b: &[u8], tables: &mut _| count_heads::<W>(b, split, tables);
         // SAFETY: the CPU supports AVX-512 F and BW (checked above).
-        let found = unsafe { count_missing::<W>(raw, split.low, mask, &present, &mut missing) };
-        let tested = raw.len() / (2 * BLOCK) * (BLOCK / W);
-        return scaled_sample(&sample, &missing, raw.len() / W - tested, tested - found);
+        return unsafe { sampled_histogram::<W>(raw, cardinality, split.low, mask, count) };
     }
+    let mut tables = [[0u32; HEAD_BINS]; 4];
     count_heads::<W>(raw, split, &mut tables);
     summed(&tables, cardinality)
 }
@@ -213,62 +199,73 @@ pub(crate) fn symbol_histogram(symbols: &[u16], cardinality: usize) -> Vec<u32> 
         && 2 * symbols.len() >= SAMPLED_HISTOGRAM_FROM
         && crate::head_sample_avx512::available()
     {
-        use crate::head_sample_avx512::{count_missing, BLOCK};
-        // Symbols in each half of a 128-byte pair.
-        let half = BLOCK / 2;
-        let mut tables = [[0u32; HEAD_BINS]; 4];
-        let pairs = symbols.chunks_exact(2 * half);
-        let tail = pairs.remainder();
-        for pair in pairs {
-            count_symbols(&pair[..half], &mut tables);
-        }
-        count_symbols(tail, &mut tables);
-        let sample = summed(&tables, cardinality);
-        let mut present = [0u64; HEAD_BINS / 64];
-        for (i, _) in sample.iter().enumerate().filter(|(_, &c)| c > 0) {
-            present[i / 64] |= 1 << (i % 64);
-        }
-        let mut missing = [0u32; HEAD_BINS];
         // SAFETY: a `u16` slice is readable as its bytes (no padding, byte alignment).
         let bytes =
             unsafe { std::slice::from_raw_parts(symbols.as_ptr().cast::<u8>(), 2 * symbols.len()) };
         let mask = (HEAD_BINS - 1) as u32;
         // SAFETY: the CPU supports AVX-512 F and BW (checked above).
-        let found = unsafe { count_missing::<2>(bytes, 0, mask, &present, &mut missing) };
-        let tested = symbols.len() / (2 * half) * half;
-        return scaled_sample(&sample, &missing, symbols.len() - tested, tested - found);
+        return unsafe { sampled_histogram::<2>(bytes, cardinality, 0, mask, count_symbols) };
     }
     rans::histogram_by(symbols.iter().map(|&s| s as usize), cardinality)
 }
 
-/// Count `symbols` (below [`HEAD_BINS`]) into four tables in turn.
+/// The sampled histogram of [`head_histogram`] and [`symbol_histogram`]: the values
+/// (`(word >> low) & mask` of `raw`'s `W`-byte words, each below `cardinality`) of the
+/// first 64 bytes of every 128 and of the tail counted exactly by `count` into four
+/// tables; the other half tested against that sample's bitmap, a value it lacks counted
+/// one by one, one it holds accounted for by scaling the sample's counts up to the whole.
+///
+/// # Safety
+/// The CPU must support what `head_sample_avx512::available` checks.
 #[cfg(target_arch = "x86_64")]
-fn count_symbols(symbols: &[u16], tables: &mut [[u32; HEAD_BINS]; 4]) {
-    let mut fours = symbols.chunks_exact(4);
-    for four in &mut fours {
-        for (table, &s) in tables.iter_mut().zip(four) {
-            table[s as usize & (HEAD_BINS - 1)] += 1;
-        }
+unsafe fn sampled_histogram<const W: usize>(
+    raw: &[u8],
+    cardinality: usize,
+    low: u32,
+    mask: u32,
+    count: impl Fn(&[u8], &mut [[u32; HEAD_BINS]; 4]),
+) -> Vec<u32> {
+    use crate::head_sample_avx512::{count_missing, BLOCK};
+    let mut tables = [[0u32; HEAD_BINS]; 4];
+    let pairs = raw.chunks_exact(2 * BLOCK);
+    let tail = pairs.remainder();
+    for pair in pairs {
+        count(&pair[..BLOCK], &mut tables);
     }
-    for &s in fours.remainder() {
-        tables[0][s as usize & (HEAD_BINS - 1)] += 1;
+    count(tail, &mut tables);
+    let sample = summed(&tables, cardinality);
+    let mut present = [0u64; HEAD_BINS / 64];
+    for (i, _) in sample.iter().enumerate().filter(|(_, &c)| c > 0) {
+        present[i / 64] |= 1 << (i % 64);
     }
-}
-
-/// A sampled histogram's counts for a whole stream: `sample` (the `sampled` values counted
-/// exactly) scaled up by the `held` values tested and found in it, plus the `missing` ones
-/// counted one by one.
-#[cfg(target_arch = "x86_64")]
-fn scaled_sample(sample: &[u32], missing: &[u32], sampled: usize, held: usize) -> Vec<u32> {
-    let (sampled, held) = (sampled as u64, held as u64);
+    let mut missing = [0u32; HEAD_BINS];
+    // SAFETY: the caller's.
+    let found = unsafe { count_missing::<W>(raw, low, mask, &present, &mut missing) };
+    let tested = raw.len() / (2 * BLOCK) * (BLOCK / W);
+    let (sampled, held) = ((raw.len() / W - tested) as u64, (tested - found) as u64);
     sample
         .iter()
-        .zip(missing)
+        .zip(&missing)
         .map(|(&s, &m)| {
             let s = s as u64;
             (s + (s * held + sampled / 2) / sampled) as u32 + m
         })
         .collect()
+}
+
+/// Count the little-endian 16-bit symbols in `bytes` (below [`HEAD_BINS`]) into four
+/// tables in turn.
+#[cfg(target_arch = "x86_64")]
+fn count_symbols(bytes: &[u8], tables: &mut [[u32; HEAD_BINS]; 4]) {
+    let mut fours = bytes.chunks_exact(8);
+    for four in &mut fours {
+        for (table, s) in tables.iter_mut().zip(four.chunks_exact(2)) {
+            table[u16::from_le_bytes([s[0], s[1]]) as usize & (HEAD_BINS - 1)] += 1;
+        }
+    }
+    for s in fours.remainder().chunks_exact(2) {
+        tables[0][u16::from_le_bytes([s[0], s[1]]) as usize & (HEAD_BINS - 1)] += 1;
+    }
 }
 
 /// The first `bins` counts of the four tables of [`count_heads`], added up.
