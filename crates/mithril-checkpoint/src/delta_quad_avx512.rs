@@ -14,12 +14,12 @@
 //! [`apply_in_order`] is the decoder's side for chunks whose every quad escaped: the extra
 //! bits of a 64-byte vector of elements (sixteen 32-bit or thirty-two 16-bit ones) are cut
 //! out of one 64-byte window of the stream at offsets from a prefix sum of their widths,
-//! instead of one dependent read per element. For a block of
-//! mixed quads, [`escape_diffs`] does the same into a buffer of the block's escaped
-//! differences, and [`add_quads`] then adds every quad in one pass: a plain quad's
-//! differences from its symbol, an escaped one's expanded from that buffer. Both hand the
-//! words they store to the chunk's checksum. [`add_plain_quads`] is the plain pass alone,
-//! for CPUs without the byte permutes (the escapes then follow one by one).
+//! instead of one dependent read per element. For a block of mixed quads, [`escape_diffs`]
+//! does the same into a buffer of the block's escaped differences, and [`add_quads`] then
+//! adds every quad in one pass: a plain quad's differences from its symbol, an escaped
+//! one's expanded from that buffer. Both hand the words they store to the chunk's
+//! checksum. [`add_plain_quads`] is the plain pass alone, for CPUs without the byte
+//! permutes (the escapes then follow one by one).
 
 #![cfg(target_arch = "x86_64")]
 

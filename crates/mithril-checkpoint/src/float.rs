@@ -1358,18 +1358,11 @@ mod tests {
         // and one only in the tail. The rare ones must come out exact; the common ones
         // within the sampling error; the tail's, counted with the sample and scaled as it
         // is, present and at most doubled; and a short stream exact throughout.
-        let mut x = 0x2545_f491_4f6c_dd1d_u64;
-        let mut next = move || {
-            x ^= x << 13;
-            x ^= x >> 7;
-            x ^= x << 17;
-            x
-        };
         let n = (64 << 10) + 40;
         let tail_from = n / 64 * 64;
         let symbols: Vec<u16> = (0..n)
-            .map(|i| {
-                let r = next();
+            .zip(xorshift(0x2545_f491_4f6c_dd1d))
+            .map(|(i, r)| {
                 if i >= tail_from && i % 2 == 0 {
                     200
                 } else if i % 64 >= 32 && i < tail_from && i % 997 == 40 {
@@ -1412,13 +1405,8 @@ mod tests {
         // exact; common heads, and one only in the tail (which is counted with the
         // sample), within the sampling error (a count scaled from about half its
         // occurrences is off by about its square root).
-        let mut x = 0x9e37_79b9_7f4a_7c15_u64;
-        let mut next = move || {
-            x ^= x << 13;
-            x ^= x >> 7;
-            x ^= x << 17;
-            x
-        };
+        let mut stream = xorshift(0x9e37_79b9_7f4a_7c15);
+        let mut next = move || stream.next().unwrap_or_default();
         for (dtype, word) in [(DType::BF16, 2), (DType::F16, 2), (DType::F32, 4)] {
             let bits = dtype.float_bits().unwrap();
             let kmax = head_mantissa_choices(bits).iter().copied().max().unwrap();
