@@ -40,9 +40,7 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
             let e = std::hint::black_box(encode_chunk(c, dtype, &opts));
             best = best.min(t0.elapsed().as_secs_f64());
             // As the writer does once a chunk is copied out.
-            if let std::borrow::Cow::Owned(v) = e.data {
-                mithril_checkpoint::buffer_pool::recycle_payload(v);
-            }
+            mithril_checkpoint::buffer_pool::recycle_chunk_data(e.data);
         }
         sum += best;
         let e = encode_chunk(c, dtype, &opts);

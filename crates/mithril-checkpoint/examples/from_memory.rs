@@ -5,9 +5,8 @@
 //! returns them. Unlike `chunk_min` the figure is a plain total, so it is noisier, but it
 //! has no cache flush between repeats that the codec pays for.
 //! `cargo run --release --example from_memory -- model.safetensors bf16|f32 ROUNDS`
-use mithril_checkpoint::buffer_pool::recycle_payload;
+use mithril_checkpoint::buffer_pool::recycle_chunk_data;
 use mithril_checkpoint::chunk::{decode_chunk, encode_chunk, EncodeOptions};
-use std::borrow::Cow;
 use std::time::Instant;
 
 #[path = "shared/model_chunks.rs"]
@@ -39,9 +38,7 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
     for r in 0..rounds {
         let t0 = Instant::now();
         for c in &copies[r % COPIES] {
-            if let Cow::Owned(v) = encode_chunk(c, dtype, &opts).data {
-                recycle_payload(v);
-            }
+            recycle_chunk_data(encode_chunk(c, dtype, &opts).data);
         }
         enc += t0.elapsed().as_secs_f64();
         let t0 = Instant::now();

@@ -181,6 +181,14 @@ pub fn recycle_payload(v: Vec<u8>) {
     }
 }
 
+/// [`recycle_payload`] of a chunk's stored bytes where it owns them (a chunk stored raw
+/// borrows the caller's).
+pub fn recycle_chunk_data(data: std::borrow::Cow<'_, [u8]>) {
+    if let std::borrow::Cow::Owned(v) = data {
+        recycle_payload(v);
+    }
+}
+
 /// Free every kept decode block and payload buffer; returns the bytes released.
 pub fn release_all() -> usize {
     let payloads = std::mem::take(&mut *spare_payloads());

@@ -162,9 +162,7 @@ impl<'a, W: Write + Seek + Send> Sink<'a> for Stream<'_, W> {
 
     fn chunk(&mut self, data: Cow<'a, [u8]>) -> Result<()> {
         self.0.write_all(&data).map_err(output_io)?;
-        if let Cow::Owned(v) = data {
-            crate::buffer_pool::recycle_payload(v);
-        }
+        crate::buffer_pool::recycle_chunk_data(data);
         Ok(())
     }
 
@@ -254,11 +252,9 @@ impl Assembled<'_> {
 /// out or dropped.
 impl Drop for Assembled<'_> {
     fn drop(&mut self) {
-        for chunk in self.chunks.drain(..) {
-            if let Cow::Owned(v) = chunk {
-                crate::buffer_pool::recycle_payload(v);
-            }
-        }
+        self.chunks
+            .drain(..)
+            .for_each(crate::buffer_pool::recycle_chunk_data);
     }
 }
 
