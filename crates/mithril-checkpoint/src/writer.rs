@@ -52,32 +52,48 @@ impl<'a> BaseTensors<'a> {
 /// The checkpoint a new file is written as a delta against.
 pub struct DeltaBase<'a> {
     /// What the new file's index records.
-    pub reference: BaseId,
+    pub reference: BaseId<'a>,
     pub tensors: BaseTensors<'a>,
 }
 
 /// What a delta container records as its base.
-pub enum BaseId {
+pub enum BaseId<'a> {
     /// This reference, whatever its chunks turn out to be (a file's base checkpoint).
     Given(BaseRef),
-    /// The content id ([`format::tensor_content_id`]) of the lone tensor's base, made only
-    /// when some chunk is stored as a delta against it: a container whose chunks all gain
-    /// nothing from the base is stored whole, records no base and decodes without one. The
-    /// id is a pass over the whole base, and a reader given a base would make it again to
-    /// check a base that no chunk reads.
-    LoneTensorIfUsed,
+    /// The content id ([`format::tensor_content_id`]) of this base tensor, made only when
+    /// some chunk is stored as a delta: a container whose chunks all gain nothing from the
+    /// base is stored whole, records no base and decodes without one. The id is a pass over
+    /// the whole base, and a reader given a base would make it again to check a base that
+    /// no chunk reads.
+    TensorIfUsed(&'a TensorSource<'a>),
 }
 
-impl BaseId {
+impl BaseId<'_> {
     /// A reference as long in the index as the one recorded: room is reserved before the
     /// chunks are encoded.
     fn widest(&self) -> BaseRef {
         match self {
             BaseId::Given(r) => r.clone(),
-            BaseId::LoneTensorIfUsed => BaseRef {
+            BaseId::TensorIfUsed(_) => BaseRef {
                 id: "0".repeat(32),
                 path: None,
             },
+        }
+    }
+
+    /// The reference a finished container with this `index` records.
+    fn recorded(&self, index: &Index) -> Option<BaseRef> {
+        match self {
+            BaseId::Given(r) => Some(r.clone()),
+            BaseId::TensorIfUsed(t) => index
+                .tensors
+                .iter()
+                .flat_map(|e| &e.chunks)
+                .any(|c| Encoding::parse(&c.encoding).is_some_and(Encoding::is_delta))
+                .then(|| BaseRef {
+                    id: format::tensor_content_id(t.dtype, &t.shape, t.data),
+                    path: None,
+                }),
         }
     }
 }
@@ -335,32 +351,6 @@ fn jobs_to_reach(jobs: &[Job], target: usize) -> usize {
     n
 }
 
-/// The base reference a finished container records (see [`BaseId`]).
-fn recorded_base(
-    base: &DeltaBase,
-    tensors: &[TensorSource],
-    index: &Index,
-) -> Result<Option<BaseRef>> {
-    let BaseId::Given(reference) = &base.reference else {
-        let used = index
-            .tensors
-            .iter()
-            .flat_map(|t| &t.chunks)
-            .any(|c| Encoding::parse(&c.encoding).is_some_and(Encoding::is_delta));
-        let [t] = tensors else {
-            return Ok(None);
-        };
-        return Ok(match base.bytes_for(t)? {
-            Some(bytes) if used => Some(BaseRef {
-                id: format::tensor_content_id(t.dtype, &t.shape, &bytes),
-                path: None,
-            }),
-            _ => None,
-        });
-    };
-    Ok(Some(reference.clone()))
-}
-
 /// Encode `tensors` into `sink`.
 fn write_to<'a, S: Sink<'a>>(
     sink: &mut S,
@@ -508,7 +498,7 @@ fn write_to<'a, S: Sink<'a>>(
         progress(done, total)?;
     }
     if let Some(b) = base {
-        index.base = recorded_base(b, tensors, &index)?;
+        index.base = b.reference.recorded(&index);
     }
     let json = serde_json::to_vec(&index)?;
     if format::data_offset_for(json.len()) > data_offset {

@@ -175,11 +175,11 @@ fn decoding_on_the_calling_thread_matches_the_parallel_decoder() {
     assert!(matches!(err, Error::Base(_)), "{err}");
 }
 
-/// A lone tensor written against a base whose id is left to the writer records that id
-/// only when a chunk is stored as a delta: a tensor the base does not help is stored
+/// A container written against a base tensor whose id is left to the writer records that
+/// id only when a chunk is stored as a delta: a tensor the base does not help is stored
 /// whole, with no base to name, and decodes without one.
 #[test]
-fn a_lone_tensor_records_its_base_only_if_a_chunk_uses_it() {
+fn a_base_tensor_is_recorded_only_if_a_chunk_uses_it() {
     use mithril_checkpoint::format::tensor_content_id;
     use mithril_checkpoint::{BaseId, BaseTensors, DeltaBase};
     let floats = |f: &dyn Fn(usize) -> f32| -> Vec<u8> {
@@ -197,7 +197,7 @@ fn a_lone_tensor_records_its_base_only_if_a_chunk_uses_it() {
         data: &base,
     }];
     let delta_base = DeltaBase {
-        reference: BaseId::LoneTensorIfUsed,
+        reference: BaseId::TensorIfUsed(&base_source[0]),
         tensors: BaseTensors::memory(&base_source),
     };
     let opts = EncodeOptions {
@@ -229,6 +229,26 @@ fn a_lone_tensor_records_its_base_only_if_a_chunk_uses_it() {
     assert_eq!(out, near);
     let err = r.read_with_base("w", &unrelated, &mut out).unwrap_err();
     assert!(matches!(err, Error::Base(_)), "{err}");
+
+    // Beside a tensor the base does not name, the id recorded is still the base tensor's.
+    let pair = [
+        TensorSource {
+            name: "w".into(),
+            dtype: DType::F32,
+            shape: shape.clone(),
+            data: &near,
+        },
+        TensorSource {
+            name: "other".into(),
+            dtype: DType::F32,
+            shape: shape.clone(),
+            data: &unrelated,
+        },
+    ];
+    let bytes = write_bytes(&pair, &FileExtras::default(), &opts, Some(&delta_base)).unwrap();
+    let two = Reader::from_bytes(bytes).unwrap();
+    assert!(delta_chunks(&two) > 0);
+    assert_eq!(two.index().base.as_ref().map(|b| b.id.clone()), recorded);
 
     let r = write(&unrelated);
     assert_eq!(delta_chunks(&r), 0);

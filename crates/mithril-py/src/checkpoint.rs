@@ -235,9 +235,11 @@ fn write_bytes<'py>(
         .detach(|| {
             // The base's content id, a pass over the whole base, is made here without the
             // GIL, and only if a chunk is stored against the base.
-            let base = base_srcs.as_ref().map(|list| DeltaBase {
-                reference: BaseId::LoneTensorIfUsed,
-                tensors: BaseTensors::memory(list),
+            let base = base_srcs.as_ref().and_then(|list| {
+                Some(DeltaBase {
+                    reference: BaseId::TensorIfUsed(list.first()?),
+                    tensors: BaseTensors::memory(list),
+                })
             });
             threads::run_on_caller_if_one(threads, chunks > 1, || {
                 writer::assemble(&srcs, &extras, &opts, base.as_ref())
