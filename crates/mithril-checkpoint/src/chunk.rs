@@ -207,8 +207,8 @@ pub fn sampled_delta_and_plain(raw: &[u8], base: &[u8], dtype: DType) -> Option<
     let runs = || (0..SAMPLE_RUNS).map(|r| r * step..r * step + run);
     for r in runs() {
         for bytes in [raw, base] {
-            prefetch(&bytes[r.start..]);
-            prefetch(&bytes[r.end - 1..]);
+            float::prefetch(bytes[r.start..].as_ptr());
+            float::prefetch(bytes[r.end - 1..].as_ptr());
         }
     }
     let gather = |bytes: &[u8]| -> Vec<u8> {
@@ -223,20 +223,6 @@ pub fn sampled_delta_and_plain(raw: &[u8], base: &[u8], dtype: DType) -> Option<
         delta::sub_estimate(&raw, &base, width),
         float::estimate(&raw, bits, width, true),
     ))
-}
-
-/// Ask for the cache line holding `bytes[0]` (a hint: nothing where the CPU has no such
-/// instruction).
-#[inline(always)]
-fn prefetch(bytes: &[u8]) {
-    #[cfg(target_arch = "x86_64")]
-    // SAFETY: a prefetch reads nothing architecturally; the pointer is inside `bytes`.
-    unsafe {
-        use std::arch::x86_64::{_mm_prefetch, _MM_HINT_T0};
-        _mm_prefetch::<_MM_HINT_T0>(bytes.as_ptr().cast());
-    }
-    #[cfg(not(target_arch = "x86_64"))]
-    let _ = bytes;
 }
 
 /// [`delta_cannot_win`]'s sample: this many runs of [`SAMPLE_RUN`] elements.

@@ -268,6 +268,20 @@ fn count_symbols(bytes: &[u8], tables: &mut [[u32; HEAD_BINS]; 4]) {
     }
 }
 
+/// Ask for the cache line holding `at` into L1: a hint, which reads nothing and does not
+/// fault on any address; nothing where the CPU has no such instruction.
+#[inline(always)]
+pub(crate) fn prefetch(at: *const u8) {
+    #[cfg(target_arch = "x86_64")]
+    // SAFETY: a prefetch is only a hint; it does not fault on any address.
+    unsafe {
+        use std::arch::x86_64::{_mm_prefetch, _MM_HINT_T0};
+        _mm_prefetch::<_MM_HINT_T0>(at.cast());
+    }
+    #[cfg(not(target_arch = "x86_64"))]
+    let _ = at;
+}
+
 /// The first `bins` counts of the four tables of [`count_heads`], added up.
 fn summed(tables: &[[u32; HEAD_BINS]; 4], bins: usize) -> Vec<u32> {
     (0..bins)
@@ -291,12 +305,7 @@ fn count_heads<const W: usize>(raw: &[u8], split: Split, tables: &mut [[u32; HEA
     let word = |b: &[u8]| u64::from_le_bytes([b[0], b[1], b[2], b[3], b[4], b[5], b[6], b[7]]);
     let mut steps = raw.chunks_exact(16);
     for q in &mut steps {
-        #[cfg(target_arch = "x86_64")]
-        // SAFETY: a prefetch is only a hint; it does not fault on any address.
-        unsafe {
-            use std::arch::x86_64::{_mm_prefetch, _MM_HINT_T0};
-            _mm_prefetch::<_MM_HINT_T0>(q.as_ptr().wrapping_add(HISTOGRAM_PREFETCH).cast());
-        }
+        prefetch(q.as_ptr().wrapping_add(HISTOGRAM_PREFETCH));
         let (x, y) = (word(&q[..8]) >> low, word(&q[8..]) >> low);
         if W == 2 {
             for v in [x, y] {
