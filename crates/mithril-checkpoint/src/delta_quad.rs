@@ -306,6 +306,13 @@ fn quad_table<T: Word, P: Packed>() -> [P; QUAD_CARDINALITY] {
 /// Quads per decoding block: small enough to stay in cache between the block's passes.
 const BLOCK_QUADS: usize = 2048;
 
+/// The zigzag difference of escape symbol `s`, its extra bits taken from `bits`.
+#[inline(always)]
+fn escaped_diff<T: Word>(bits: &mut BitReader, s: u16) -> T {
+    let (value, extra) = SYMBOLS[s as usize];
+    T::from_u64((value + bits.take(extra)) as u64)
+}
+
 /// The four differences of an escaped quad, unzigzagged and packed.
 #[inline(always)]
 fn escaped_diffs<T: Word, P: Packed>(bits: &mut BitReader, e: &[u16]) -> P {
@@ -318,10 +325,7 @@ fn escaped_diffs<T: Word, P: Packed>(bits: &mut BitReader, e: &[u16]) -> P {
         return P::pack(lanes);
     }
     for (lane, &s) in lanes.iter_mut().zip(e) {
-        let (value, extra) = SYMBOLS[s as usize];
-        *lane = T::from_u64((value + bits.take(extra)) as u64)
-            .add_unzigzag(T::ZERO)
-            .to_u64();
+        *lane = escaped_diff::<T>(bits, s).add_unzigzag(T::ZERO).to_u64();
     }
     P::pack(lanes)
 }
@@ -434,8 +438,7 @@ fn escape_diffs<T: Word>(
     };
     let mut reader = *bits;
     for (o, &s) in out[done * w..].chunks_exact_mut(w).zip(&escapes[done..]) {
-        let (value, extra) = SYMBOLS[s as usize];
-        T::from_u64((value + reader.take(extra)) as u64)
+        escaped_diff::<T>(&mut reader, s)
             .add_unzigzag(T::ZERO)
             .store(o);
     }
@@ -518,9 +521,9 @@ fn apply_escapes_in_order<T: Word>(
     );
     let mut reader = *bits;
     for (el, &s) in elems.chunks_exact_mut(T::BYTES).zip(escapes) {
-        let (value, extra) = SYMBOLS[s as usize];
-        let d = T::from_u64((value + reader.take(extra)) as u64);
-        d.add_unzigzag(T::load(el)).store(el);
+        escaped_diff::<T>(&mut reader, s)
+            .add_unzigzag(T::load(el))
+            .store(el);
     }
     *bits = reader;
 }
