@@ -418,10 +418,12 @@ fn emit<T: Word>(plan: DeltaPlan<T>) -> (DeltaOp, Vec<u8>) {
         body,
         hists,
     } = plan;
-    let mut out = crate::buffer_pool::payload_buffer(estimate + 64);
-    match body {
+    // Taken only for the codings that write into it: `sub-quad` sizes its own.
+    let buffer = || crate::buffer_pool::payload_buffer(estimate + 64);
+    let out = match body {
         Body::Quads(quads) => return (op, quads.emit()),
         Body::Words(words) => {
+            let mut out = buffer();
             let mut plane = vec![0u8; words.len()];
             for (p, counts) in hists.iter().enumerate() {
                 for (o, w) in plane.iter_mut().zip(&words) {
@@ -429,12 +431,14 @@ fn emit<T: Word>(plan: DeltaPlan<T>) -> (DeltaOp, Vec<u8>) {
                 }
                 push_plane(&mut out, &plane, counts);
             }
+            out
         }
         Body::Grouped {
             words,
             starts,
             codes,
         } => {
+            let mut out = buffer();
             let mut plane = Vec::new();
             for (g, code) in codes.iter().enumerate() {
                 let span = &words[starts[g]..starts[g + 1]];
@@ -460,8 +464,9 @@ fn emit<T: Word>(plan: DeltaPlan<T>) -> (DeltaOp, Vec<u8>) {
                     push_plane(&mut out, &plane, &hists[g * T::BYTES + p]);
                 }
             }
+            out
         }
-    }
+    };
     (op, out)
 }
 

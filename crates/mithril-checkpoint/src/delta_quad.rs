@@ -242,7 +242,16 @@ fn plan_body<T: Word>(raw: &[u8], base: &[u8], simd: bool) -> QuadPlan {
 
 impl QuadPlan {
     pub fn emit(self) -> Vec<u8> {
-        let mut out = crate::buffer_pool::payload_buffer(self.estimate + 64);
+        // Room for each Huffman stream's worst case, which `encode_into` reserves before it
+        // codes: sized by the estimate, the buffer was reallocated (into fresh memory, then
+        // zeroed) on most chunks of fp32 weights.
+        let stream_room =
+            |code: Option<&huffman::Code>, n: usize| 5 + code.map_or(2, |c| c.room_needed(n));
+        let room = stream_room(self.quad_code.as_ref(), self.quads.len())
+            + stream_room(self.escape_code.as_ref(), self.escapes.len())
+            + 5
+            + self.extra.len();
+        let mut out = crate::buffer_pool::payload_buffer(room);
         // Huffman whatever rANS would save: decoding speed is what this encoding is for.
         push_huffman(&mut out, &self.quads, self.quad_code.as_ref());
         push_huffman(&mut out, &self.escapes, self.escape_code.as_ref());

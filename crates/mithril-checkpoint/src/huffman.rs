@@ -96,6 +96,15 @@ impl Code {
             + segments
     }
 
+    /// The most [`encode_into`] appends for `n` symbols: what it reserves, each segment's
+    /// worst case under this code's longest length. A buffer with this much spare capacity
+    /// is never reallocated while the stream is written.
+    pub fn room_needed(&self, n: usize) -> usize {
+        let segments = segments_for(n);
+        let longest = self.lengths.iter().copied().max().unwrap_or(0) as usize;
+        self.header_len() + 1 + 4 * (segments - 1) + (n * longest).div_ceil(8) + 9 * segments
+    }
+
     fn header_len(&self) -> usize {
         let lengths = self.symbols.len().div_ceil(2);
         1 + set_len(&self.symbols) + lengths
@@ -840,6 +849,23 @@ mod tests {
             let bytes: Vec<u8> = syms.iter().map(|&s| (s % 251) as u8).collect();
             if bytes.iter().any(|&b| b != bytes[0]) {
                 roundtrip(&bytes, 256);
+            }
+        }
+    }
+
+    /// A buffer with `room_needed` spare is never grown: `sub-quad` sizes its payload by it.
+    #[test]
+    fn room_needed_covers_what_encoding_reserves() {
+        for n in [2, 17, SEGMENTED_FROM - 1, SEGMENTED_FROM, 262_147] {
+            let syms = skewed(n, n as u64 + 1);
+            let code = Code::from_counts(&histogram(&syms, 2048)).unwrap();
+            for prefix in [0, 5, 1000] {
+                let room = prefix + code.room_needed(n);
+                let mut out = Vec::with_capacity(room);
+                out.resize(prefix, 7);
+                encode_into(&syms, &code, &mut out);
+                assert_eq!(out.capacity(), room, "{n} symbols after {prefix} bytes");
+                assert_eq!(out[prefix..], encode(&syms, &code)[..]);
             }
         }
     }
