@@ -22,7 +22,8 @@ use crate::delta::{LeWord, Word};
 use crate::delta_bits::{max_symbol, symbol_of, BitReader, BitWriter, EXACT, SYMBOLS};
 use crate::error::{corrupt, Result};
 use crate::float::{
-    push_huffman, push_stream, read_symbols, symbol_histogram, StreamReader, StripeHash, METHOD_RAW,
+    push_huffman, push_stream, read_symbols, symbol_histogram, StreamReader, StripeHash,
+    METHOD_CONST, METHOD_RAW,
 };
 use crate::huffman;
 use std::cell::RefCell;
@@ -673,8 +674,16 @@ fn decode_with<T: Word, P: Packed>(
     debug_assert_eq!(P::BYTES, QUAD * T::BYTES);
     let w = T::BYTES;
     let mut rd = StreamReader::new(payload);
-    read_symbols(rd.stream()?, quads, QUAD_CARDINALITY, "delta quad")?;
-    let escaped = count_escapes(quads);
+    let quad_stream = rd.stream()?;
+    // A chunk whose every quad escaped (fp32 weights against a base many steps back) has
+    // the constant escape for its quad stream: nothing to expand into `quads` or count.
+    let all_escape = quad_stream == (METHOD_CONST, &ESCAPE.to_le_bytes()[..]);
+    let escaped = if all_escape {
+        quads.len()
+    } else {
+        read_symbols(quad_stream, quads, QUAD_CARDINALITY, "delta quad")?;
+        count_escapes(quads)
+    };
     let escapes = first_entries(escapes, QUAD * escaped);
     let cardinality = max_symbol(8 * w as u32) as usize + 1;
     read_symbols(rd.stream()?, escapes, cardinality, "delta escape")?;
@@ -693,7 +702,7 @@ fn decode_with<T: Word, P: Packed>(
         .chunks_mut(block_bytes)
         .zip(quads.chunks(BLOCK_QUADS))
         .enumerate();
-    if escaped == quads.len() {
+    if all_escape || escaped == quads.len() {
         // Every quad escaped (wide differences, as in fp32): no plain pass.
         let (these, rest) = escapes.split_at((full / P::BYTES * QUAD).min(escapes.len()));
         let base = base.map(|b| &b[..full]);
@@ -737,7 +746,11 @@ fn decode_with<T: Word, P: Packed>(
         if let Some(base) = base {
             inout[full..].copy_from_slice(&base[full..]);
         }
-        let q = quads[quads.len() - 1];
+        let q = if all_escape {
+            ESCAPE
+        } else {
+            quads[quads.len() - 1]
+        };
         let add = if q == ESCAPE {
             escaped_diffs::<T, P>(&mut bits, &escapes[..QUAD.min(escapes.len())])
         } else {
@@ -1107,6 +1120,20 @@ mod tests {
         let mut out = base[..14].to_vec();
         let err = decode::<u16>(&payload, &mut out).unwrap_err();
         assert!(err.to_string().contains("padding"), "{err}");
+        // The same where every quad escapes (the quad stream a constant escape, which the
+        // decoder does not expand): eight fp32 words, each moved by a lot.
+        let base: Vec<u8> = (0..8u32).flat_map(|i| (i << 20).to_le_bytes()).collect();
+        let raw: Vec<u8> = (0..8u32)
+            .flat_map(|i| ((i << 20) ^ 0x0f0f_0f00).to_le_bytes())
+            .collect();
+        let payload = encode::<u32>(&raw, &base);
+        assert_eq!(payload[..7], [METHOD_CONST, 2, 0, 0, 0, 0, 1]);
+        let mut out = vec![0xa5; 28];
+        let err = decode_from::<u32>(&payload, Some(&base[..28]), &mut out).unwrap_err();
+        assert!(err.to_string().contains("padding"), "{err}");
+        let mut out = vec![0xa5; 32];
+        decode_from::<u32>(&payload, Some(&base), &mut out).unwrap();
+        assert_eq!(out, raw);
     }
 
     #[test]
