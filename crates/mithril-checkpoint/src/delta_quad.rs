@@ -226,7 +226,15 @@ fn plan_body<T: Word>(raw: &[u8], base: &[u8], simd: bool) -> QuadPlan {
     }
     // Counted afterwards, from a sample where the stream is long: runs of the all-zero
     // quad would serialise a count taken in the loop above.
-    let quad_counts = symbol_histogram(&quads, QUAD_CARDINALITY);
+    let quad_counts = if escapes.len() == QUAD * quads.len() {
+        // Every quad escaped (each escape adds four symbols, a plain quad none): the
+        // constant escape, known without a pass over the quads.
+        let mut counts = vec![0; QUAD_CARDINALITY];
+        counts[ESCAPE as usize] = quads.len() as u32;
+        counts
+    } else {
+        symbol_histogram(&quads, QUAD_CARDINALITY)
+    };
     let escape_counts = symbol_histogram(&escapes, ESCAPE_CARDINALITY);
     let extra = extra.finish();
     let (quad_code, quad_bytes) = stream_code(&quad_counts, quads.len());
