@@ -166,8 +166,19 @@ pub(crate) unsafe fn plan_blocks<const W: usize>(
         }
         for j in 0..(with_bits.count_ones() as usize).div_ceil(2) {
             // At most 7 bits wait in `acc` and a pair holds at most 56, so the sum fits.
-            acc |= pairs[j] << filled;
-            filled += pair_bits[j] as u32;
+            // Loaded from the arrays, not taken from the vectors: the compiler would
+            // otherwise extract every pair from `merged` and `merged_bits` (two shuffles
+            // each, on the port that the vector work above also needs), which bound the
+            // fp32 planner; the loads go to the load ports instead.
+            // SAFETY: `j` is below 8, inside both arrays.
+            let (pair, bits) = unsafe {
+                (
+                    std::ptr::read_volatile(pairs.as_ptr().add(j)),
+                    std::ptr::read_volatile(pair_bits.as_ptr().add(j)),
+                )
+            };
+            acc |= pair << filled;
+            filled += bits as u32;
             // SAFETY: `pos` stays below the bytes this step may append plus those before
             // it, and `extra_room` leaves 8 bytes of slack for this store.
             unsafe { std::ptr::write_unaligned(out.add(pos).cast::<u64>(), acc.to_le()) };
