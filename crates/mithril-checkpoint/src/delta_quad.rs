@@ -710,7 +710,7 @@ fn decode_with<T: Word, P: Packed>(
         .chunks_mut(block_bytes)
         .zip(quads.chunks(BLOCK_QUADS))
         .enumerate();
-    if all_escape || escaped == quads.len() {
+    if escaped == quads.len() {
         // Every quad escaped (wide differences, as in fp32): no plain pass.
         let (these, rest) = escapes.split_at((full / P::BYTES * QUAD).min(escapes.len()));
         let base = base.map(|b| &b[..full]);

@@ -46,8 +46,8 @@ unsafe impl GlobalAlloc for Counting {
 static ALLOCATOR: Counting = Counting;
 
 /// A 1 MiB chunk of fp32 weights and the same weights some training steps later, every one
-/// moved by up to 8191 ulps: every quad escapes, and the escape symbols' code lengths run
-/// from one bit to the longest allowed, far above their mean.
+/// moved by up to 8191 ulps: every quad escapes, so the planner's escape symbols and extra
+/// bits, and the payload, are as large as a chunk of this size makes them.
 fn step_pair() -> (Vec<u8>, Vec<u8>) {
     let mut x = 0x2545_f491_4f6c_dd1du64;
     let mut next = move || {
