@@ -909,6 +909,33 @@ mod tests {
             .flat_map(|i| (u32::MAX - (i << 21)).to_le_bytes())
             .collect();
         check::<u32>(&raw, &base, "u32 full width");
+        // Every element escaped, by amounts of random bit lengths: steps whose pairs of
+        // extra bits are all wide enough to be scattered, beside steps with a narrow pair,
+        // and steps with only some escaped, in one stream.
+        for (n, shortest) in [(4099usize, 0u32), (4099, 6), (4099, 14), (1000, 20)] {
+            let base: Vec<u32> = (0..n).map(|_| next() as u32).collect();
+            let new: Vec<u32> = base
+                .iter()
+                .map(|&b| {
+                    let r = next();
+                    let mag = if r.is_multiple_of(97) {
+                        (r >> 40) as u32 & 1
+                    } else {
+                        (r >> 8) as u32 >> (r as u32 % (32 - shortest))
+                    };
+                    b.wrapping_add(mag)
+                })
+                .collect();
+            let bytes = |v: &[u32]| v.iter().flat_map(|w| w.to_le_bytes()).collect::<Vec<u8>>();
+            let halves = |v: &[u32]| {
+                v.iter()
+                    .flat_map(|&w| (w as u16).to_le_bytes())
+                    .collect::<Vec<u8>>()
+            };
+            let what = format!("every element escaped, n={n}, shortest={shortest}");
+            check::<u32>(&bytes(&new), &bytes(&base), &format!("u32 {what}"));
+            check::<u16>(&halves(&new), &halves(&base), &format!("u16 {what}"));
+        }
     }
 
     /// What a decoder under test starts from: the base in place, or other bytes with the

@@ -8,8 +8,10 @@
 //! and a bit writer whose flush branch is taken at random. Here the differences, the quad
 //! symbols, the escape symbols and the extra bits of sixteen elements are formed in
 //! vectors; the escaped lanes are compressed to the front, their extra bits merged in pairs
-//! (two values of at most 28 bits fit 64), and one branch-free loop appends the pairs to
-//! the bit stream. The output is the scalar planner's, byte for byte (a test checks it).
+//! (two values of at most 28 bits fit 64), and a scatter of one 64-bit window per pair
+//! appends them to the bit stream ([`scatter_pairs`]; a branch-free loop where the pairs
+//! are few or one is narrow). The output is the scalar planner's, byte for byte (a test
+//! checks it).
 //!
 //! [`apply_in_order`] is the decoder's side for chunks whose every quad escaped: the extra
 //! bits of a 64-byte vector of elements (sixteen 32-bit or thirty-two 16-bit ones) are cut
@@ -33,6 +35,10 @@ const PREFETCH: usize = 1024;
 /// Elements per step.
 pub(crate) const BLOCK: usize = 16;
 
+/// From how many pairs of extra bits a step appends them with [`scatter_pairs`] (a fixed
+/// cost) rather than a pair at a time (each pair waiting for the one before).
+const SCATTERED_FROM: usize = 4;
+
 /// Whether [`plan_blocks`] and [`add_plain_quads`] may run on this CPU.
 pub(crate) fn available() -> bool {
     is_x86_feature_detected!("avx512f")
@@ -43,9 +49,10 @@ pub(crate) fn available() -> bool {
         && is_x86_feature_detected!("popcnt")
 }
 
-/// Extra-bit bytes a step can append, and the slack its last 8-byte store needs.
+/// Extra-bit bytes a step can append, and the slack its last store needs (64 bytes, from
+/// [`scatter_pairs`]).
 pub(crate) const fn extra_room<const W: usize>(blocks: usize) -> usize {
-    blocks * (BLOCK * (8 * W - 1 - KEPT_BITS as usize)).div_ceil(8) + 8
+    blocks * (BLOCK * (8 * W - 1 - KEPT_BITS as usize)).div_ceil(8) + 64
 }
 
 /// Plan the first `blocks` steps of `raw` against `base` (words of `W` = 2 or 4 bytes):
@@ -159,12 +166,29 @@ pub(crate) unsafe fn plan_blocks<const W: usize>(
             _mm512_sllv_epi64(_mm512_srli_epi64::<32>(v), low_bits),
         );
         let merged_bits = _mm512_add_epi64(low_bits, _mm512_srli_epi64::<32>(n));
+        let pair_count = (with_bits.count_ones() as usize).div_ceil(2);
+        // SAFETY: a pair is below 2^56, and `extra_room` leaves 64 bytes past `pos`.
+        if pair_count >= SCATTERED_FROM
+            && unsafe {
+                scatter_pairs(
+                    merged,
+                    merged_bits,
+                    pair_count,
+                    out,
+                    &mut pos,
+                    &mut acc,
+                    &mut filled,
+                )
+            }
+        {
+            continue;
+        }
         // SAFETY: both arrays are 64 bytes.
         unsafe {
             _mm512_storeu_si512(pairs.as_mut_ptr().cast(), merged);
             _mm512_storeu_si512(pair_bits.as_mut_ptr().cast(), merged_bits);
         }
-        for j in 0..(with_bits.count_ones() as usize).div_ceil(2) {
+        for j in 0..pair_count {
             // At most 7 bits wait in `acc` and a pair holds at most 56, so the sum fits.
             // Loaded from the arrays, not taken from the vectors: the compiler would
             // otherwise extract every pair from `merged` and `merged_bits` (two shuffles
@@ -180,7 +204,7 @@ pub(crate) unsafe fn plan_blocks<const W: usize>(
             acc |= pair << filled;
             filled += bits as u32;
             // SAFETY: `pos` stays below the bytes this step may append plus those before
-            // it, and `extra_room` leaves 8 bytes of slack for this store.
+            // it, and `extra_room` leaves slack for this store.
             unsafe { std::ptr::write_unaligned(out.add(pos).cast::<u64>(), acc.to_le()) };
             let whole = filled >> 3;
             pos += whole as usize;
@@ -195,6 +219,77 @@ pub(crate) unsafe fn plan_blocks<const W: usize>(
         escapes.set_len(esc_len);
     }
     BitWriter::resume(extra, acc, filled)
+}
+
+/// Append the first `count` (1 to 8) pairs of extra bits to the stream at once, if every
+/// one is at least 7 bits wide (returns whether it did): the 64-bit lanes of `pairs`, each
+/// below 2^ of its lane of `widths` (at most 56). `acc` holds the `filled` (below 8)
+/// pending bits of the byte at `out + pos`.
+///
+/// Each pair goes out in a 64-bit window that starts at the byte its first bit falls in,
+/// below it the bits of that byte that come before it. With pairs of 7 bits or more those
+/// are the top bits of the pair before (or the pending bits), so every window is known
+/// without the others; and a window reaches the next one's first byte, which the next
+/// window then writes again, whole. A scatter writes the windows in lane order.
+///
+/// # Safety
+/// The CPU must support what [`available`] checks, and `out` must have 64 writable bytes
+/// at `pos`.
+#[inline]
+#[target_feature(enable = "avx512f,avx512cd,avx512bw,avx512vl,bmi2,popcnt")]
+unsafe fn scatter_pairs(
+    pairs: __m512i,
+    widths: __m512i,
+    count: usize,
+    out: *mut u8,
+    pos: &mut usize,
+    acc: &mut u64,
+    filled: &mut u32,
+) -> bool {
+    debug_assert!((1..=BLOCK / 2).contains(&count));
+    let lanes = ((1u32 << count) - 1) as __mmask8;
+    if _mm512_mask_cmplt_epu64_mask(lanes, widths, _mm512_set1_epi64(7)) != 0 {
+        return false;
+    }
+    let zero = _mm512_setzero_si512();
+    // Where each pair starts, in bits from the pending byte: the pending bits, then an
+    // exclusive prefix sum of the widths.
+    let mut ends = widths;
+    ends = _mm512_add_epi64(ends, _mm512_alignr_epi64::<7>(ends, zero));
+    ends = _mm512_add_epi64(ends, _mm512_alignr_epi64::<6>(ends, zero));
+    ends = _mm512_add_epi64(ends, _mm512_alignr_epi64::<4>(ends, zero));
+    ends = _mm512_add_epi64(ends, _mm512_set1_epi64(i64::from(*filled)));
+    let starts = _mm512_sub_epi64(ends, widths);
+    let seven = _mm512_set1_epi64(7);
+    // The top bits of each pair that fall in the byte the next pair starts in.
+    let spilled = _mm512_srlv_epi64(
+        pairs,
+        _mm512_sub_epi64(widths, _mm512_and_si512(ends, seven)),
+    );
+    let before = _mm512_alignr_epi64::<7>(spilled, _mm512_maskz_set1_epi64(0x80, *acc as i64));
+    let windows = _mm512_or_si512(
+        _mm512_sllv_epi64(pairs, _mm512_and_si512(starts, seven)),
+        before,
+    );
+    // SAFETY: every window starts at most 7 * 8 bytes past `pos` (a pair and the bits
+    // before it take at most 63 bits), inside the 64 bytes the caller guarantees.
+    unsafe {
+        _mm512_mask_i64scatter_epi64::<1>(
+            out.add(*pos).cast(),
+            lanes,
+            _mm512_srli_epi64::<3>(starts),
+            windows,
+        )
+    };
+    let last = _mm512_set1_epi64(count as i64 - 1);
+    let end =
+        _mm_cvtsi128_si64(_mm512_castsi512_si128(_mm512_permutexvar_epi64(last, ends))) as u64;
+    *acc = _mm_cvtsi128_si64(_mm512_castsi512_si128(_mm512_permutexvar_epi64(
+        last, spilled,
+    ))) as u64;
+    *pos += (end >> 3) as usize;
+    *filled = (end & 7) as u32;
+    true
 }
 
 /// Whether [`apply_in_order`], [`escape_diffs`] and [`add_quads`] may run on this CPU.
