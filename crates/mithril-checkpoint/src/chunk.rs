@@ -260,7 +260,7 @@ pub fn encode_chunk_delta<'a>(
     if delta_cannot_win(raw, base, dtype) {
         return encode_chunk(raw, dtype, opts);
     }
-    let planned = delta::plan(raw, base, dtype, opts.delta_mode);
+    let mut planned = delta::plan(raw, base, dtype, opts.delta_mode);
     let estimate = planned.estimate();
     // A delta at a quarter of the raw size or less is compared with a rough (sparsely
     // sampled) plain estimate: the plain codec comes near such a delta only on chunks that
@@ -297,6 +297,7 @@ pub fn encode_chunk_delta<'a>(
         }
         None => plain = Some(encode_chunk(raw, dtype, opts)),
     }
+    let raw_hash = planned.take_raw_hash();
     let (op, payload) = planned.emit();
     if let Some(plain) = plain {
         if plain.data.len() <= payload.len() {
@@ -311,7 +312,9 @@ pub fn encode_chunk_delta<'a>(
         checksum: xxh3_checksum(&payload),
         data: Cow::Owned(payload),
         raw_len: raw.len(),
-        raw_checksum: xxh3_checksum(raw),
+        raw_checksum: raw_hash
+            .and_then(|h| h.finish(raw))
+            .unwrap_or_else(|| xxh3_checksum(raw)),
     }
 }
 

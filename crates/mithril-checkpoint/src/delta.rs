@@ -26,7 +26,7 @@ use crate::dtype::DType;
 use crate::error::{corrupt, Error, Result};
 use crate::float::{
     decode_plane, encode_plane_counts, push_stream, push_symbols, read_symbols, StreamReader,
-    HUFFMAN_SLACK,
+    StripeHash, HUFFMAN_SLACK,
 };
 use crate::rans;
 
@@ -507,6 +507,18 @@ impl Planned {
             Planned::W2(p) => p.estimate,
             Planned::W4(p) => p.estimate,
             Planned::W8(p) => p.estimate,
+        }
+    }
+
+    /// The raw chunk's checksum as far as planning took it (`sub-quad` plans of 32-bit
+    /// words); see `QuadPlan::take_raw_hash`.
+    pub(crate) fn take_raw_hash(&mut self) -> Option<StripeHash> {
+        match self {
+            Planned::W4(DeltaPlan {
+                body: Body::Quads(quads),
+                ..
+            }) => quads.take_raw_hash(),
+            _ => None,
         }
     }
 

@@ -88,6 +88,8 @@ fn return_buffers(quads: Vec<u16>, escapes: Vec<u16>) {
 /// What [`plan`] found: the symbols and extra bits of a chunk, and their counts.
 pub struct QuadPlan {
     pub estimate: usize,
+    /// The raw chunk's checksum as far as the planner took it (see [`QuadPlan::raw_hash`]).
+    raw_hash: Option<Box<StripeHash>>,
     quads: Vec<u16>,
     quad_code: Option<huffman::Code>,
     escapes: Vec<u16>,
@@ -138,6 +140,7 @@ fn plan_simd<T: Word>(
     base: &[u8],
     quads: &mut [u16],
     escapes: &mut Vec<u16>,
+    hash: Option<&mut StripeHash>,
 ) -> (usize, BitWriter) {
     #[cfg(target_arch = "x86_64")]
     {
@@ -155,15 +158,15 @@ fn plan_simd<T: Word>(
             // room for every quad to escape plus a block (all checked above).
             let extra = unsafe {
                 if T::BYTES == 4 {
-                    simd::plan_blocks::<4>(raw, base, blocks, quads, escapes, ESCAPE, SMALL)
+                    simd::plan_blocks::<4>(raw, base, blocks, quads, escapes, ESCAPE, SMALL, hash)
                 } else {
-                    simd::plan_blocks::<2>(raw, base, blocks, quads, escapes, ESCAPE, SMALL)
+                    simd::plan_blocks::<2>(raw, base, blocks, quads, escapes, ESCAPE, SMALL, None)
                 }
             };
             return (blocks * simd::BLOCK, extra);
         }
     }
-    let _ = (raw, base, quads, escapes);
+    let _ = (raw, base, quads, escapes, hash);
     (0, BitWriter::with_capacity(0))
 }
 
@@ -208,8 +211,12 @@ fn plan_body<T: Word>(raw: &[u8], base: &[u8], simd: bool) -> QuadPlan {
     // quads escape in most chunks.
     let mut escapes = spare_buffer();
     escapes.reserve(QUAD * quads.len() + SIMD_SLACK);
+    // Boxed: its vectors would align and widen every plan to 64 bytes.
+    let mut raw_hash = StripeHash::new(raw.len())
+        .filter(|_| T::BYTES == 4)
+        .map(Box::new);
     let (done, mut extra) = if simd {
-        plan_simd::<T>(raw, base, &mut quads, &mut escapes)
+        plan_simd::<T>(raw, base, &mut quads, &mut escapes, raw_hash.as_deref_mut())
     } else {
         (0, BitWriter::with_capacity(0))
     };
@@ -241,6 +248,7 @@ fn plan_body<T: Word>(raw: &[u8], base: &[u8], simd: bool) -> QuadPlan {
     let (escape_code, escape_bytes) = stream_code(&escape_counts, escapes.len());
     QuadPlan {
         estimate: quad_bytes + escape_bytes + 5 + extra.len(),
+        raw_hash,
         quads,
         quad_code,
         escapes,
@@ -250,6 +258,14 @@ fn plan_body<T: Word>(raw: &[u8], base: &[u8], simd: bool) -> QuadPlan {
 }
 
 impl QuadPlan {
+    /// The raw chunk's checksum as the vector planner left it, each 64 bytes it planned
+    /// taken while they were in a register; [`StripeHash::finish`] reads the rest from
+    /// the chunk. `None` where the planner took none (16-bit words, short chunks, CPUs
+    /// without AVX-512), or once taken.
+    pub(crate) fn take_raw_hash(&mut self) -> Option<StripeHash> {
+        self.raw_hash.take().map(|h| *h)
+    }
+
     pub fn emit(self) -> Vec<u8> {
         // Room for each Huffman stream's worst case, which `encode_into` reserves before it
         // codes: sized by the estimate, the buffer was reallocated (into fresh memory, then
@@ -935,6 +951,35 @@ mod tests {
             let what = format!("every element escaped, n={n}, shortest={shortest}");
             check::<u32>(&bytes(&new), &bytes(&base), &format!("u32 {what}"));
             check::<u16>(&halves(&new), &halves(&base), &format!("u16 {what}"));
+        }
+    }
+
+    /// The raw checksum the vector planner takes on the way is the chunk's xxh3-64, for
+    /// every length class of the hash, with all, some or no quads escaped.
+    #[test]
+    fn the_planners_raw_hash_is_the_chunks_checksum() {
+        let mut next = xorshift(0x9e37_79b9_7f4a_7c15);
+        for len in crate::chunk::tests::xxh3_length_classes().map(|l| l / 4 * 4) {
+            let base: Vec<u32> = (0..len / 4).map(|_| next() as u32).collect();
+            for moved in [0u64, 3, 8] {
+                let new: Vec<u8> = base
+                    .iter()
+                    .flat_map(|&b| {
+                        let r = next();
+                        let step = if r % 8 < moved { (r >> 32) as u32 } else { 0 };
+                        b.wrapping_add(step).to_le_bytes()
+                    })
+                    .collect();
+                let old: Vec<u8> = base.iter().flat_map(|b| b.to_le_bytes()).collect();
+                let mut planned = plan::<u32>(&new, &old);
+                if let Some(hash) = planned.take_raw_hash() {
+                    assert_eq!(
+                        hash.finish(&new),
+                        Some(xxhash_rust::xxh3::xxh3_64(&new)),
+                        "{len} bytes, {moved} in 8 moved"
+                    );
+                }
+            }
         }
     }
 

@@ -58,11 +58,14 @@ pub(crate) const fn extra_room<const W: usize>(blocks: usize) -> usize {
 /// Plan the first `blocks` steps of `raw` against `base` (words of `W` = 2 or 4 bytes):
 /// quad symbols into `quads[..4 blocks]`, escape symbols appended to `escapes`, and the
 /// extra bits into a fresh stream, returned as a writer the scalar planner continues.
+/// With 4-byte words every step's 64 bytes of `raw` also go to `hash` (the chunk's raw
+/// checksum), while they are in a register.
 ///
 /// # Safety
 /// The CPU must support what [`available`] checks. `raw` and `base` must hold
 /// `BLOCK * W * blocks` bytes, `quads` `4 blocks` symbols, and `escapes` spare capacity
 /// for `BLOCK * blocks + BLOCK` more.
+#[allow(clippy::too_many_arguments)]
 #[target_feature(enable = "avx512f,avx512cd,avx512bw,avx512vl,bmi2,popcnt")]
 pub(crate) unsafe fn plan_blocks<const W: usize>(
     raw: &[u8],
@@ -72,6 +75,7 @@ pub(crate) unsafe fn plan_blocks<const W: usize>(
     escapes: &mut Vec<u16>,
     escape_symbol: u16,
     small: u32,
+    hash: Option<&mut StripeHash>,
 ) -> BitWriter {
     debug_assert!(W == 2 || W == 4);
     debug_assert!(raw.len() >= BLOCK * W * blocks && base.len() >= BLOCK * W * blocks);
@@ -99,6 +103,8 @@ pub(crate) unsafe fn plan_blocks<const W: usize>(
     let escape_v = _mm_set1_epi16(escape_symbol as i16);
     let mut pairs = [0u64; BLOCK / 2];
     let mut pair_bits = [0u64; BLOCK / 2];
+    // The hash's state in a local, so that it stays in registers across the loop.
+    let mut local = hash.as_deref().cloned().filter(|_| W == 4);
 
     for i in 0..blocks {
         // SAFETY: step `i` reads `BLOCK * W` bytes at `BLOCK * W * i` of `raw` and
@@ -109,8 +115,11 @@ pub(crate) unsafe fn plan_blocks<const W: usize>(
             _mm_prefetch::<_MM_HINT_T0>(t.wrapping_add(PREFETCH).cast());
             _mm_prefetch::<_MM_HINT_T0>(b.wrapping_add(PREFETCH).cast());
             if W == 4 {
-                let diff =
-                    _mm512_sub_epi32(_mm512_loadu_si512(t.cast()), _mm512_loadu_si512(b.cast()));
+                let words = _mm512_loadu_si512(t.cast());
+                if let Some(h) = local.as_mut() {
+                    h.push(words);
+                }
+                let diff = _mm512_sub_epi32(words, _mm512_loadu_si512(b.cast()));
                 _mm512_xor_si512(_mm512_slli_epi32::<1>(diff), _mm512_srai_epi32::<31>(diff))
             } else {
                 let diff =
@@ -217,6 +226,9 @@ pub(crate) unsafe fn plan_blocks<const W: usize>(
     unsafe {
         extra.set_len(pos);
         escapes.set_len(esc_len);
+    }
+    if let (Some(to), Some(from)) = (hash, local) {
+        *to = from;
     }
     BitWriter::resume(extra, acc, filled)
 }
