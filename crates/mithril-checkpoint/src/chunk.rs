@@ -186,43 +186,78 @@ pub fn all_zero(bytes: &[u8]) -> bool {
 /// above stored 0.02-0.17 % more of the moments' bytes (`examples/delta_sample.rs`). Short
 /// chunks are always planned.
 fn delta_cannot_win(raw: &[u8], base: &[u8], dtype: DType) -> bool {
-    sampled_delta_and_plain(raw, base, dtype).is_some_and(|(delta, plain)| delta >= plain)
+    let Some(sample) = DeltaSample::of(raw, base, dtype) else {
+        return false;
+    };
+    // A base of zeros in the sample (optimiser moments at step 0, and the untouched rows
+    // of an embedding's moments): the difference there is the data itself, which the
+    // plain codec codes better; no estimate needed.
+    if all_zero(&sample.base) {
+        return true;
+    }
+    let (delta, plain) = sample.estimates();
+    delta >= plain
 }
 
 /// The estimates `delta_cannot_win` compares, in bytes of its sample: an ungrouped
 /// difference of `raw` against `base`, and `raw`'s plain encoding. `None` for a chunk that
 /// is not a float dtype or is too short to sample (always planned).
 pub fn sampled_delta_and_plain(raw: &[u8], base: &[u8], dtype: DType) -> Option<(usize, usize)> {
-    let bits = dtype.float_bits()?;
-    let width = dtype.size();
-    if raw.len() / width < float::SAMPLE_FROM_LEN {
-        return None;
-    }
-    // Short runs spread over the chunk: the chunk is not in cache yet, and whole cache lines
-    // in sequence cost a fraction of the misses of a strided sample. Every run is
-    // prefetched before any is copied, so that the misses overlap instead of coming one
-    // copy after another.
-    let run = SAMPLE_RUN * width;
-    let step = raw.len().min(base.len()) / SAMPLE_RUNS / width * width;
-    let runs = || (0..SAMPLE_RUNS).map(|r| r * step..r * step + run);
-    for r in runs() {
-        for bytes in [raw, base] {
-            float::prefetch(bytes[r.start..].as_ptr());
-            float::prefetch(bytes[r.end - 1..].as_ptr());
+    DeltaSample::of(raw, base, dtype).map(|s| s.estimates())
+}
+
+/// What [`sampled_delta_and_plain`] estimates from: the same runs of a float chunk and of
+/// its base, copied out.
+struct DeltaSample {
+    bits: crate::dtype::FloatBits,
+    width: usize,
+    raw: Vec<u8>,
+    base: Vec<u8>,
+}
+
+impl DeltaSample {
+    /// `None` for a chunk that is not a float dtype or is too short to sample.
+    fn of(raw: &[u8], base: &[u8], dtype: DType) -> Option<DeltaSample> {
+        let bits = dtype.float_bits()?;
+        let width = dtype.size();
+        if raw.len() / width < float::SAMPLE_FROM_LEN {
+            return None;
         }
-    }
-    let gather = |bytes: &[u8]| -> Vec<u8> {
-        let mut out = Vec::with_capacity(SAMPLE_RUNS * run);
+        // Short runs spread over the chunk: the chunk is not in cache yet, and whole cache lines
+        // in sequence cost a fraction of the misses of a strided sample. Every run is
+        // prefetched before any is copied, so that the misses overlap instead of coming one
+        // copy after another.
+        let run = SAMPLE_RUN * width;
+        let step = raw.len().min(base.len()) / SAMPLE_RUNS / width * width;
+        let runs = || (0..SAMPLE_RUNS).map(|r| r * step..r * step + run);
         for r in runs() {
-            out.extend_from_slice(&bytes[r]);
+            for bytes in [raw, base] {
+                float::prefetch(bytes[r.start..].as_ptr());
+                float::prefetch(bytes[r.end - 1..].as_ptr());
+            }
         }
-        out
-    };
-    let (raw, base) = (gather(raw), gather(base));
-    Some((
-        delta::sub_estimate(&raw, &base, width),
-        float::estimate(&raw, bits, width, true),
-    ))
+        let gather = |bytes: &[u8]| -> Vec<u8> {
+            let mut out = Vec::with_capacity(SAMPLE_RUNS * run);
+            for r in runs() {
+                out.extend_from_slice(&bytes[r]);
+            }
+            out
+        };
+        Some(DeltaSample {
+            bits,
+            width,
+            raw: gather(raw),
+            base: gather(base),
+        })
+    }
+
+    /// The ungrouped difference's estimate and the plain encoding's, in sample bytes.
+    fn estimates(&self) -> (usize, usize) {
+        (
+            delta::sub_estimate(&self.raw, &self.base, self.width),
+            float::estimate(&self.raw, self.bits, self.width, true),
+        )
+    }
 }
 
 /// [`delta_cannot_win`]'s sample: this many runs of [`SAMPLE_RUN`] elements.
@@ -253,11 +288,13 @@ pub fn encode_chunk_delta<'a>(
     dtype: DType,
     opts: &EncodeOptions,
 ) -> EncodedChunk<'a> {
-    if all_zero(base) {
-        // XOR or difference against zeros is the data itself: nothing to gain.
+    if delta_cannot_win(raw, base, dtype) {
         return encode_chunk(raw, dtype, opts);
     }
-    if delta_cannot_win(raw, base, dtype) {
+    if all_zero(base) {
+        // XOR or difference against zeros is the data itself: nothing to gain. (A float
+        // chunk long enough to sample was settled from its sample above, without this pass
+        // over the base.)
         return encode_chunk(raw, dtype, opts);
     }
     let mut planned = delta::plan(raw, base, dtype, opts.delta_mode);
@@ -442,7 +479,7 @@ pub fn chunk_lengths(len: usize, dtype: DType, target: usize) -> Vec<usize> {
 pub(crate) mod tests {
     use super::{
         all_zero, decode_chunk, delta_cannot_win, encode_chunk, encode_chunk_delta, xxh3_checksum,
-        EncodeOptions,
+        DeltaSample, EncodeOptions,
     };
     use crate::delta::DeltaMode;
     use crate::dtype::DType;
@@ -568,6 +605,29 @@ pub(crate) mod tests {
         let opts = EncodeOptions::default();
         let chosen = encode_chunk_delta(&new, &base, DType::F32, &opts);
         assert!(chosen.data == encode_chunk(&new, DType::F32, &opts).data);
+    }
+
+    /// Weights against a base of zeros, or of zeros wherever the sample looks, are stored
+    /// whole: the difference from zero is the data itself. (The sample alone decides,
+    /// which spares a pass over the base; the decision is the one the estimates make.)
+    #[test]
+    fn weights_against_zeros_are_stored_whole() {
+        let (_, new) = weight_like();
+        let mut base = vec![0u8; new.len()];
+        let opts = EncodeOptions::default();
+        let plain = encode_chunk(&new, DType::F32, &opts);
+        for what in ["all zeros", "zeros where the sample looks"] {
+            assert!(delta_cannot_win(&new, &base, DType::F32), "{what}");
+            let sample = DeltaSample::of(&new, &base, DType::F32).expect("long enough");
+            let (delta, plain_estimate) = sample.estimates();
+            assert!(delta >= plain_estimate, "{what}: the estimates agree");
+            let chosen = encode_chunk_delta(&new, &base, DType::F32, &opts);
+            assert_eq!(chosen.encoding, plain.encoding, "{what}");
+            assert!(chosen.data == plain.data, "{what}");
+            let at = new.len() - 3;
+            base[at] = 1;
+            assert!(!all_zero(&base));
+        }
     }
 
     #[test]

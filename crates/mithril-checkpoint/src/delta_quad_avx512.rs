@@ -235,8 +235,8 @@ pub(crate) unsafe fn plan_blocks<const W: usize>(
 
 /// Append the first `count` (1 to 8) pairs of extra bits to the stream at once, if every
 /// one is at least 7 bits wide (returns whether it did): the 64-bit lanes of `pairs`, each
-/// below 2^ of its lane of `widths` (at most 56). `acc` holds the `filled` (below 8)
-/// pending bits of the byte at `out + pos`.
+/// no wider than its lane of `widths` says (at most 56 bits). `acc` holds the `filled`
+/// (below 8) pending bits of the byte at `out + pos`.
 ///
 /// Each pair goes out in a 64-bit window that starts at the byte its first bit falls in,
 /// below it the bits of that byte that come before it. With pairs of 7 bits or more those
