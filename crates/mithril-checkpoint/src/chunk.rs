@@ -186,16 +186,17 @@ pub fn all_zero(bytes: &[u8]) -> bool {
 /// above stored 0.02-0.17 % more of the moments' bytes (`examples/delta_sample.rs`). Short
 /// chunks are always planned.
 fn delta_cannot_win(raw: &[u8], base: &[u8], dtype: DType) -> bool {
-    let Some(sample) = DeltaSample::of(raw, base, dtype) else {
+    let Some(runs) = SampleRuns::of(raw, base, dtype) else {
         return false;
     };
     // A base of zeros in the sample (optimiser moments at step 0, and the untouched rows
     // of an embedding's moments): the difference there is the data itself, which the
-    // plain codec codes better; no estimate needed.
-    if all_zero(&sample.base) {
+    // plain codec codes better; no estimate needed, and nothing copied.
+    runs.prefetch(base);
+    if runs.ranges().all(|r| all_zero(&base[r])) {
         return true;
     }
-    let (delta, plain) = sample.estimates();
+    let (delta, plain) = DeltaSample::take(runs, raw, base).estimates();
     delta >= plain
 }
 
@@ -203,59 +204,78 @@ fn delta_cannot_win(raw: &[u8], base: &[u8], dtype: DType) -> bool {
 /// difference of `raw` against `base`, and `raw`'s plain encoding. `None` for a chunk that
 /// is not a float dtype or is too short to sample (always planned).
 pub fn sampled_delta_and_plain(raw: &[u8], base: &[u8], dtype: DType) -> Option<(usize, usize)> {
-    DeltaSample::of(raw, base, dtype).map(|s| s.estimates())
+    SampleRuns::of(raw, base, dtype).map(|runs| DeltaSample::take(runs, raw, base).estimates())
 }
 
-/// What [`sampled_delta_and_plain`] estimates from: the same runs of a float chunk and of
-/// its base, copied out.
-struct DeltaSample {
+/// Where [`delta_cannot_win`] samples a float chunk: [`SAMPLE_RUNS`] short runs spread
+/// over it. The chunk is not in cache yet, and whole cache lines in sequence cost a
+/// fraction of the misses of a strided sample.
+#[derive(Clone, Copy)]
+struct SampleRuns {
     bits: crate::dtype::FloatBits,
     width: usize,
-    raw: Vec<u8>,
-    base: Vec<u8>,
+    step: usize,
 }
 
-impl DeltaSample {
+impl SampleRuns {
     /// `None` for a chunk that is not a float dtype or is too short to sample.
-    fn of(raw: &[u8], base: &[u8], dtype: DType) -> Option<DeltaSample> {
+    fn of(raw: &[u8], base: &[u8], dtype: DType) -> Option<SampleRuns> {
         let bits = dtype.float_bits()?;
         let width = dtype.size();
         if raw.len() / width < float::SAMPLE_FROM_LEN {
             return None;
         }
-        // Short runs spread over the chunk: the chunk is not in cache yet, and whole cache lines
-        // in sequence cost a fraction of the misses of a strided sample. Every run is
-        // prefetched before any is copied, so that the misses overlap instead of coming one
-        // copy after another.
-        let run = SAMPLE_RUN * width;
         let step = raw.len().min(base.len()) / SAMPLE_RUNS / width * width;
-        let runs = || (0..SAMPLE_RUNS).map(|r| r * step..r * step + run);
-        for r in runs() {
-            for bytes in [raw, base] {
-                float::prefetch(bytes[r.start..].as_ptr());
-                float::prefetch(bytes[r.end - 1..].as_ptr());
-            }
+        Some(SampleRuns { bits, width, step })
+    }
+
+    fn ranges(self) -> impl Iterator<Item = std::ops::Range<usize>> {
+        let run = SAMPLE_RUN * self.width;
+        (0..SAMPLE_RUNS).map(move |r| r * self.step..r * self.step + run)
+    }
+
+    /// Every run of `bytes` prefetched before any is read, so that the misses overlap
+    /// instead of coming one after another.
+    fn prefetch(self, bytes: &[u8]) {
+        for r in self.ranges() {
+            float::prefetch(bytes[r.start..].as_ptr());
+            float::prefetch(bytes[r.end - 1..].as_ptr());
         }
+    }
+}
+
+/// What [`sampled_delta_and_plain`] estimates from: the same runs of a float chunk and of
+/// its base, copied out.
+struct DeltaSample {
+    runs: SampleRuns,
+    raw: Vec<u8>,
+    base: Vec<u8>,
+}
+
+impl DeltaSample {
+    fn take(runs: SampleRuns, raw: &[u8], base: &[u8]) -> DeltaSample {
+        runs.prefetch(raw);
+        runs.prefetch(base);
         let gather = |bytes: &[u8]| -> Vec<u8> {
-            let mut out = Vec::with_capacity(SAMPLE_RUNS * run);
-            for r in runs() {
+            let mut out = Vec::with_capacity(SAMPLE_RUNS * SAMPLE_RUN * runs.width);
+            for r in runs.ranges() {
                 out.extend_from_slice(&bytes[r]);
             }
             out
         };
-        Some(DeltaSample {
-            bits,
-            width,
+        DeltaSample {
+            runs,
             raw: gather(raw),
             base: gather(base),
-        })
+        }
     }
 
     /// The ungrouped difference's estimate and the plain encoding's, in sample bytes.
     fn estimates(&self) -> (usize, usize) {
+        let (bits, width) = (self.runs.bits, self.runs.width);
         (
-            delta::sub_estimate(&self.raw, &self.base, self.width),
-            float::estimate(&self.raw, self.bits, self.width, true),
+            delta::sub_estimate(&self.raw, &self.base, width),
+            float::estimate(&self.raw, bits, width, true),
         )
     }
 }
@@ -478,8 +498,8 @@ pub fn chunk_lengths(len: usize, dtype: DType, target: usize) -> Vec<usize> {
 #[cfg(test)]
 pub(crate) mod tests {
     use super::{
-        all_zero, decode_chunk, delta_cannot_win, encode_chunk, encode_chunk_delta, xxh3_checksum,
-        DeltaSample, EncodeOptions,
+        all_zero, decode_chunk, delta_cannot_win, encode_chunk, encode_chunk_delta,
+        sampled_delta_and_plain, xxh3_checksum, EncodeOptions,
     };
     use crate::delta::DeltaMode;
     use crate::dtype::DType;
@@ -618,8 +638,8 @@ pub(crate) mod tests {
         let plain = encode_chunk(&new, DType::F32, &opts);
         for what in ["all zeros", "zeros where the sample looks"] {
             assert!(delta_cannot_win(&new, &base, DType::F32), "{what}");
-            let sample = DeltaSample::of(&new, &base, DType::F32).expect("long enough");
-            let (delta, plain_estimate) = sample.estimates();
+            let (delta, plain_estimate) =
+                sampled_delta_and_plain(&new, &base, DType::F32).expect("long enough");
             assert!(delta >= plain_estimate, "{what}: the estimates agree");
             let chosen = encode_chunk_delta(&new, &base, DType::F32, &opts);
             assert_eq!(chosen.encoding, plain.encoding, "{what}");
