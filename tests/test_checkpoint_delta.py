@@ -277,6 +277,8 @@ def test_compress_tensor_stores_whole_what_the_base_does_not_help(coding: str) -
     assert_same_tensor(mc.decompress_tensor(blob), moment)
     assert_same_tensor(mc.decompress_tensor(blob, base=zeros), moment)
     assert_same_tensor(mc.decompress_tensor(blob, base=moment + 1), moment)
+    # The base given is not read at all, so not even its size matters.
+    assert_same_tensor(mc.decompress_tensor(blob, base=torch.zeros(3)), moment)
     # One step on, the base helps, and the blob needs it.
     step = moment * 0.999
     delta = mc.compress_tensor(step, base=moment, delta_coding=coding)  # type: ignore[arg-type]

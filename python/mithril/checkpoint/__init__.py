@@ -355,7 +355,7 @@ def decompress_tensor(
         raise BaseCheckpointError("this blob is a delta: pass the base tensor it was made against")
     framework = framework or default_framework()
     t, out = empty_tensor(dtype, shape, framework, "compress_tensor() blob")
-    if base is not None:
+    if is_delta:
         _, _, _, buf = to_raw("", base)
         reader.read_with_base_into("", buf, out, threads)
     else:
