@@ -879,6 +879,17 @@ mod tests {
             assert_eq!(v.extra, s.extra, "{what}: extra bits");
             assert_eq!(v.estimate, s.estimate, "{what}");
         }
+        /// `check` on the words as 32-bit elements and on their low halves as 16-bit ones.
+        fn check_both(new: &[u32], base: &[u32], what: &str) {
+            let bytes = |v: &[u32]| v.iter().flat_map(|w| w.to_le_bytes()).collect::<Vec<u8>>();
+            let halves = |v: &[u32]| {
+                v.iter()
+                    .flat_map(|&w| (w as u16).to_le_bytes())
+                    .collect::<Vec<u8>>()
+            };
+            check::<u32>(&bytes(new), &bytes(base), &format!("u32 {what}"));
+            check::<u16>(&halves(new), &halves(base), &format!("u16 {what}"));
+        }
         let mut next = xorshift(0x2545_f491_4f6c_dd1d);
         // Differences of every size class: mostly small, some escaping quads, some
         // moved by up to the whole word.
@@ -901,22 +912,7 @@ mod tests {
                         }
                     })
                     .collect();
-                let bytes = |v: &[u32]| v.iter().flat_map(|w| w.to_le_bytes()).collect::<Vec<u8>>();
-                let halves = |v: &[u32]| {
-                    v.iter()
-                        .flat_map(|&w| (w as u16).to_le_bytes())
-                        .collect::<Vec<u8>>()
-                };
-                check::<u32>(
-                    &bytes(&new),
-                    &bytes(&base),
-                    &format!("u32 n={n} spread={spread}"),
-                );
-                check::<u16>(
-                    &halves(&new),
-                    &halves(&base),
-                    &format!("u16 n={n} spread={spread}"),
-                );
+                check_both(&new, &base, &format!("n={n} spread={spread}"));
             }
         }
         // Every element moved by a full-width amount, both directions.
@@ -942,15 +938,11 @@ mod tests {
                     b.wrapping_add(mag)
                 })
                 .collect();
-            let bytes = |v: &[u32]| v.iter().flat_map(|w| w.to_le_bytes()).collect::<Vec<u8>>();
-            let halves = |v: &[u32]| {
-                v.iter()
-                    .flat_map(|&w| (w as u16).to_le_bytes())
-                    .collect::<Vec<u8>>()
-            };
-            let what = format!("every element escaped, n={n}, shortest={shortest}");
-            check::<u32>(&bytes(&new), &bytes(&base), &format!("u32 {what}"));
-            check::<u16>(&halves(&new), &halves(&base), &format!("u16 {what}"));
+            check_both(
+                &new,
+                &base,
+                &format!("every element escaped, n={n}, shortest={shortest}"),
+            );
         }
     }
 
