@@ -101,8 +101,17 @@ impl Code {
     /// is never reallocated while the stream is written.
     pub fn room_needed(&self, n: usize) -> usize {
         let segments = segments_for(n);
-        let longest = self.lengths.iter().copied().max().unwrap_or(0) as usize;
-        self.header_len() + 1 + 4 * (segments - 1) + (n * longest).div_ceil(8) + 9 * segments
+        let seg_len = n.div_ceil(segments).max(1);
+        let coded: usize = (0..n)
+            .step_by(seg_len)
+            .map(|at| segment_room(seg_len.min(n - at), self.longest()))
+            .sum();
+        self.header_len() + 1 + 4 * (segments - 1) + coded
+    }
+
+    /// The longest code length, in bits.
+    fn longest(&self) -> usize {
+        self.lengths.iter().copied().max().unwrap_or(0) as usize
     }
 
     fn header_len(&self) -> usize {
@@ -431,14 +440,14 @@ pub fn encode_into<T: Symbol>(syms: &[T], code: &Code, out: &mut Vec<u8>) {
     let table = code.encode_table();
     let segments = segments_for(syms.len());
     let seg_len = syms.len().div_ceil(segments).max(1);
-    let longest = code.lengths.iter().copied().max().unwrap_or(0) as usize;
+    let longest = code.longest();
     code.write_header(out);
     out.push(segments as u8);
     let lengths_at = out.len();
     out.resize(lengths_at + 4 * (segments - 1), 0);
     let mut at = out.len();
     for (i, seg) in syms.chunks(seg_len).enumerate() {
-        let room = (seg.len() * longest).div_ceil(8) + 8;
+        let room = segment_room(seg.len(), longest);
         if out.len() < at + room {
             out.resize(at + room, 0);
         }
@@ -450,6 +459,12 @@ pub fn encode_into<T: Symbol>(syms: &[T], code: &Code, out: &mut Vec<u8>) {
         at += used;
     }
     out.truncate(at);
+}
+
+/// Bytes [`encode_into`] gives a segment of `symbols` symbols to be coded into: each at the
+/// code's `longest` length, plus the 8 bytes of [`encode_segment`]'s last store.
+fn segment_room(symbols: usize, longest: usize) -> usize {
+    (symbols * longest).div_ceil(8) + 8
 }
 
 /// Write the codes of `syms` to `out` (room for the longest code per symbol, plus the 8
