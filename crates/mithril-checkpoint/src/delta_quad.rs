@@ -88,7 +88,7 @@ fn return_buffers(quads: Vec<u16>, escapes: Vec<u16>) {
 /// What [`plan`] found: the symbols and extra bits of a chunk, and their counts.
 pub struct QuadPlan {
     pub estimate: usize,
-    /// The raw chunk's checksum as far as the planner took it (see [`QuadPlan::raw_hash`]).
+    /// The raw chunk's checksum as far as the planner took it (see [`QuadPlan::take_raw_hash`]).
     raw_hash: Option<Box<StripeHash>>,
     quads: Vec<u16>,
     quad_code: Option<huffman::Code>,
@@ -160,7 +160,7 @@ fn plan_simd<T: Word>(
                 if T::BYTES == 4 {
                     simd::plan_blocks::<4>(raw, base, blocks, quads, escapes, ESCAPE, SMALL, hash)
                 } else {
-                    simd::plan_blocks::<2>(raw, base, blocks, quads, escapes, ESCAPE, SMALL, None)
+                    simd::plan_blocks::<2>(raw, base, blocks, quads, escapes, ESCAPE, SMALL, hash)
                 }
             };
             return (blocks * simd::BLOCK, extra);

@@ -59,7 +59,7 @@ pub(crate) const fn extra_room<const W: usize>(blocks: usize) -> usize {
 /// quad symbols into `quads[..4 blocks]`, escape symbols appended to `escapes`, and the
 /// extra bits into a fresh stream, returned as a writer the scalar planner continues.
 /// With 4-byte words every step's 64 bytes of `raw` also go to `hash` (the chunk's raw
-/// checksum), while they are in a register.
+/// checksum), while they are in a register; 2-byte words leave it untouched.
 ///
 /// # Safety
 /// The CPU must support what [`available`] checks. `raw` and `base` must hold
@@ -264,8 +264,8 @@ unsafe fn scatter_pairs(
         return false;
     }
     let zero = _mm512_setzero_si512();
-    // Where each pair starts, in bits from the pending byte: the pending bits, then an
-    // exclusive prefix sum of the widths.
+    // Where each pair ends, in bits from the pending byte: the pending bits plus an
+    // inclusive prefix sum of the widths; it starts its width before that.
     let mut ends = widths;
     ends = _mm512_add_epi64(ends, _mm512_alignr_epi64::<7>(ends, zero));
     ends = _mm512_add_epi64(ends, _mm512_alignr_epi64::<6>(ends, zero));
