@@ -183,19 +183,22 @@ pub fn all_zero(bytes: &[u8]) -> bool {
 /// (steps 0, 1, 10 and 100), trained weights sample at 0.82 of plain or less; moments at
 /// 0.77 to 1.05, since the grouped codings find structure in the embedding's moments that
 /// an ungrouped difference does not. Skipping every moment chunk that samples at plain or
-/// above stored 0.02-0.17 % more of the moments' bytes (`examples/delta_sample.rs`). Short
-/// chunks are always planned.
+/// above stored 0.02-0.17 % more of the moments' bytes (`examples/delta_sample.rs`).
+///
+/// A base of zeros settles it too: XOR or difference against zeros is the data itself,
+/// which the plain codec codes better. A sampled chunk tells that from its sample
+/// (optimiser moments at step 0, and the untouched rows of an embedding's moments), with
+/// no pass over the base; short chunks and integer dtypes, which are not sampled, are
+/// planned unless their whole base is zeros.
 fn delta_cannot_win(raw: &[u8], base: &[u8], dtype: DType) -> bool {
     let Some(runs) = SampleRuns::of(raw, base, dtype) else {
-        return false;
+        return all_zero(base);
     };
-    // A base of zeros in the sample (optimiser moments at step 0, and the untouched rows
-    // of an embedding's moments): the difference there is the data itself, which the
-    // plain codec codes better; no estimate needed, and nothing copied.
     runs.prefetch(base);
     if runs.ranges().all(|r| all_zero(&base[r])) {
         return true;
     }
+    runs.prefetch(raw);
     let (delta, plain) = DeltaSample::take(runs, raw, base).estimates();
     delta >= plain
 }
@@ -204,7 +207,10 @@ fn delta_cannot_win(raw: &[u8], base: &[u8], dtype: DType) -> bool {
 /// difference of `raw` against `base`, and `raw`'s plain encoding. `None` for a chunk that
 /// is not a float dtype or is too short to sample (always planned).
 pub fn sampled_delta_and_plain(raw: &[u8], base: &[u8], dtype: DType) -> Option<(usize, usize)> {
-    SampleRuns::of(raw, base, dtype).map(|runs| DeltaSample::take(runs, raw, base).estimates())
+    let runs = SampleRuns::of(raw, base, dtype)?;
+    runs.prefetch(raw);
+    runs.prefetch(base);
+    Some(DeltaSample::take(runs, raw, base).estimates())
 }
 
 /// Where [`delta_cannot_win`] samples a float chunk: [`SAMPLE_RUNS`] short runs spread
@@ -253,9 +259,8 @@ struct DeltaSample {
 }
 
 impl DeltaSample {
+    /// The runs copied out of `raw` and `base`, which the caller has prefetched.
     fn take(runs: SampleRuns, raw: &[u8], base: &[u8]) -> DeltaSample {
-        runs.prefetch(raw);
-        runs.prefetch(base);
         let gather = |bytes: &[u8]| -> Vec<u8> {
             let mut out = Vec::with_capacity(SAMPLE_RUNS * SAMPLE_RUN * runs.width);
             for r in runs.ranges() {
@@ -309,12 +314,6 @@ pub fn encode_chunk_delta<'a>(
     opts: &EncodeOptions,
 ) -> EncodedChunk<'a> {
     if delta_cannot_win(raw, base, dtype) {
-        return encode_chunk(raw, dtype, opts);
-    }
-    if all_zero(base) {
-        // XOR or difference against zeros is the data itself: nothing to gain. (A float
-        // chunk long enough to sample was settled from its sample above, without this pass
-        // over the base.)
         return encode_chunk(raw, dtype, opts);
     }
     let mut planned = delta::plan(raw, base, dtype, opts.delta_mode);
@@ -618,9 +617,10 @@ pub(crate) mod tests {
             !delta_cannot_win(&to_bf16(&new), &to_bf16(&base), DType::BF16),
             "bf16 weights"
         );
-        // Short chunks are always planned.
+        // Short chunks are not sampled: planned, unless their whole base is zeros.
         let (base, new) = dense_moments();
         assert!(!delta_cannot_win(&new[..4000], &base[..4000], DType::F32));
+        assert!(delta_cannot_win(&new[..4000], &[0; 4000], DType::F32));
         // The moments themselves are stored plain, bit-exact, without a planned delta.
         let opts = EncodeOptions::default();
         let chosen = encode_chunk_delta(&new, &base, DType::F32, &opts);
