@@ -314,8 +314,11 @@ pub(crate) fn apply_available() -> bool {
 /// lanes; and the extra bits they take. Symbols must be below the cardinality for 32-bit
 /// words, so that no difference has more than 28 extra bits and sixteen fit the window.
 ///
-/// Each lane's bits are cut from the two 32-bit words of the window at its starting byte
-/// and four bytes on (one byte permute each), joined and shifted by a double shift.
+/// Each lane's extra bits are cut out by where they end: the eight window bytes before
+/// the byte after its last bit (one byte permute per four), shifted left so that its last
+/// bit is the top bit of the lane. A double shift then moves them in under the leading
+/// value, with no mask: bits above a lane's own fall out at the top, and the window bytes
+/// before the stream's first (wrapped permute indices) only ever land below them.
 ///
 /// # Safety
 /// The CPU must support what [`apply_available`] checks; `symbols` must point at sixteen
@@ -335,36 +338,39 @@ unsafe fn escaped_diffs16(window: __m512i, first_bit: u32, symbols: *const u16) 
         _mm512_srli_epi32::<{ KEPT_BITS }>(j),
         _mm512_set1_epi32((FIRST_LEN - 1 - KEPT_BITS) as i32),
     );
-    let lead = _mm512_add_epi32(
-        _mm512_set1_epi32(1 << KEPT_BITS),
-        _mm512_and_si512(j, _mm512_set1_epi32((1 << KEPT_BITS) - 1)),
+    // The leading value: the symbol itself where it is exact.
+    let lead = _mm512_mask_mov_epi32(
+        _mm512_add_epi32(
+            _mm512_set1_epi32(1 << KEPT_BITS),
+            _mm512_and_si512(j, _mm512_set1_epi32((1 << KEPT_BITS) - 1)),
+        ),
+        exact,
+        symbols,
     );
-    let value = _mm512_mask_mov_epi32(_mm512_sllv_epi32(lead, extra), exact, symbols);
     // Where each element's extra bits end: an inclusive prefix sum of their widths.
     let mut ends = extra;
     ends = _mm512_add_epi32(ends, _mm512_alignr_epi32::<15>(ends, zero));
     ends = _mm512_add_epi32(ends, _mm512_alignr_epi32::<14>(ends, zero));
     ends = _mm512_add_epi32(ends, _mm512_alignr_epi32::<12>(ends, zero));
     ends = _mm512_add_epi32(ends, _mm512_alignr_epi32::<8>(ends, zero));
-    let starts = _mm512_add_epi32(
-        _mm512_sub_epi32(ends, extra),
-        _mm512_set1_epi32(first_bit as i32),
-    );
-    let start_bit = _mm512_and_si512(starts, _mm512_set1_epi32(7));
-    // Byte 0 of each lane (its starting byte) copied to all four of its bytes, plus 0..4:
-    // the indices of the four window bytes from that byte.
+    // The window bit after each lane's last one, rounded up to a byte: `end_byte`; and
+    // how far that rounding moved it, the left shift that makes the last bit the top one.
+    let end_up = _mm512_add_epi32(ends, _mm512_set1_epi32(first_bit as i32 + 7));
+    let end_byte = _mm512_srli_epi32::<3>(end_up);
+    let shift = _mm512_andnot_si512(end_up, _mm512_set1_epi32(7));
+    // `end_byte` in all four bytes of its lane, less 4..1: the indices of the four window
+    // bytes before it; the four before those are four less.
     let index = _mm512_add_epi8(
         _mm512_shuffle_epi8(
-            _mm512_srli_epi32::<3>(starts),
+            end_byte,
             _mm512_set4_epi32(0x0C0C_0C0C, 0x0808_0808, 0x0404_0404, 0),
         ),
-        _mm512_set1_epi32(0x0302_0100),
+        _mm512_set1_epi32(0xFFFE_FDFC_u32 as i32),
     );
-    let low = _mm512_permutexvar_epi8(index, window);
-    let high = _mm512_permutexvar_epi8(_mm512_add_epi8(index, _mm512_set1_epi8(4)), window);
-    let words = _mm512_shrdv_epi32(low, high, start_bit);
-    let mask = _mm512_sub_epi32(_mm512_sllv_epi32(one, extra), one);
-    let d = _mm512_add_epi32(value, _mm512_and_si512(words, mask));
+    let high = _mm512_permutexvar_epi8(index, window);
+    let low = _mm512_permutexvar_epi8(_mm512_sub_epi8(index, _mm512_set1_epi8(4)), window);
+    let top = _mm512_shldv_epi32(high, low, shift);
+    let d = _mm512_shldv_epi32(lead, top, extra);
     let diff = _mm512_xor_si512(
         _mm512_srli_epi32::<1>(d),
         _mm512_sub_epi32(zero, _mm512_and_si512(d, one)),
@@ -374,8 +380,8 @@ unsafe fn escaped_diffs16(window: __m512i, first_bit: u32, symbols: *const u16) 
 }
 
 /// [`escaped_diffs16`] for 16-bit words, thirty-two symbols in 16-bit lanes: at most 12
-/// extra bits each, so thirty-two fit the window, and a lane's bits, after an offset of
-/// up to 7, the two 16-bit words at its starting byte and two bytes on.
+/// extra bits each, so thirty-two fit the window, and a lane's bits, with up to 7 bits of
+/// rounding above them, the four window bytes before the byte after its last bit.
 ///
 /// # Safety
 /// As [`escaped_diffs16`], with thirty-two readable `u16`s at `symbols`, each below the
@@ -395,11 +401,14 @@ unsafe fn escaped_diffs32(window: __m512i, first_bit: u32, symbols: *const u16) 
         _mm512_srli_epi16::<{ KEPT_BITS }>(j),
         _mm512_set1_epi16((FIRST_LEN - 1 - KEPT_BITS) as i16),
     );
-    let lead = _mm512_add_epi16(
-        _mm512_set1_epi16(1 << KEPT_BITS),
-        _mm512_and_si512(j, _mm512_set1_epi16((1 << KEPT_BITS) - 1)),
+    let lead = _mm512_mask_mov_epi16(
+        _mm512_add_epi16(
+            _mm512_set1_epi16(1 << KEPT_BITS),
+            _mm512_and_si512(j, _mm512_set1_epi16((1 << KEPT_BITS) - 1)),
+        ),
+        exact,
+        symbols,
     );
-    let value = _mm512_mask_mov_epi16(_mm512_sllv_epi16(lead, extra), exact, symbols);
     // Inclusive prefix sum of the widths: lane i adds lane i - k, for k = 1, 2, 4, 8, 16.
     let lanes = _mm512_set_epi16(
         31, 30, 29, 28, 27, 26, 25, 24, 23, 22, 21, 20, 19, 18, 17, 16, 15, 14, 13, 12, 11, 10, 9,
@@ -411,22 +420,19 @@ unsafe fn escaped_diffs32(window: __m512i, first_bit: u32, symbols: *const u16) 
         let shifted = _mm512_maskz_permutexvar_epi16(!((1u32 << k) - 1), from, ends);
         ends = _mm512_add_epi16(ends, shifted);
     }
-    let starts = _mm512_add_epi16(
-        _mm512_sub_epi16(ends, extra),
-        _mm512_set1_epi16(first_bit as i16),
+    let end_up = _mm512_add_epi16(ends, _mm512_set1_epi16(first_bit as i16 + 7));
+    let end_byte = _mm512_srli_epi16::<3>(end_up);
+    let shift = _mm512_andnot_si512(end_up, _mm512_set1_epi16(7));
+    // `end_byte` in both bytes of its lane, less 2 and 1: the indices of the two window
+    // bytes before it; the two before those are two less.
+    let index = _mm512_add_epi8(
+        _mm512_mullo_epi16(end_byte, _mm512_set1_epi16(0x0101)),
+        _mm512_set1_epi16(0xFFFE_u16 as i16),
     );
-    let start_bit = _mm512_and_si512(starts, _mm512_set1_epi16(7));
-    // The starting byte in both bytes of its lane, plus 0 and 1: the indices of the first
-    // word's two bytes; the second word's are two on.
-    let index = _mm512_add_epi16(
-        _mm512_mullo_epi16(_mm512_srli_epi16::<3>(starts), _mm512_set1_epi16(0x0101)),
-        _mm512_set1_epi16(0x0100),
-    );
-    let low = _mm512_permutexvar_epi8(index, window);
-    let high = _mm512_permutexvar_epi8(_mm512_add_epi16(index, _mm512_set1_epi16(0x0202)), window);
-    let words = _mm512_shrdv_epi16(low, high, start_bit);
-    let mask = _mm512_sub_epi16(_mm512_sllv_epi16(one, extra), one);
-    let d = _mm512_add_epi16(value, _mm512_and_si512(words, mask));
+    let high = _mm512_permutexvar_epi8(index, window);
+    let low = _mm512_permutexvar_epi8(_mm512_sub_epi8(index, _mm512_set1_epi8(2)), window);
+    let top = _mm512_shldv_epi16(high, low, shift);
+    let d = _mm512_shldv_epi16(lead, top, extra);
     let diff = _mm512_xor_si512(
         _mm512_srli_epi16::<1>(d),
         _mm512_sub_epi16(zero, _mm512_and_si512(d, one)),
