@@ -33,24 +33,40 @@ pub const fn max_symbol(width_bits: u32) -> u32 {
     EXACT + ((width_bits - FIRST_LEN) << KEPT_BITS) + (1 << KEPT_BITS) - 1
 }
 
-/// Per symbol: the value with zero extra bits, and the number of extra bits.
-pub static SYMBOLS: [(u32, u32); ALPHABET] = symbol_table();
+/// Per symbol, the form decoders take it in ([`read_form`]): its number of extra bits in
+/// the low byte, and above them its leading value, the difference with its extra bits cut
+/// off (the symbol itself when it is exact). A decoder builds a difference as
+/// `lead << extra | bits`, with nothing to work out from the symbol first; the Huffman
+/// decoder writes these forms straight from its table (`huffman::decode_mapped`).
+pub static READ_FORMS: [u16; ALPHABET] = read_form_table();
 
-const fn symbol_table() -> [(u32, u32); ALPHABET] {
-    let mut table = [(0u32, 0u32); ALPHABET];
+/// Bits of a read form below its leading value.
+pub(crate) const LEAD_SHIFT: u32 = 8;
+
+/// The leading value and the number of extra bits of a read form.
+#[inline(always)]
+pub fn read_form(form: u16) -> (u32, u32) {
+    (
+        (form >> LEAD_SHIFT) as u32,
+        (form & ((1 << LEAD_SHIFT) - 1)) as u32,
+    )
+}
+
+const fn read_form_table() -> [u16; ALPHABET] {
+    let mut table = [0u16; ALPHABET];
     let mut s = 0u32;
     while s <= max_symbol(32) {
-        table[s as usize] = if s < EXACT {
+        let (lead, extra) = if s < EXACT {
             (s, 0)
         } else {
             let j = s - EXACT;
             let len = FIRST_LEN + (j >> KEPT_BITS);
-            let extra = len - 1 - KEPT_BITS;
             (
-                ((1 << KEPT_BITS) + (j & ((1 << KEPT_BITS) - 1))) << extra,
-                extra,
+                (1 << KEPT_BITS) + (j & ((1 << KEPT_BITS) - 1)),
+                len - 1 - KEPT_BITS,
             )
         };
+        table[s as usize] = (lead << LEAD_SHIFT | extra) as u16;
         s += 1;
     }
     table
@@ -169,10 +185,10 @@ mod tests {
         for d in (0u32..70_000).chain([u32::MAX, u32::MAX - 1, 1 << 31, (1 << 31) - 1]) {
             let (s, extra) = symbol_of(d);
             assert!(s <= max_symbol(32), "{d}");
-            let (value, bits) = SYMBOLS[s as usize];
+            let (lead, bits) = read_form(READ_FORMS[s as usize]);
             assert_eq!(bits, extra);
             let low = d & ((1u64 << extra) - 1) as u32;
-            assert_eq!(value + low, d, "{d}");
+            assert_eq!(lead << extra | low, d, "{d}");
         }
         assert_eq!(symbol_of(u16::MAX as u32).0, max_symbol(16));
         assert_eq!(symbol_of(u32::MAX).0, max_symbol(32));

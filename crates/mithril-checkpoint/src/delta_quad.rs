@@ -19,11 +19,11 @@
 //! differences.
 
 use crate::delta::{LeWord, Word};
-use crate::delta_bits::{max_symbol, symbol_of, BitReader, BitWriter, EXACT, SYMBOLS};
+use crate::delta_bits::{max_symbol, read_form, symbol_of, BitReader, BitWriter, READ_FORMS};
 use crate::error::{corrupt, Result};
 use crate::float::{
-    push_huffman, push_stream, read_symbols, symbol_histogram, StreamReader, StripeHash,
-    METHOD_CONST, METHOD_RAW,
+    push_huffman, push_stream, read_mapped_symbols, read_symbols, symbol_histogram, StreamReader,
+    StripeHash, METHOD_CONST, METHOD_RAW,
 };
 use crate::huffman;
 use std::cell::RefCell;
@@ -340,21 +340,24 @@ fn quad_table<T: Word, P: Packed>() -> [P; QUAD_CARDINALITY] {
 /// Quads per decoding block: small enough to stay in cache between the block's passes.
 const BLOCK_QUADS: usize = 2048;
 
-/// The zigzag difference of escape symbol `s`, its extra bits taken from `bits`.
+/// The zigzag difference of an escape symbol in its read form `form`
+/// ([`READ_FORMS`]), its extra bits taken from `bits`.
 #[inline(always)]
-fn escaped_diff<T: Word>(bits: &mut BitReader, s: u16) -> T {
-    let (value, extra) = SYMBOLS[s as usize];
-    T::from_u64((value + bits.take(extra)) as u64)
+fn escaped_diff<T: Word>(bits: &mut BitReader, form: u16) -> T {
+    let (lead, extra) = read_form(form);
+    T::from_u64(((lead as u64) << extra) | bits.take(extra) as u64)
 }
 
-/// The four differences of an escaped quad, unzigzagged and packed.
+/// The four differences of an escaped quad (symbols in read form), unzigzagged and packed.
 #[inline(always)]
 fn escaped_diffs<T: Word, P: Packed>(bits: &mut BitReader, e: &[u16]) -> P {
     let mut lanes = [0u64; QUAD];
-    if (e.iter().fold(0, |a, &s| a | s) as u32) < EXACT {
-        // No extra bits (the usual escape of a 16-bit step: a difference below 32).
-        for (lane, &s) in lanes.iter_mut().zip(e) {
-            *lane = T::from_u64(s as u64).add_unzigzag(T::ZERO).to_u64();
+    if read_form(e.iter().fold(0, |a, &f| a | f)).1 == 0 {
+        // No extra bits (the usual escape of a 16-bit step: a difference below 32, its
+        // own leading value).
+        for (lane, &f) in lanes.iter_mut().zip(e) {
+            let lead = read_form(f).0;
+            *lane = T::from_u64(lead as u64).add_unzigzag(T::ZERO).to_u64();
         }
         return P::pack(lanes);
     }
@@ -434,7 +437,8 @@ fn add_plain_quads_simd<T: Word>(
     (0, 0)
 }
 
-/// Add the escaped quads `at` (indices into `block`, with their symbols in `escapes`).
+/// Add the escaped quads `at` (indices into `block`, with their symbols in `escapes`, in
+/// read form).
 /// Kept out of line with the reader in locals: inlined into the decoder, its state lived
 /// on the stack and every read waited on the previous one's store.
 #[inline(never)]
@@ -455,9 +459,10 @@ fn apply_escapes<T: Word, P: Packed>(
     *bits = reader;
 }
 
-/// The differences of `escapes` (their extra bits from `bits`), unzigzagged into `out` as
-/// words of `T`, which must have room for them; returns the bytes written. `simd`: the
-/// leading ones with AVX-512 where the CPU has it (off only to test that both agree).
+/// The differences of `escapes` (symbols in read form, their extra bits from `bits`),
+/// unzigzagged into `out` as words of `T`, which must have room for them; returns the
+/// bytes written. `simd`: the leading ones with AVX-512 where the CPU has it (off only to
+/// test that both agree).
 fn escape_diffs<T: Word>(
     escapes: &[u16],
     bits: &mut BitReader,
@@ -710,7 +715,14 @@ fn decode_with<T: Word, P: Packed>(
     };
     let escapes = first_entries(escapes, QUAD * escaped);
     let cardinality = max_symbol(8 * w as u32) as usize + 1;
-    read_symbols(rd.stream()?, escapes, cardinality, "delta escape")?;
+    // In read form, mapped by the Huffman decoder's table.
+    read_mapped_symbols(
+        rd.stream()?,
+        escapes,
+        cardinality,
+        Some(&READ_FORMS),
+        "delta escape",
+    )?;
     let (method, extra) = rd.stream()?;
     if method != METHOD_RAW {
         return Err(corrupt(format!("delta extra bits with method {method}")));
@@ -857,12 +869,9 @@ mod tests {
         }
     }
 
-    /// Random bytes holding exactly the extra bits that `escapes` take.
+    /// Random bytes holding exactly the extra bits that `escapes` (in read form) take.
     fn extra_bits_for(escapes: &[u16], next: &mut impl FnMut() -> u64) -> Vec<u8> {
-        let bits: usize = escapes
-            .iter()
-            .map(|&s| SYMBOLS[s as usize].1 as usize)
-            .sum();
+        let bits: usize = escapes.iter().map(|&f| read_form(f).1 as usize).sum();
         (0..bits.div_ceil(8)).map(|_| next() as u8).collect()
     }
 
@@ -998,6 +1007,7 @@ mod tests {
                     1 => (cardinality - 1 - (next() % 8) as u32) as u16,
                     _ => (next() % 40) as u16,
                 })
+                .map(|s| READ_FORMS[s as usize])
                 .collect();
             let stream = extra_bits_for(&escapes, &mut next);
             let base: Vec<u8> = (0..n * T::BYTES).map(|_| next() as u8).collect();
@@ -1043,6 +1053,7 @@ mod tests {
                     0 => (next() % cardinality as u64) as u16,
                     _ => (next() % 40) as u16,
                 })
+                .map(|s| READ_FORMS[s as usize])
                 .collect();
             let stream = extra_bits_for(&escapes, &mut next);
             let base: Vec<u8> = (0..quads * P::BYTES).map(|_| next() as u8).collect();

@@ -25,7 +25,7 @@
 
 #![cfg(target_arch = "x86_64")]
 
-use crate::delta_bits::{BitReader, BitWriter, EXACT, FIRST_LEN, KEPT_BITS};
+use crate::delta_bits::{BitReader, BitWriter, EXACT, FIRST_LEN, KEPT_BITS, LEAD_SHIFT};
 use crate::xxh3_avx512::StripeHash;
 use std::arch::x86_64::*;
 
@@ -309,10 +309,12 @@ pub(crate) fn apply_available() -> bool {
     available() && is_x86_feature_detected!("avx512vbmi") && is_x86_feature_detected!("avx512vbmi2")
 }
 
-/// The differences of sixteen escape symbols of 32-bit words (16-bit symbols at `symbols`)
-/// whose extra bits start at bit `first_bit` (below 8) of `window`, unzigzagged in 32-bit
-/// lanes; and the extra bits they take. Symbols must be below the cardinality for 32-bit
-/// words, so that no difference has more than 28 extra bits and sixteen fit the window.
+/// The differences of sixteen escape symbols of 32-bit words (their 16-bit read forms,
+/// `delta_bits::READ_FORMS`, at `symbols`) whose extra bits start at bit `first_bit`
+/// (below 8) of `window`, unzigzagged in 32-bit lanes; and the extra bits they take.
+/// Symbols must be below the cardinality for 32-bit words, so that no difference has more
+/// than 28 extra bits and sixteen fit the window. A read form splits into the leading
+/// value and the extra-bit count with two operations.
 ///
 /// Each lane's extra bits are cut out by where they end: the eight window bytes before
 /// the byte after its last bit (one byte permute per four), shifted left so that its last
@@ -328,25 +330,10 @@ pub(crate) fn apply_available() -> bool {
 unsafe fn escaped_diffs16(window: __m512i, first_bit: u32, symbols: *const u16) -> (__m512i, u64) {
     let zero = _mm512_setzero_si512();
     let one = _mm512_set1_epi32(1);
-    let exact_v = _mm512_set1_epi32(EXACT as i32);
     // SAFETY: the caller guarantees sixteen readable symbols.
-    let symbols = _mm512_cvtepu16_epi32(unsafe { _mm256_loadu_si256(symbols.cast()) });
-    let exact = _mm512_cmplt_epu32_mask(symbols, exact_v);
-    let j = _mm512_sub_epi32(symbols, exact_v);
-    let extra = _mm512_maskz_add_epi32(
-        !exact,
-        _mm512_srli_epi32::<{ KEPT_BITS }>(j),
-        _mm512_set1_epi32((FIRST_LEN - 1 - KEPT_BITS) as i32),
-    );
-    // The leading value: the symbol itself where it is exact.
-    let lead = _mm512_mask_mov_epi32(
-        _mm512_add_epi32(
-            _mm512_set1_epi32(1 << KEPT_BITS),
-            _mm512_and_si512(j, _mm512_set1_epi32((1 << KEPT_BITS) - 1)),
-        ),
-        exact,
-        symbols,
-    );
+    let forms = _mm512_cvtepu16_epi32(unsafe { _mm256_loadu_si256(symbols.cast()) });
+    let extra = _mm512_and_si512(forms, _mm512_set1_epi32((1 << LEAD_SHIFT) - 1));
+    let lead = _mm512_srli_epi32::<{ LEAD_SHIFT }>(forms);
     // Where each element's extra bits end: an inclusive prefix sum of their widths.
     let mut ends = extra;
     ends = _mm512_add_epi32(ends, _mm512_alignr_epi32::<15>(ends, zero));
@@ -384,31 +371,17 @@ unsafe fn escaped_diffs16(window: __m512i, first_bit: u32, symbols: *const u16) 
 /// rounding above them, the four window bytes before the byte after its last bit.
 ///
 /// # Safety
-/// As [`escaped_diffs16`], with thirty-two readable `u16`s at `symbols`, each below the
-/// cardinality for 16-bit words.
+/// As [`escaped_diffs16`], with thirty-two readable `u16`s at `symbols`, each the read
+/// form of a symbol below the cardinality for 16-bit words.
 #[inline]
 #[target_feature(enable = "avx512f,avx512cd,avx512bw,avx512vl,avx512vbmi,avx512vbmi2,bmi2,popcnt")]
 unsafe fn escaped_diffs32(window: __m512i, first_bit: u32, symbols: *const u16) -> (__m512i, u64) {
     let zero = _mm512_setzero_si512();
     let one = _mm512_set1_epi16(1);
-    let exact_v = _mm512_set1_epi16(EXACT as i16);
     // SAFETY: the caller guarantees thirty-two readable symbols.
-    let symbols = unsafe { _mm512_loadu_si512(symbols.cast()) };
-    let exact = _mm512_cmplt_epu16_mask(symbols, exact_v);
-    let j = _mm512_sub_epi16(symbols, exact_v);
-    let extra = _mm512_maskz_add_epi16(
-        !exact,
-        _mm512_srli_epi16::<{ KEPT_BITS }>(j),
-        _mm512_set1_epi16((FIRST_LEN - 1 - KEPT_BITS) as i16),
-    );
-    let lead = _mm512_mask_mov_epi16(
-        _mm512_add_epi16(
-            _mm512_set1_epi16(1 << KEPT_BITS),
-            _mm512_and_si512(j, _mm512_set1_epi16((1 << KEPT_BITS) - 1)),
-        ),
-        exact,
-        symbols,
-    );
+    let forms = unsafe { _mm512_loadu_si512(symbols.cast()) };
+    let extra = _mm512_and_si512(forms, _mm512_set1_epi16((1 << LEAD_SHIFT) - 1));
+    let lead = _mm512_srli_epi16::<{ LEAD_SHIFT }>(forms);
     // Inclusive prefix sum of the widths: lane i adds lane i - k, for k = 1, 2, 4, 8, 16.
     let lanes = _mm512_set_epi16(
         31, 30, 29, 28, 27, 26, 25, 24, 23, 22, 21, 20, 19, 18, 17, 16, 15, 14, 13, 12, 11, 10, 9,
@@ -446,8 +419,8 @@ pub(crate) const fn step_elems<const W: usize>() -> usize {
     64 / W
 }
 
-/// The differences of the [`step_elems`] symbols at `symbols` as `W`-byte words, their
-/// extra bits from bit `pos` of the stream `data` ([`escaped_diffs16`] or
+/// The differences of the [`step_elems`] symbols at `symbols` (in read form) as `W`-byte
+/// words, their extra bits from bit `pos` of the stream `data` ([`escaped_diffs16`] or
 /// [`escaped_diffs32`]); `None` where the 64-byte window from that bit's byte would pass
 /// the end of the stream (the caller finishes one element at a time).
 ///
@@ -474,13 +447,14 @@ unsafe fn diffs_at<const W: usize>(
     }
 }
 
-/// Add each element's escaped difference (symbol `escapes[i]` and its extra bits from
+/// Add each element's escaped difference (symbol `escapes[i]` in read form, and its extra
+/// bits from
 /// `bits`) to the words of `elems` (`W` = 2 or 4 bytes), or with `base` to the words of
 /// `base`, writing the sums to `elems`; 64 bytes a step, while a step's 64-byte window of
 /// extra bits lies inside the stream. Every step's sums go to `hash`. Returns the elements
 /// done, a multiple of [`step_elems`], and leaves `bits` after their extra bits; the caller
 /// does the rest one by one. Symbols must be below the cardinality for `W` (as
-/// `read_symbols` checks).
+/// `read_mapped_symbols` checks).
 ///
 /// # Safety
 /// The CPU must support what [`apply_available`] checks; `base`, if given, must be at
@@ -535,8 +509,8 @@ pub(crate) unsafe fn apply_in_order<const W: usize>(
     done * per
 }
 
-/// The differences of `escapes` (symbols below the cardinality for `W`, their extra bits
-/// from `bits`) unzigzagged into `out` as `W`-byte words, 64 bytes a step while a step's
+/// The differences of `escapes` (read forms of symbols below the cardinality for `W`, their
+/// extra bits from `bits`) unzigzagged into `out` as `W`-byte words, 64 bytes a step while a step's
 /// symbols remain and its window of extra bits lies inside the stream. Returns the
 /// differences done (a multiple of [`step_elems`]) and leaves `bits` after their extra
 /// bits; the caller does the rest one by one.

@@ -404,15 +404,39 @@ fn append_coded_symbols<T: Symbol>(
 /// Inverse of [`push_symbols`] for a stream read off a payload: every symbol below
 /// `cardinality`; `what` names the stream in errors.
 pub(crate) fn read_symbols(
-    (method, data): (u8, &[u8]),
+    stream: (u8, &[u8]),
     out: &mut [u16],
     cardinality: usize,
     what: &str,
 ) -> Result<()> {
-    match method {
-        METHOD_RANS => rans::decode(data, out, cardinality)?,
-        METHOD_HUFFMAN => huffman::decode(data, out, cardinality)?,
-        METHOD_CONST => {
+    read_mapped_symbols(stream, out, cardinality, None, what)
+}
+
+/// [`read_symbols`], each symbol `s` written as `map[s]` where a map is given (one entry
+/// per symbol below `cardinality`): a Huffman stream maps in its decoding table.
+pub(crate) fn read_mapped_symbols(
+    (method, data): (u8, &[u8]),
+    out: &mut [u16],
+    cardinality: usize,
+    map: Option<&[u16]>,
+    what: &str,
+) -> Result<()> {
+    if map.is_some_and(|m| m.len() < cardinality) {
+        return Err(corrupt(format!(
+            "{what} symbol map shorter than {cardinality}"
+        )));
+    }
+    let mapped = |s: u16| map.map_or(s, |m| m[s as usize]);
+    match (method, map) {
+        (METHOD_HUFFMAN, Some(map)) => huffman::decode_mapped(data, out, cardinality, map)?,
+        (METHOD_HUFFMAN, None) => huffman::decode(data, out, cardinality)?,
+        (METHOD_RANS, _) => {
+            rans::decode(data, out, cardinality)?;
+            if map.is_some() {
+                out.iter_mut().for_each(|s| *s = mapped(*s));
+            }
+        }
+        (METHOD_CONST, _) => {
             let [a, b] = data else {
                 return Err(corrupt(format!("constant {what} is not two bytes")));
             };
@@ -420,9 +444,9 @@ pub(crate) fn read_symbols(
             if v as usize >= cardinality {
                 return Err(corrupt(format!("constant {what} out of range")));
             }
-            out.fill(v);
+            out.fill(mapped(v));
         }
-        m => return Err(corrupt(format!("unknown {what} method {m}"))),
+        (m, _) => return Err(corrupt(format!("unknown {what} method {m}"))),
     }
     Ok(())
 }
@@ -1599,6 +1623,51 @@ mod tests {
                     assert!(join_packed(heads, &packed[1..], split, &mut out, None).is_err());
                 }
             }
+        }
+    }
+
+    /// A mapped read gives `map[s]` for every symbol `s` a plain read gives, whichever
+    /// method coded the stream (Huffman maps in its table, the others after decoding), and
+    /// refuses a map that does not cover the alphabet.
+    #[test]
+    fn mapped_reads_map_every_symbol() {
+        let cardinality = 200;
+        let map: Vec<u16> = (0..cardinality as u16)
+            .map(|s| s.wrapping_mul(40_503) ^ 0x5a5a)
+            .collect();
+        let syms: Vec<u16> = (0..20_000u32)
+            .map(|i| ((i.wrapping_mul(2_654_435_761) >> 24) % (i % 7 * 28 + 4)) as u16)
+            .collect();
+        let counts = symbol_histogram(&syms, cardinality);
+        let mut streams = Vec::new();
+        let code = huffman::Code::from_counts(&counts).unwrap();
+        streams.push((METHOD_HUFFMAN, huffman::encode(&syms, &code)));
+        let table = rans::FreqTable::from_counts(&counts).unwrap();
+        streams.push((METHOD_RANS, rans::encode(&syms, &table)));
+        streams.push((METHOD_CONST, 17u16.to_le_bytes().to_vec()));
+        for (method, data) in &streams {
+            let mut plain = vec![0u16; syms.len()];
+            read_symbols((*method, data), &mut plain, cardinality, "test").unwrap();
+            let mut mapped = vec![0u16; syms.len()];
+            read_mapped_symbols(
+                (*method, data),
+                &mut mapped,
+                cardinality,
+                Some(&map),
+                "test",
+            )
+            .unwrap();
+            let want: Vec<u16> = plain.iter().map(|&s| map[s as usize]).collect();
+            assert_eq!(mapped, want, "method {method}");
+            let short = &map[..cardinality - 1];
+            let err = read_mapped_symbols(
+                (*method, data),
+                &mut mapped,
+                cardinality,
+                Some(short),
+                "test",
+            );
+            assert!(err.is_err(), "method {method}: a short map is refused");
         }
     }
 

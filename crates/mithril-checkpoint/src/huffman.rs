@@ -241,10 +241,12 @@ impl Code {
             .collect()
     }
 
-    /// Decoding table: for every 11-bit window, `symbol | length << 16`.
-    fn decode_table(&self) -> Box<[u32; TABLE_SIZE]> {
+    /// Decoding table: for every 11-bit window, `symbol | length << 16`, the symbol as
+    /// `map` has it where one is given (it must cover every symbol of the code).
+    fn decode_table(&self, map: Option<&[u16]>) -> Box<[u32; TABLE_SIZE]> {
         let mut table = Box::new([0u32; TABLE_SIZE]);
         for ((&s, &l), w) in self.symbols.iter().zip(&self.lengths).zip(self.codewords()) {
+            let s = map.map_or(s, |m| m[s as usize]);
             let entry = s as u32 | (l as u32) << 16;
             for slot in (w as usize..TABLE_SIZE).step_by(1 << l) {
                 table[slot] = entry;
@@ -646,8 +648,30 @@ fn decode_singles<T: Symbol>(
 /// Decode exactly `out.len()` symbols from `data`, each below `cardinality`, refusing
 /// anything that is not a stream `encode` could have produced for that many symbols.
 pub fn decode<T: Symbol>(data: &[u8], out: &mut [T], cardinality: usize) -> Result<()> {
+    decode_with_map(data, out, cardinality, None)
+}
+
+/// [`decode`], writing `map[s]` for every symbol `s`: a decoder that wants each symbol in
+/// another form has it from the table lookup that finds the symbol, not from a pass of
+/// its own. `map` must have an entry for every symbol below `cardinality`.
+pub fn decode_mapped(data: &[u8], out: &mut [u16], cardinality: usize, map: &[u16]) -> Result<()> {
+    if map.len() < cardinality {
+        return Err(corrupt(format!(
+            "symbol map of {} entries for {cardinality} symbols",
+            map.len()
+        )));
+    }
+    decode_with_map(data, out, cardinality, Some(map))
+}
+
+fn decode_with_map<T: Symbol>(
+    data: &[u8],
+    out: &mut [T],
+    cardinality: usize,
+    map: Option<&[u16]>,
+) -> Result<()> {
     let (code, mut at) = Code::read(data, cardinality)?;
-    let table = code.decode_table();
+    let table = code.decode_table(map);
     let segments = *data
         .get(at)
         .ok_or_else(|| corrupt("Huffman stream truncated"))? as usize;
@@ -782,7 +806,7 @@ mod tests {
         let counts: Vec<u32> = (0..40i32).map(|i| 1 << (24 - i).max(1)).collect();
         let code = Code::from_counts(&counts).unwrap();
         let words = code.codewords();
-        let runs = Code::run_table::<u8>(&code.decode_table());
+        let runs = Code::run_table::<u8>(&code.decode_table(None));
         let mut seen = [0usize; 7];
         for (v, &e) in runs.iter().enumerate() {
             // Match codewords against the window bit by bit, independently of the table.
