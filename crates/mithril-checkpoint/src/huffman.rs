@@ -525,31 +525,40 @@ const fn round_room<T: Symbol>() -> usize {
     T::PER_LOOKUP * (PER_WINDOW - 1) + T::PER_STORE
 }
 
-/// The four-segment fast loop: every round refills each segment's 64-bit window and takes
-/// five lookups of one to `PER_LOOKUP` symbols from it, while every segment has room for a whole
-/// round and eight readable bytes at its bit position. Returns each segment's bit position
-/// and symbols written; the caller decodes the rest one symbol at a time.
-fn decode_runs<T: Symbol>(
-    streams: [&[u8]; SEGMENTS],
-    outs: [&mut [T]; SEGMENTS],
+/// Whether a window round of [`decode_runs`] may run on a segment at bit `pos` of
+/// `stream` with room for `room` more symbols.
+fn round_fits<T: Symbol>(stream: &[u8], pos: usize, room: usize) -> bool {
+    room >= round_room::<T>() && stream.len() >= (pos >> 3) + 8
+}
+
+/// The interleaved fast loop over `N` segments, from bit `pos[s]` of `streams[s]` into
+/// `outs[s]`: every round refills each segment's 64-bit window and takes five lookups of
+/// one to `PER_LOOKUP` symbols from it, while every segment passes [`round_fits`]. Returns
+/// each segment's bit position and symbols written; the caller goes on with the segments
+/// that still fit a round, then decodes the rest one symbol at a time.
+fn decode_runs<T: Symbol, const N: usize>(
+    streams: [&[u8]; N],
+    outs: [&mut [T]; N],
+    pos: [usize; N],
     runs: &[u64; TABLE_SIZE],
-) -> ([usize; SEGMENTS], [usize; SEGMENTS]) {
+) -> ([usize; N], [usize; N]) {
     #[cfg(target_arch = "x86_64")]
     if std::arch::is_x86_feature_detected!("bmi2") && std::arch::is_x86_feature_detected!("lzcnt") {
         // SAFETY: the CPU supports BMI2 and LZCNT (checked just above).
-        return unsafe { decode_runs_bmi2(streams, outs, runs) };
+        return unsafe { decode_runs_bmi2(streams, outs, pos, runs) };
     }
-    decode_runs_body(streams, outs, runs)
+    decode_runs_body(streams, outs, pos, runs)
 }
 
 #[cfg(target_arch = "x86_64")]
 #[target_feature(enable = "bmi2,lzcnt")]
-unsafe fn decode_runs_bmi2<T: Symbol>(
-    streams: [&[u8]; SEGMENTS],
-    outs: [&mut [T]; SEGMENTS],
+unsafe fn decode_runs_bmi2<T: Symbol, const N: usize>(
+    streams: [&[u8]; N],
+    outs: [&mut [T]; N],
+    pos: [usize; N],
     runs: &[u64; TABLE_SIZE],
-) -> ([usize; SEGMENTS], [usize; SEGMENTS]) {
-    decode_runs_body(streams, outs, runs)
+) -> ([usize; N], [usize; N]) {
+    decode_runs_body(streams, outs, pos, runs)
 }
 
 /// Marks the top of a round's window. A round takes at most `PER_WINDOW * 11 = 55` bits
@@ -560,28 +569,30 @@ unsafe fn decode_runs_bmi2<T: Symbol>(
 const MARKER: u64 = 1 << 63;
 
 #[inline(always)]
-fn decode_runs_body<T: Symbol>(
-    streams: [&[u8]; SEGMENTS],
-    outs: [&mut [T]; SEGMENTS],
+fn decode_runs_body<T: Symbol, const N: usize>(
+    streams: [&[u8]; N],
+    outs: [&mut [T]; N],
+    mut pos: [usize; N],
     runs: &[u64; TABLE_SIZE],
-) -> ([usize; SEGMENTS], [usize; SEGMENTS]) {
-    let mut pos = [0usize; SEGMENTS];
-    let room = outs.iter().map(|o| o.len()).min().unwrap_or(0);
-    let Some(last_round_start) = room.checked_sub(round_room::<T>()) else {
-        return (pos, [0; SEGMENTS]);
-    };
+) -> ([usize; N], [usize; N]) {
+    let lens = outs.each_ref().map(|o| o.len());
+    if lens.iter().any(|&l| l < round_room::<T>()) {
+        return (pos, [0; N]);
+    }
     let starts = outs.map(|o| o.as_mut_ptr());
-    // SAFETY: `last_round_start` is below every segment's length.
-    let last_starts = starts.map(|p| unsafe { p.add(last_round_start) });
+    // The last place a round may start in each segment.
+    // SAFETY: every segment is at least `round_room` long (checked above).
+    let last_starts: [*mut T; N] =
+        std::array::from_fn(|s| unsafe { starts[s].add(lens[s] - round_room::<T>()) });
     let mut at = starts;
     // Symbols written to each segment so far.
-    let done = |at: [*mut T; SEGMENTS]| -> [usize; SEGMENTS] {
+    let done = |at: [*mut T; N]| -> [usize; N] {
         // SAFETY: both pointers lie in the same output slice, `at` at or after `starts`.
         std::array::from_fn(|s| unsafe { at[s].offset_from(starts[s]) } as usize)
     };
     loop {
-        let mut windows = [0u64; SEGMENTS];
-        for s in 0..SEGMENTS {
+        let mut windows = [0u64; N];
+        for s in 0..N {
             let Some(bytes) = streams[s]
                 .get(pos[s] >> 3..)
                 .and_then(|b| b.first_chunk::<8>())
@@ -594,9 +605,9 @@ fn decode_runs_body<T: Symbol>(
             windows[s] = u64::from_le_bytes(*bytes) >> (pos[s] & 7) | MARKER;
         }
         for _ in 0..PER_WINDOW {
-            for s in 0..SEGMENTS {
+            for s in 0..N {
                 let e = runs[(windows[s] & WINDOW_MASK) as usize];
-                // SAFETY: segment `s` had at most `room - round_room` symbols when this
+                // SAFETY: segment `s` had at most `len - round_room` symbols when this
                 // round began and grows by at most `PER_LOOKUP` per lookup, so every
                 // element the store writes lies inside `outs[s]`.
                 unsafe {
@@ -606,8 +617,65 @@ fn decode_runs_body<T: Symbol>(
                 windows[s] >>= e & 63;
             }
         }
-        for s in 0..SEGMENTS {
+        for s in 0..N {
             pos[s] += windows[s].leading_zeros() as usize;
+        }
+    }
+}
+
+/// Run [`decode_runs`] on the `N` segments `parts` (stream, output from where the segment
+/// stands, bit position); `None` unless there are exactly `N`.
+fn decode_some_runs<T: Symbol, const N: usize>(
+    parts: Vec<(&[u8], &mut [T], usize)>,
+    runs: &[u64; TABLE_SIZE],
+) -> Option<([usize; N], [usize; N])> {
+    let streams: [&[u8]; N] = std::array::from_fn(|k| parts.get(k).map_or(&[][..], |p| p.0));
+    let pos: [usize; N] = std::array::from_fn(|k| parts.get(k).map_or(0, |p| p.2));
+    let outs: [&mut [T]; N] = parts
+        .into_iter()
+        .map(|p| p.1)
+        .collect::<Vec<_>>()
+        .try_into()
+        .ok()?;
+    Some(decode_runs(streams, outs, pos, runs))
+}
+
+/// Decode the segments `segs` of a segmented stream with [`decode_runs`], interleaved:
+/// all four, then, since they decode at different rates (their symbols' lengths differ)
+/// and the loop stops at the first one out of room, the others together, and so on down
+/// to one. `pos` and `done` (bit position and symbols written per segment) are advanced;
+/// the rest of each segment is left for [`decode_singles`].
+fn decode_segments<T: Symbol>(
+    streams: &[&[u8]],
+    segs: &mut [&mut [T]],
+    pos: &mut [usize],
+    done: &mut [usize],
+    runs: &[u64; TABLE_SIZE],
+) {
+    loop {
+        let active: Vec<usize> = (0..segs.len())
+            .filter(|&i| round_fits::<T>(streams[i], pos[i], segs[i].len() - done[i]))
+            .collect();
+        let parts: Vec<(&[u8], &mut [T], usize)> = segs
+            .iter_mut()
+            .enumerate()
+            .filter(|(i, _)| active.contains(i))
+            .map(|(i, seg)| (streams[i], &mut seg[done[i]..], pos[i]))
+            .collect();
+        let (p, d): (Vec<usize>, Vec<usize>) = match active.len() {
+            4 => decode_some_runs::<T, 4>(parts, runs).map(|(p, d)| (p.to_vec(), d.to_vec())),
+            3 => decode_some_runs::<T, 3>(parts, runs).map(|(p, d)| (p.to_vec(), d.to_vec())),
+            2 => decode_some_runs::<T, 2>(parts, runs).map(|(p, d)| (p.to_vec(), d.to_vec())),
+            1 => decode_some_runs::<T, 1>(parts, runs).map(|(p, d)| (p.to_vec(), d.to_vec())),
+            _ => None,
+        }
+        .unwrap_or_default();
+        if p.is_empty() {
+            return;
+        }
+        for (k, &i) in active.iter().enumerate() {
+            pos[i] = p[k];
+            done[i] += d[k];
         }
     }
 }
@@ -664,22 +732,17 @@ pub fn decode_mapped(data: &[u8], out: &mut [u16], cardinality: usize, map: &[u1
     decode_with_map(data, out, cardinality, Some(map))
 }
 
-fn decode_with_map<T: Symbol>(
-    data: &[u8],
-    out: &mut [T],
-    cardinality: usize,
-    map: Option<&[u16]>,
-) -> Result<()> {
-    let (code, mut at) = Code::read(data, cardinality)?;
-    let table = code.decode_table(map);
+/// The segments of the stream `data` of `symbols` symbols whose segment count is at byte
+/// `at` (after the code): each segment's bytes, checked against the stream's bounds.
+fn segment_streams(data: &[u8], mut at: usize, symbols: usize) -> Result<Vec<&[u8]>> {
     let segments = *data
         .get(at)
         .ok_or_else(|| corrupt("Huffman stream truncated"))? as usize;
     at += 1;
-    if segments != segments_for(out.len()) {
+    if segments != segments_for(symbols) {
         return Err(corrupt(format!(
             "Huffman stream has {segments} segments, expected {}",
-            segments_for(out.len())
+            segments_for(symbols)
         )));
     }
     let mut bounds = Vec::with_capacity(segments + 1);
@@ -699,19 +762,29 @@ fn decode_with_map<T: Symbol>(
         return Err(corrupt("Huffman segment table truncated"));
     }
     bounds.push(data.len());
-    let streams: Vec<&[u8]> = bounds.windows(2).map(|b| &data[b[0]..b[1]]).collect();
+    Ok(bounds.windows(2).map(|b| &data[b[0]..b[1]]).collect())
+}
+
+fn decode_with_map<T: Symbol>(
+    data: &[u8],
+    out: &mut [T],
+    cardinality: usize,
+    map: Option<&[u16]>,
+) -> Result<()> {
+    let (code, at) = Code::read(data, cardinality)?;
+    let table = code.decode_table(map);
+    let streams = segment_streams(data, at, out.len())?;
+    let segments = streams.len();
 
     let seg_len = out.len().div_ceil(segments).max(1);
     let mut pos = vec![0usize; segments];
     let mut done = vec![0usize; segments];
-    if let ([s0, s1, s2, s3], [o0, o1, o2, o3]) = (
-        &streams[..],
-        &mut out.chunks_mut(seg_len).collect::<Vec<_>>()[..],
-    ) {
+    if segments == SEGMENTS {
         let runs = Code::run_table::<T>(&table);
-        let (p, d) = decode_runs([s0, s1, s2, s3], [o0, o1, o2, o3], &runs);
-        pos.copy_from_slice(&p);
-        done.copy_from_slice(&d);
+        let mut segs: Vec<&mut [T]> = out.chunks_mut(seg_len).collect();
+        if segs.len() == SEGMENTS {
+            decode_segments(&streams, &mut segs, &mut pos, &mut done, &runs);
+        }
     }
     for (((seg, stream), p), &from) in out
         .chunks_mut(seg_len)
@@ -916,6 +989,45 @@ mod tests {
             .collect();
         let size = roundtrip(&syms, 4096);
         assert!(size < 1000 * 2 / 8 + 32, "{size}");
+    }
+
+    /// Segments whose symbols differ in length decode at different rates. When the first
+    /// runs out of room the others must go on interleaved, not one symbol at a time: every
+    /// segment ends with at most a round's worth left for the single-symbol decoder.
+    #[test]
+    fn uneven_segments_all_decode_in_runs() {
+        let n = 40_000;
+        // Short codes in the first quarter, long ones in the last.
+        let syms: Vec<u16> = (0..n as u32)
+            .map(|i| {
+                let spread = 1 + (i * 4 / n as u32) * 60;
+                (i.wrapping_mul(2_654_435_761) >> 20) as u16 % spread as u16
+            })
+            .collect();
+        let card = 256;
+        let counts = histogram(&syms, card);
+        let code = Code::from_counts(&counts).unwrap();
+        let enc = encode(&syms, &code);
+        let (read, at) = Code::read(&enc, card).unwrap();
+        let streams = segment_streams(&enc, at, n).unwrap();
+        assert_eq!(streams.len(), SEGMENTS);
+        let runs = Code::run_table::<u16>(&read.decode_table(None));
+        let mut out = vec![0u16; n];
+        let seg_len = n.div_ceil(SEGMENTS);
+        let mut segs: Vec<&mut [u16]> = out.chunks_mut(seg_len).collect();
+        let (mut pos, mut done) = (vec![0; SEGMENTS], vec![0; SEGMENTS]);
+        decode_segments(&streams, &mut segs, &mut pos, &mut done, &runs);
+        for s in 0..SEGMENTS {
+            assert!(
+                !round_fits::<u16>(streams[s], pos[s], seg_len - done[s]),
+                "segment {s}: {} of {seg_len} symbols, bit {} of {}",
+                done[s],
+                pos[s],
+                8 * streams[s].len()
+            );
+        }
+        assert_eq!(&out[..done[0]], &syms[..done[0]]);
+        roundtrip(&syms, card);
     }
 
     #[test]
