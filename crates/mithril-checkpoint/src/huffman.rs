@@ -624,11 +624,12 @@ fn decode_runs_body<T: Symbol, const N: usize>(
 }
 
 /// Run [`decode_runs`] on the `N` segments `parts` (stream, output from where the segment
-/// stands, bit position); `None` unless there are exactly `N`.
+/// stands, bit position): each one's new bit position and symbols written, in the order of
+/// `parts`; `None` unless there are exactly `N`.
 fn decode_some_runs<T: Symbol, const N: usize>(
     parts: Vec<(&[u8], &mut [T], usize)>,
     runs: &[u64; TABLE_SIZE],
-) -> Option<([usize; N], [usize; N])> {
+) -> Option<(Vec<usize>, Vec<usize>)> {
     let streams: [&[u8]; N] = std::array::from_fn(|k| parts.get(k).map_or(&[][..], |p| p.0));
     let pos: [usize; N] = std::array::from_fn(|k| parts.get(k).map_or(0, |p| p.2));
     let outs: [&mut [T]; N] = parts
@@ -637,7 +638,8 @@ fn decode_some_runs<T: Symbol, const N: usize>(
         .collect::<Vec<_>>()
         .try_into()
         .ok()?;
-    Some(decode_runs(streams, outs, pos, runs))
+    let (pos, done) = decode_runs(streams, outs, pos, runs);
+    Some((pos.to_vec(), done.to_vec()))
 }
 
 /// Decode the segments `segs` of a segmented stream with [`decode_runs`], interleaved:
@@ -662,17 +664,15 @@ fn decode_segments<T: Symbol>(
             .filter(|(i, _)| active.contains(i))
             .map(|(i, seg)| (streams[i], &mut seg[done[i]..], pos[i]))
             .collect();
-        let (p, d): (Vec<usize>, Vec<usize>) = match active.len() {
-            4 => decode_some_runs::<T, 4>(parts, runs).map(|(p, d)| (p.to_vec(), d.to_vec())),
-            3 => decode_some_runs::<T, 3>(parts, runs).map(|(p, d)| (p.to_vec(), d.to_vec())),
-            2 => decode_some_runs::<T, 2>(parts, runs).map(|(p, d)| (p.to_vec(), d.to_vec())),
-            1 => decode_some_runs::<T, 1>(parts, runs).map(|(p, d)| (p.to_vec(), d.to_vec())),
+        let Some((p, d)) = (match active.len() {
+            4 => decode_some_runs::<T, 4>(parts, runs),
+            3 => decode_some_runs::<T, 3>(parts, runs),
+            2 => decode_some_runs::<T, 2>(parts, runs),
+            1 => decode_some_runs::<T, 1>(parts, runs),
             _ => None,
-        }
-        .unwrap_or_default();
-        if p.is_empty() {
+        }) else {
             return;
-        }
+        };
         for (k, &i) in active.iter().enumerate() {
             pos[i] = p[k];
             done[i] += d[k];
@@ -993,7 +993,7 @@ mod tests {
 
     /// Segments whose symbols differ in length decode at different rates. When the first
     /// runs out of room the others must go on interleaved, not one symbol at a time: every
-    /// segment ends with at most a round's worth left for the single-symbol decoder.
+    /// segment is left to the single-symbol decoder only where no round fits any more.
     #[test]
     fn uneven_segments_all_decode_in_runs() {
         let n = 40_000;
