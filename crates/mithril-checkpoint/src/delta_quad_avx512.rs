@@ -449,13 +449,12 @@ unsafe fn diffs_at<const W: usize>(
 }
 
 /// Add each element's escaped difference (symbol `escapes[i]` in read form, and its extra
-/// bits from
-/// `bits`) to the words of `elems` (`W` = 2 or 4 bytes), or with `base` to the words of
-/// `base`, writing the sums to `elems`; 64 bytes a step, while a step's 64-byte window of
-/// extra bits lies inside the stream. Every step's sums go to `hash`. Returns the elements
-/// done, a multiple of [`step_elems`], and leaves `bits` after their extra bits; the caller
-/// does the rest one by one. Symbols must be below the cardinality for `W` (as
-/// `read_mapped_symbols` checks).
+/// bits from `bits`) to the words of `elems` (`W` = 2 or 4 bytes), or with `base` to the
+/// words of `base`, writing the sums to `elems`; 64 bytes a step, while a step's 64-byte
+/// window of extra bits lies inside the stream. Every step's sums go to `hash`. Returns
+/// the elements done, a multiple of [`step_elems`], and leaves `bits` after their extra
+/// bits; the caller does the rest one by one. Symbols must be below the cardinality for
+/// `W` (as `read_mapped_symbols` checks).
 ///
 /// # Safety
 /// The CPU must support what [`apply_available`] checks; `base`, if given, must be at
@@ -511,8 +510,8 @@ pub(crate) unsafe fn apply_in_order<const W: usize>(
 }
 
 /// The differences of `escapes` (read forms of symbols below the cardinality for `W`, their
-/// extra bits from `bits`) unzigzagged into `out` as `W`-byte words, 64 bytes a step while a step's
-/// symbols remain and its window of extra bits lies inside the stream. Returns the
+/// extra bits from `bits`) unzigzagged into `out` as `W`-byte words, 64 bytes a step while
+/// a step's symbols remain and its window of extra bits lies inside the stream. Returns the
 /// differences done (a multiple of [`step_elems`]) and leaves `bits` after their extra
 /// bits; the caller does the rest one by one.
 ///
