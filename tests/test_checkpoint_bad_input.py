@@ -1030,7 +1030,7 @@ def test_header_struct_matches_the_format():
     assert HEADER.size == 48
     blob = mc.save({})
     magic, major, minor, flags, *_ = HEADER.unpack_from(blob)
-    assert (magic, major, minor, flags) == (MAGIC, 1, 2, 0)  # minor 2: sub-quad deltas
+    assert (magic, major, minor, flags) == (MAGIC, 1, 3, 0)  # minor 3: sub-pack deltas
 
 
 @pytest.mark.parametrize("elements", [100, 1_500_000])  # one chunk (decoded in place), several

@@ -29,9 +29,16 @@ def adam_like_step(state: dict[str, torch.Tensor], lr: float, seed: int) -> dict
     return out
 
 
-# The float delta encoding each coding writes.
-FLOAT_DELTA = {"compact": "sub-ctx", "fast": "sub-quad"}
-DELTA_ENCODINGS = {"xor", "sub", "sub-ctx", "sub-quad"}
+# The float delta encodings each coding writes: fast packs fp32 and quads 16-bit floats.
+FLOAT_DELTA = {"compact": {"sub-ctx"}, "fast": {"sub-pack", "sub-quad"}}
+DELTA_ENCODINGS = {"xor", "sub", "sub-ctx", "sub-quad", "sub-pack"}
+
+
+def float_delta(coding: str, dtype: torch.dtype) -> str:
+    """The encoding ``coding`` writes for float deltas of ``dtype``."""
+    if coding == "compact":
+        return "sub-ctx"
+    return "sub-pack" if dtype == torch.float32 else "sub-quad"
 
 
 @pytest.fixture(params=["compact", "fast"])
@@ -80,8 +87,9 @@ def test_delta_is_smaller_and_says_so(run, coding: str) -> None:
     ]
     assert info["chain"][1]["content_id"] == info["base"]["id"]
     used = set().union(*(set(t["encodings"]) for t in info["tensors"].values()))
-    assert FLOAT_DELTA[coding] in used, used
-    assert not used & DELTA_ENCODINGS - {FLOAT_DELTA[coding], "xor", "sub"}, used
+    # The state holds fp32 and bf16 tensors: each encoding of the coding is used.
+    assert FLOAT_DELTA[coding] <= used, used
+    assert not used & DELTA_ENCODINGS - FLOAT_DELTA[coding] - {"xor", "sub"}, used
     assert mc.inspect(p0)["base"] is None
     assert mc.verify(p2) > 0
 
@@ -113,7 +121,7 @@ def test_real_adamw_step_deltas(
             for t in mc.inspect(tmp_path / "d.mithril")["tensors"].values()
             for e in t["encodings"]
         }
-        assert FLOAT_DELTA[coding] in used, (dtype, used)
+        assert float_delta(coding, dtype) in used, (dtype, used)
         full, delta = (
             (tmp_path / "full.mithril").stat().st_size,
             (tmp_path / "d.mithril").stat().st_size,
@@ -250,7 +258,9 @@ def test_compress_tensor_with_base(small_state_dict, coding: str) -> None:
     x = small_state_dict["ffn.weight"]
     y = adam_like_step({"w": x}, 1e-4, 7)["w"]
     blob = mc.compress_tensor(y, base=x, delta_coding=coding)  # type: ignore[arg-type]
-    assert len(blob) < len(mc.compress_tensor(y)) * 0.7
+    # The same step in value everywhere is the hard case for fp32 packed blocks (fast),
+    # which pay for each block's largest move in ulps: that of its value nearest zero.
+    assert len(blob) < len(mc.compress_tensor(y)) * (0.7 if coding == "compact" else 0.76)
     assert_same_tensor(mc.decompress_tensor(blob, base=x), y)
     with pytest.raises(mithril.BaseCheckpointError, match="pass the base"):
         mc.decompress_tensor(blob)
@@ -395,7 +405,7 @@ def test_cli_fast_delta_coding(tmp_path: Path, run_cli, small_state_dict) -> Non
     used = {
         e for t in mc.inspect(tmp_path / "s1.mithril")["tensors"].values() for e in t["encodings"]
     }
-    assert "sub-quad" in used, used
+    assert {"sub-pack", "sub-quad"} <= used, used
     got = mc.load_file(tmp_path / "s1.mithril")
     assert_same_state(got, {k: s1[k] for k in got})
     rc, _, err = run_cli(
@@ -422,7 +432,7 @@ def test_a_corrupt_delta_chunk_is_caught(run, coding: str) -> None:
 
     _, (_, p1, _) = run
     c = parse(p1.read_bytes())
-    coded = [ch for ch in c.chunks() if ch[2]["encoding"] == FLOAT_DELTA[coding]]
+    coded = [ch for ch in c.chunks() if ch[2]["encoding"] in FLOAT_DELTA[coding]]
     name, _, chunk = max(coded, key=lambda ch: ch[2]["length"])
     blob = bytearray(p1.read_bytes())
     blob[c.data_offset + chunk["offset"] + chunk["length"] // 2] ^= 0x40

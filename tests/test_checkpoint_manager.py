@@ -109,7 +109,7 @@ def test_fast_coding_policy_writes_fast_deltas(tmp_path: Path) -> None:
         mgr.save(step, state_of(model, opt))
         saved[step] = state_of(model, opt)
     used = {e for t in mc.inspect(mgr.path_for(3))["tensors"].values() for e in t["encodings"]}
-    assert "sub-quad" in used and "sub-ctx" not in used, used
+    assert "sub-pack" in used and "sub-ctx" not in used, used
     state = mgr.load("latest")
     assert_same_structure(state["model"], saved[3]["model"])
 

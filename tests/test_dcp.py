@@ -237,7 +237,7 @@ def test_delta_against_previous_step(tmp_path: Path, minilm_tensors: Any, coding
     used = {
         e for t in mithril.checkpoint.inspect(rank_file)["tensors"].values() for e in t["encodings"]
     }
-    assert {"compact": "sub-ctx", "fast": "sub-quad"}[coding] in used, used
+    assert {"compact": "sub-ctx", "fast": "sub-pack"}[coding] in used, used
     got = {"model": {k: torch.empty_like(v) for k, v in nxt.items()}}
     dcp.load(got, storage_reader=MithrilReader(tmp_path / "s2"))
     assert all(_equal(got["model"][k], v) for k, v in nxt.items())

@@ -1,7 +1,7 @@
 //! Delta chunk decoder (`delta::decode`) against a base taken from the input, so that the
 //! grouped (`sub-ctx`) path sees real context groups.
 //!
-//! Input: `op: u8 (0 xor, 1 sub, 2 sub-ctx, 3 sub-quad) | dtype: u8 (index into DType::ALL) |
+//! Input: `op: u8 (0 xor, 1 sub, 2 sub-ctx, 3 sub-quad, 4 sub-pack) | dtype: u8 (index into DType::ALL) |
 //! elements: u16 LE | base bytes (elements x dtype size) | payload ...`.
 
 #![no_main]
@@ -10,11 +10,12 @@ use libfuzzer_sys::fuzz_target;
 use mithril_checkpoint::delta::{decode, DeltaOp};
 use mithril_checkpoint::DType;
 
-const OPS: [DeltaOp; 4] = [
+const OPS: [DeltaOp; 5] = [
     DeltaOp::Xor,
     DeltaOp::Sub,
     DeltaOp::SubCtx,
     DeltaOp::SubQuad,
+    DeltaOp::SubPack,
 ];
 
 fuzz_target!(|data: &[u8]| {

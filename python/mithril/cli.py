@@ -535,7 +535,7 @@ def build_parser() -> argparse.ArgumentParser:
         "--delta-coding",
         choices=["compact", "fast"],
         default="compact",
-        help="with --base: smallest deltas (compact) or 1.6-4.6x faster, larger ones (fast)",
+        help="with --base: smallest deltas (compact) or faster, larger ones (fast)",
     )
     c.add_argument("-q", "--quiet", action="store_true")
     c.set_defaults(func=_compress)

@@ -235,6 +235,7 @@ fn chunk_seeds(dir: &Path) -> Res<()> {
             Encoding::Sub => 4,
             Encoding::SubCtx => 5,
             Encoding::SubQuad => 6,
+            Encoding::SubPack => 7,
         };
         let len = c.raw_len as u16;
         let seed = with_prefix(&[enc, di as u8, len as u8, (len >> 8) as u8], &c.data);
@@ -328,6 +329,7 @@ fn delta_seeds(dir: &Path) -> Res<()> {
                 DeltaOp::Sub => 1,
                 DeltaOp::SubCtx => 2,
                 DeltaOp::SubQuad => 3,
+                DeltaOp::SubPack => 4,
             };
             let mut seed = vec![code, di as u8, n as u8, (n >> 8) as u8];
             seed.extend_from_slice(&base);

@@ -36,11 +36,13 @@ pub enum Encoding {
     SubCtx,
     /// `Sub`, four elements to a Huffman symbol (float dtypes only).
     SubQuad,
+    /// `Sub`, bit-packed eight elements to a block (32-bit floats only).
+    SubPack,
 }
 
 impl Encoding {
     /// Every encoding, in the order the fuzz targets index them.
-    pub const ALL: [Encoding; 7] = [
+    pub const ALL: [Encoding; 8] = [
         Encoding::Raw,
         Encoding::Float,
         Encoding::Zstd,
@@ -48,6 +50,7 @@ impl Encoding {
         Encoding::Sub,
         Encoding::SubCtx,
         Encoding::SubQuad,
+        Encoding::SubPack,
     ];
 
     pub fn name(self) -> &'static str {
@@ -59,6 +62,7 @@ impl Encoding {
             Encoding::Sub => "sub",
             Encoding::SubCtx => "sub-ctx",
             Encoding::SubQuad => "sub-quad",
+            Encoding::SubPack => "sub-pack",
         }
     }
 
@@ -74,6 +78,7 @@ impl Encoding {
             Encoding::Sub => Some(DeltaOp::Sub),
             Encoding::SubCtx => Some(DeltaOp::SubCtx),
             Encoding::SubQuad => Some(DeltaOp::SubQuad),
+            Encoding::SubPack => Some(DeltaOp::SubPack),
             Encoding::Raw | Encoding::Float | Encoding::Zstd => None,
         }
     }
@@ -87,6 +92,7 @@ impl Encoding {
             "sub" => Some(Encoding::Sub),
             "sub-ctx" => Some(Encoding::SubCtx),
             "sub-quad" => Some(Encoding::SubQuad),
+            "sub-pack" => Some(Encoding::SubPack),
             _ => None,
         }
     }
@@ -114,6 +120,7 @@ impl From<DeltaOp> for Encoding {
             DeltaOp::Sub => Encoding::Sub,
             DeltaOp::SubCtx => Encoding::SubCtx,
             DeltaOp::SubQuad => Encoding::SubQuad,
+            DeltaOp::SubPack => Encoding::SubPack,
         }
     }
 }
@@ -476,6 +483,7 @@ fn decode_payload(
         Encoding::Sub => return delta(DeltaOp::Sub, out),
         Encoding::SubCtx => return delta(DeltaOp::SubCtx, out),
         Encoding::SubQuad => return delta(DeltaOp::SubQuad, out),
+        Encoding::SubPack => return delta(DeltaOp::SubPack, out),
     }
     Ok(None)
 }
@@ -706,6 +714,15 @@ pub(crate) mod tests {
             .flat_map(|_| ((next() - 0.5) as f32 * 0.02).to_le_bytes())
             .collect();
         let base: Vec<u8> = floats.iter().map(|b| b ^ 1).collect();
+        // The same floats one ulp away, which a fast delta codes in packed blocks.
+        let near: Vec<u8> = floats
+            .chunks_exact(4)
+            .flat_map(|w| [w[0] ^ 1, w[1], w[2], w[3]])
+            .collect();
+        // The high halves of the same floats: bf16 words.
+        let halves =
+            |v: &[u8]| -> Vec<u8> { v.chunks_exact(4).flat_map(|w| [w[2], w[3]]).collect() };
+        let (bf16, bf16_base) = (halves(&floats), halves(&base));
         let ints: Vec<u8> = (0..800_000u32).map(|i| (i / 1000) as u8).collect();
         let noise: Vec<u8> = (0..4096).map(|_| (next() * 256.0) as u8).collect();
         let opts = EncodeOptions::default();
@@ -723,14 +740,19 @@ pub(crate) mod tests {
                 Some(&base),
             ),
             (
-                encode_chunk_delta(&floats, &base, DType::F32, &fast),
+                encode_chunk_delta(&floats, &near, DType::F32, &fast),
                 DType::F32,
-                Some(&base),
+                Some(&near),
+            ),
+            (
+                encode_chunk_delta(&bf16, &bf16_base, DType::BF16, &fast),
+                DType::BF16,
+                Some(&bf16_base),
             ),
         ];
         let kinds: Vec<Encoding> = chunks.iter().map(|c| c.0.encoding).collect();
         use Encoding::*;
-        assert_eq!(kinds, [Float, Zstd, Raw, SubCtx, SubQuad]);
+        assert_eq!(kinds, [Float, Zstd, Raw, SubCtx, SubPack, SubQuad]);
         for (chunk, dtype, base) in chunks {
             let len = chunk.data.len();
             for at in [0, 1, 5, len / 2, len - 1] {

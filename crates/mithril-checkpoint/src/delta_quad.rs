@@ -17,6 +17,11 @@
 //! Payload: `stream quads | stream escapes | stream extra bits` (see docs/format.md). The
 //! last quad of a chunk whose length is not a multiple of four is padded with zero
 //! differences.
+//!
+//! The writer codes 16-bit floats this way. fp32 deltas are `sub-pack` since format minor
+//! 3 ([`crate::delta_pack`]): every quad of an fp32 weight delta escapes, and its escape
+//! symbols decoded more slowly than a plain chunk. fp32 `sub-quad` chunks of files written
+//! before still decode here, and the planner still makes them for the tests of that path.
 
 use crate::delta::{LeWord, Word};
 use crate::delta_bits::{max_symbol, read_form, symbol_of, BitReader, BitWriter, READ_FORMS};

@@ -19,8 +19,8 @@ use xxhash_rust::xxh3::Xxh3;
 pub const MAGIC: &[u8; 8] = b"MITHRIL\0";
 pub const MAJOR: u16 = 1;
 /// Minor 1 added delta chunks (`xor`, `sub`, `sub-ctx`) and the index's `base` reference;
-/// minor 2 the `sub-quad` delta chunk.
-pub const MINOR: u16 = 2;
+/// minor 2 the `sub-quad` delta chunk; minor 3 the `sub-pack` delta chunk.
+pub const MINOR: u16 = 3;
 pub const HEADER_LEN: usize = 48;
 /// Largest index a reader accepts.
 pub const MAX_INDEX_LEN: u64 = 256 << 20;
@@ -285,10 +285,12 @@ pub fn validate(index: &Index, data_len: u64) -> Result<Vec<TensorInfo>> {
             let encoding = Encoding::parse(&c.encoding).ok_or_else(|| {
                 format_err(format!("{}: unknown encoding {:?}", cctx(), c.encoding))
             })?;
-            if matches!(
+            let floats_only = matches!(
                 encoding,
-                Encoding::Float | Encoding::SubCtx | Encoding::SubQuad
-            ) && dtype.float_bits().is_none()
+                Encoding::Float | Encoding::SubCtx | Encoding::SubQuad | Encoding::SubPack
+            );
+            if (floats_only && dtype.float_bits().is_none())
+                || (encoding == Encoding::SubPack && dtype.size() != 4)
             {
                 return Err(format_err(format!(
                     "{}: {} encoding on {dtype} data",

@@ -10,6 +10,9 @@ pub mod buffer_pool;
 pub mod chunk;
 pub mod delta;
 mod delta_bits;
+pub mod delta_pack;
+#[cfg(target_arch = "x86_64")]
+mod delta_pack_avx512;
 pub mod delta_quad;
 #[cfg(target_arch = "x86_64")]
 mod delta_quad_avx512;

@@ -72,16 +72,26 @@ fn step_pair() -> (Vec<u8>, Vec<u8>) {
     (bytes(&base), bytes(&new))
 }
 
-/// A `sub-quad` delta: its extra bits, its payload and the buffers its planner keeps.
+/// The high halves of fp32 words: bf16 words.
+fn halves(v: &[u8]) -> Vec<u8> {
+    v.chunks_exact(4).flat_map(|w| [w[2], w[3]]).collect()
+}
+
+/// Fast deltas: `sub-pack` in fp32 (its packed stream, its widths, its payload) and
+/// `sub-quad` in bf16 (its extra bits, its payload and the buffers its planner keeps).
 #[test]
 fn encoding_a_fast_delta_again_allocates_no_large_buffer() {
     let (base, new) = step_pair();
+    let (base16, new16) = (halves(&base), halves(&new));
     let opts = EncodeOptions {
         delta_mode: DeltaMode::Fast,
         ..EncodeOptions::default()
     };
     let encode = || {
         let delta = encode_chunk_delta(&new, &base, DType::F32, &opts);
+        assert_eq!(delta.encoding, Encoding::SubPack);
+        recycle_chunk_data(delta.data);
+        let delta = encode_chunk_delta(&new16, &base16, DType::BF16, &opts);
         assert_eq!(delta.encoding, Encoding::SubQuad);
         recycle_chunk_data(delta.data);
     };

@@ -143,8 +143,9 @@ def save_file(
     retyped tensors are stored whole.
 
     ``delta_coding`` picks how float deltas are coded: ``"compact"`` (the smallest files)
-    or ``"fast"`` (1.6 to 4.6 times faster to encode and decode, and up to twice the
-    size: see docs/benchmarks.md). Readers need nothing to tell them apart.
+    or ``"fast"`` (faster to encode and decode than a full checkpoint, and larger: fp32
+    master weights after one AdamW step take 38 % of their raw size instead of 14 %; see
+    docs/benchmarks.md). Readers need nothing to tell them apart.
 
     The write is atomic: the file appears complete or not at all. ``threads`` limits the
     worker threads (default: all cores); ``progress(done, total)`` is called with raw bytes.

@@ -49,8 +49,8 @@ class DeltaPolicy:
     file (None: no size rule). ``base``: ``"previous"`` makes each delta against the
     checkpoint just before it (smallest deltas; loading walks the chain), ``"full"`` against
     the last full checkpoint (loading decodes two files; deltas grow as training drifts).
-    ``coding``: how float deltas are coded, ``"compact"`` (smallest) or ``"fast"`` (about
-    1.6 to 4.6 times faster to code, up to twice the size; see ``save_file``).
+    ``coding``: how float deltas are coded, ``"compact"`` (smallest) or ``"fast"`` (faster
+    to code than a full checkpoint, larger than compact; see ``save_file``).
     """
 
     full_every: int | None = 10
