@@ -112,7 +112,8 @@ fn block_diffs(raw: &[u8], base: &[u8], k: usize) -> [u32; BLOCK] {
     })
 }
 
-/// Pack `raw` against `base` (equal lengths, whole 32-bit elements).
+/// Pack `raw` against `base` (equal lengths, whole 32-bit elements; a shorter base
+/// panics).
 pub fn plan(raw: &[u8], base: &[u8]) -> PackPlan {
     plan_with(raw, base, true)
 }
@@ -139,9 +140,9 @@ fn plan_with(raw: &[u8], base: &[u8], simd: bool) -> PackPlan {
     let dst = &mut payload.spare_capacity_mut()[..blocks * BLOCK_WRITE];
     let (mut done, mut at) = (0, 0);
     #[cfg(target_arch = "x86_64")]
-    if simd && crate::delta_pack_avx512::available() {
-        // SAFETY: the CPU supports the kernel (checked above); `dst` has room for every
-        // block at full width.
+    if simd && base.len() >= raw.len() && crate::delta_pack_avx512::available() {
+        // SAFETY: the CPU supports the kernel and `base` is as long as `raw` (both checked
+        // above); `dst` has room for every block at full width.
         (done, at) = unsafe {
             crate::delta_pack_avx512::pack_steps(
                 raw,
