@@ -24,9 +24,9 @@ Codecs, same run, same tensors:
 
 * ``mithril delta``  ``compress_tensor(t, base=b)`` (per chunk: XOR or zigzag integer
   difference of the bit patterns, or the plain codec, whichever is smaller; floats take the
-  grouped ``sub-ctx`` coding, ``delta_coding="compact"``, the default)
-* ``mithril fast``   the same with ``delta_coding="fast"`` (fp32 takes ``sub-pack``, bf16
-                     ``sub-quad``)
+  grouped ``sub-ctx`` coding, ``delta_coding="compact"``)
+* ``mithril fast``   the same with ``delta_coding="fast"``, the default (fp32 takes
+                     ``sub-pack``, bf16 ``sub-quad``)
 * ``mithril full``   ``compress_tensor(t)``: no delta, for reference
 * ``zstd-3 xor``     zstandard level 3 on the raw XOR of target and base bytes
 * ``zipnn delta``    ``ZipNN(..., delta_compressed_type="byte").compress(t, delta_second_data=b)``

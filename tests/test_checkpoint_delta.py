@@ -466,7 +466,7 @@ def test_delta_blob_decodes_into_a_caller_buffer_only_apart_from_its_base() -> N
     y = x + 1e-4
     blob = mc.compress_tensor(y, base=x)
     reader = _native.Reader.from_bytes(blob)
-    assert {"sub", "sub-ctx", "xor"} & set(reader.info("")[4]), "no chunk is a delta"
+    assert DELTA_ENCODINGS & set(reader.info("")[4]), "no chunk is a delta"
     base = x.numpy().view(np.uint8)
     out = np.zeros(base.size, np.uint8)
     reader.read_with_base_into("", base, out, 1)
@@ -477,3 +477,16 @@ def test_delta_blob_decodes_into_a_caller_buffer_only_apart_from_its_base() -> N
     with pytest.raises(mithril.MithrilError, match="output buffer"):
         reader.read_with_base_into("", base, np.zeros(base.size - 4, np.uint8), 1)
     assert base.tobytes() == before
+
+
+def test_fast_is_the_default_coding(small_state_dict) -> None:
+    """Without ``delta_coding``, float deltas are coded fast (fp32 packed, bf16 in quads):
+    the coding whose deltas code faster than a full checkpoint."""
+    from mithril import _native
+
+    assert mc.DeltaPolicy().coding == "fast"
+    for name, want in (("ffn.weight", "sub-pack"), ("attn.query.weight", "sub-quad")):
+        x = small_state_dict[name]
+        y = adam_like_step({"w": x}, 1e-4, 5)["w"]
+        used = set(_native.Reader.from_bytes(mc.compress_tensor(y, base=x)).info("")[4])
+        assert want in used, (name, used)

@@ -534,8 +534,9 @@ def build_parser() -> argparse.ArgumentParser:
     c.add_argument(
         "--delta-coding",
         choices=["compact", "fast"],
-        default="compact",
-        help="with --base: smallest deltas (compact) or faster, larger ones (fast)",
+        default="fast",
+        help="with --base: deltas faster to code than a full file (fast, the default) "
+        "or the smallest ones (compact)",
     )
     c.add_argument("-q", "--quiet", action="store_true")
     c.set_defaults(func=_compress)

@@ -49,14 +49,15 @@ class DeltaPolicy:
     file (None: no size rule). ``base``: ``"previous"`` makes each delta against the
     checkpoint just before it (smallest deltas; loading walks the chain), ``"full"`` against
     the last full checkpoint (loading decodes two files; deltas grow as training drifts).
-    ``coding``: how float deltas are coded, ``"compact"`` (smallest) or ``"fast"`` (faster
-    to code than a full checkpoint, larger than compact; see ``save_file``).
+    ``coding``: how float deltas are coded, ``"fast"`` (the default: a delta is coded
+    faster than a full checkpoint) or ``"compact"`` (the smallest deltas, coded at about
+    half that speed; see ``save_file``).
     """
 
     full_every: int | None = 10
     max_chain_ratio: float | None = 1.0
     base: Literal["previous", "full"] = "previous"
-    coding: Literal["compact", "fast"] = "compact"
+    coding: Literal["compact", "fast"] = "fast"
 
     def __post_init__(self) -> None:
         if self.full_every is not None and (

@@ -134,8 +134,8 @@ class MithrilWriter(StorageWriter, BlockingAsyncStager):
     deltas against that rank's file there (tensors whose key, shape or dtype changed are
     stored whole). Loading then needs the base too, found through a relative path, so keep
     it (and never overwrite it in place) while later checkpoints use it. ``delta_coding``:
-    ``"compact"`` (smallest deltas) or ``"fast"`` (faster to code than a full checkpoint,
-    larger than compact), as for ``mithril.checkpoint.save_file``.
+    ``"fast"`` (the default: faster to code than a full checkpoint) or ``"compact"``
+    (smallest deltas, slower), as for ``mithril.checkpoint.save_file``.
     ``threads``: codec threads per rank (default: all cores). ``chunk_bytes``: codec chunk
     size. ``overwrite``: whether an existing checkpoint at ``path`` may be replaced.
     ``cache_base``: keep a host copy of what this rank wrote, so that the next save with
@@ -148,7 +148,7 @@ class MithrilWriter(StorageWriter, BlockingAsyncStager):
         path: str | os.PathLike[str],
         *,
         base: str | os.PathLike[str] | None = None,
-        delta_coding: Literal["compact", "fast"] = "compact",
+        delta_coding: Literal["compact", "fast"] = "fast",
         threads: int | None = None,
         chunk_bytes: int | None = None,
         overwrite: bool = True,
