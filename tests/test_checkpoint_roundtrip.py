@@ -829,6 +829,22 @@ def test_mithril_container_converts_to_a_readable_safetensors_file(
 PROPERTY_DTYPES = [d for d in ALL_DTYPES if d != torch.bool]
 
 
+def test_empty_tensors_with_any_strides_roundtrip(tmp_path: Path) -> None:
+    """torch counts every empty tensor as contiguous, whatever its strides; one whose last
+    stride is not 1 has no byte view, and was refused with a torch RuntimeError (found by
+    the property test below)."""
+    tensors = {
+        "a": torch.empty_strided((0, 1), (1, 0), dtype=torch.float16),
+        "b": torch.empty_strided((3, 0), (0, 0), dtype=torch.bfloat16),
+    }
+    for t in tensors.values():
+        assert_same_tensor(mc.decompress_tensor(mc.compress_tensor(t)), t)
+    mc.save_file(tensors, tmp_path / "e.mithril")
+    got = mc.load_file(tmp_path / "e.mithril")
+    for k, t in tensors.items():
+        assert_same_tensor(got[k], t)
+
+
 @settings(
     max_examples=60,
     deadline=None,

@@ -90,8 +90,9 @@ def to_raw(name: str, value: Any) -> RawTensor:
         shape = list(t.shape)
         # A contiguous tensor needs only a view and a numpy reshape (about half the cost of
         # copying and flattening in torch, which counts over hundreds of small tensors); a
-        # byte view needs at least one dimension.
-        if t.dim() == 0 or not t.is_contiguous():
+        # byte view needs at least one dimension, and a last stride of 1, which an empty
+        # tensor need not have (torch counts any empty tensor as contiguous).
+        if t.dim() == 0 or not t.is_contiguous() or t.numel() == 0:
             t = t.contiguous().reshape(-1)
         return name, dtype_name, shape, t.view(torch.uint8).numpy().reshape(-1)
     if isinstance(value, np.ndarray):
