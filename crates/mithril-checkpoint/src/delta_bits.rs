@@ -130,7 +130,8 @@ impl<'a> BitReader<'a> {
         BitReader { data, pos: 0 }
     }
 
-    /// The next `bits` bits (at most 32 - `KEPT_BITS` - 1).
+    /// The next `bits` bits, at most 32 (the extra bits of an escape, or a `sub-pack`
+    /// value).
     #[inline(always)]
     pub fn take(&mut self, bits: u32) -> u32 {
         let byte = (self.pos >> 3) as usize;

@@ -19,6 +19,8 @@
 //! 32), Huffman-coded. The last block of a chunk whose length is not a multiple of eight is
 //! padded with zero differences.
 
+use crate::delta::{LeWord, Word};
+use crate::delta_bits::BitReader;
 use crate::error::{corrupt, Result};
 use crate::float::{push_huffman, read_symbols, StreamReader, StripeHash, METHOD_RAW};
 use crate::huffman;
@@ -38,22 +40,10 @@ pub(crate) const WIDTHS: usize = 33;
 /// The most bytes [`pack_block`] writes from where a block starts.
 pub(crate) const BLOCK_WRITE: usize = 32;
 
-#[inline(always)]
-fn zigzag(t: u32, b: u32) -> u32 {
-    let d = t.wrapping_sub(b) as i32;
-    ((d << 1) ^ (d >> 31)) as u32
-}
-
-#[inline(always)]
-fn unzigzag(z: u32) -> u32 {
-    (z >> 1) ^ (z & 1).wrapping_neg()
-}
-
+/// Element `i` of `bytes`, 32-bit words.
 #[inline(always)]
 fn word(bytes: &[u8], i: usize) -> u32 {
-    let mut a = [0u8; 4];
-    a.copy_from_slice(&bytes[4 * i..4 * i + 4]);
-    u32::from_le_bytes(a)
+    u32::load(&bytes[4 * i..4 * i + 4])
 }
 
 /// The width of a block: the bit length of its largest difference.
@@ -105,7 +95,7 @@ fn block_diffs(raw: &[u8], base: &[u8], k: usize) -> [u32; BLOCK] {
     std::array::from_fn(|i| {
         let e = k * BLOCK + i;
         if e < n {
-            zigzag(word(raw, e), word(base, e))
+            word(raw, e).sub_zigzag(word(base, e))
         } else {
             0
         }
@@ -212,19 +202,6 @@ impl Drop for PackPlan {
     }
 }
 
-/// The `w`-bit value at bit `bit` of `packed` (zeros past its end).
-#[inline(always)]
-fn value_at(packed: &[u8], bit: usize, w: u32) -> u32 {
-    let byte = bit / 8;
-    let mut a = [0u8; 8];
-    let end = packed.len().min(byte + 8);
-    if byte < end {
-        a[..end - byte].copy_from_slice(&packed[byte..end]);
-    }
-    let v = (u64::from_le_bytes(a) >> (bit % 8)) as u32;
-    v & u32::MAX.checked_shr(32 - w).unwrap_or(0)
-}
-
 /// Decode `payload` onto `base` (or onto `out` itself) into `out`, whole 32-bit elements.
 /// Returns the xxh3-64 of `out` where the vector kernel computed it on the way.
 pub(crate) fn decode(payload: &[u8], base: Option<&[u8]>, out: &mut [u8]) -> Result<Option<u64>> {
@@ -283,11 +260,12 @@ fn apply(
             unsafe { crate::delta_pack_avx512::apply(widths, packed, base, out, hash.as_mut()) };
     }
     let _ = simd;
+    // The widths add up to the stream's length, so the reader stays inside it.
+    let mut bits = BitReader::at(packed, 8 * at as u64);
     for (k, &w) in widths.iter().enumerate().skip(done) {
-        let w = w as u32;
         for i in 0..BLOCK {
             let e = k * BLOCK + i;
-            let v = value_at(packed, at * 8 + i * w as usize, w);
+            let v = bits.take(w as u32);
             if e >= n {
                 if v != 0 {
                     return Err(corrupt("sub-pack padding is not zero"));
@@ -298,9 +276,8 @@ fn apply(
                 Some(b) => word(b, e),
                 None => word(out, e),
             };
-            out[4 * e..4 * e + 4].copy_from_slice(&b.wrapping_add(unzigzag(v)).to_le_bytes());
+            v.add_unzigzag(b).store(&mut out[4 * e..4 * e + 4]);
         }
-        at += w as usize;
     }
     Ok(hash.and_then(|h| h.finish(out)))
 }
@@ -335,7 +312,7 @@ mod tests {
                 _ => (next() as u32) & (u32::MAX >> (32 - w)),
             };
             base.extend_from_slice(&b.to_le_bytes());
-            raw.extend_from_slice(&b.wrapping_add(unzigzag(z)).to_le_bytes());
+            raw.extend_from_slice(&z.add_unzigzag(b).to_le_bytes());
         }
         (raw, base)
     }
